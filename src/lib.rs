@@ -1,0 +1,2 @@
+//! Concord server library.
+pub mod mvcc;

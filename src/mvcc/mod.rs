@@ -1,0 +1,1 @@
+//! MVCC store (placeholder, being written).
