@@ -1,2 +1,17 @@
-//! Concord server library.
+//! Concord: a distributed coordination service that speaks etcd's v3 API.
+//!
+//! # Layout
+//! The write path, one module per hop:
+//! - [`api`]: gRPC services (one file per etcd service) validate requests and propose them;
+//! - [`raft`]: openraft with a group-committed log and the state machine that applies commands;
+//! - [`mvcc`]: the multi-version key-value store on redb that commands are applied to.
+//!
+//! Around it: [`config`] (flags → validated config), [`server`] (listeners and lifecycle),
+//! [`error`] (the one error type and its mapping to `tonic::Status`).
+
+pub mod api;
+pub mod config;
+pub mod error;
 pub mod mvcc;
+pub mod raft;
+pub mod server;

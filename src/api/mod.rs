@@ -1,0 +1,120 @@
+//! The gRPC edge: one file per etcd service, each thin over [`Api`].
+//!
+//! A write is validated here (size, txn ops, empty keys), turned into a [`Command`] and proposed
+//! to Raft; a read waits for a read index (linearizable) or reads locally (serializable). Errors
+//! become `tonic::Status` in exactly one place, `crate::error`.
+
+pub mod health;
+pub mod kv;
+pub mod maintenance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::ResponseHeader;
+use concord_proto::raftpb::{command::Request, command_response::Response};
+use openraft::ReadPolicy;
+use prost::Message;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::mvcc::MvccStore;
+use crate::raft::{Command, CommandResult, RaftNode};
+
+/// What every service needs: the Raft member, its store and the request limits.
+pub struct Api {
+    node: RaftNode,
+    max_request_bytes: usize,
+    max_txn_ops: usize,
+    request_timeout: Duration,
+}
+
+impl Api {
+    /// Wraps a started Raft member.
+    pub fn new(node: RaftNode, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            // etcd: 5 s plus two election timeouts.
+            request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
+        })
+    }
+
+    /// The Raft member.
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// The MVCC store.
+    pub fn store(&self) -> &MvccStore {
+        &self.node.store
+    }
+
+    /// A response header with this member's ids and the current term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.node.identity.cluster_id,
+            member_id: self.node.identity.member_id,
+            revision,
+            raft_term: self.node.raft.metrics().borrow().current_term,
+        }
+    }
+
+    /// Fills the ids and term into a header the store produced (keeping its revision).
+    pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or_else(|| self.store().current_revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// Rejects requests larger than `--max-request-bytes`.
+    pub fn check_size(&self, request: &impl Message) -> Result<(), Error> {
+        if request.encoded_len() > self.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    /// The most operations a txn may carry.
+    pub fn max_txn_ops(&self) -> usize {
+        self.max_txn_ops
+    }
+
+    /// Proposes a write through Raft and waits for it to be applied.
+    pub async fn propose(&self, request: Request) -> Result<Response, Error> {
+        let write = self.node.raft.client_write(Command::from(request));
+        let result = tokio::time::timeout(self.request_timeout, write)
+            .await
+            .map_err(|_| Error::Timeout)?;
+        let applied = result.map_err(|err| {
+            if err.forward_to_leader().is_some() {
+                Error::NoLeader
+            } else {
+                Error::Raft(err.to_string())
+            }
+        })?;
+        match applied.data {
+            CommandResult::Applied(response) => response
+                .response
+                .ok_or_else(|| Error::Raft("state machine returned an empty response".into())),
+            CommandResult::Rejected(err) => Err(err.into()),
+            CommandResult::Empty => Err(Error::Raft("state machine returned no result".into())),
+        }
+    }
+
+    /// Waits until this member may serve a linearizable read: leadership confirmed by a read
+    /// index, and the state machine applied up to it.
+    pub async fn linearizable_read(&self) -> Result<(), Error> {
+        let read = self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        let result = tokio::time::timeout(self.request_timeout, read)
+            .await
+            .map_err(|_| Error::Timeout)?;
+        result.map(|_| ()).map_err(|err| {
+            if err.forward_to_leader().is_some() {
+                Error::NoLeader
+            } else {
+                Error::Raft(err.to_string())
+            }
+        })
+    }
+}

@@ -1,0 +1,302 @@
+//! Server configuration in two stages: [`Flags`] mirror etcd's command line, [`Config`] is the
+//! validated result the server is built from. The library never reads argv itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::Error;
+
+/// etcd's default for `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default for `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+/// Command-line flags, named and defaulted as etcd's.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "concord", version, about = "A distributed coordination service that speaks etcd's v3 API")]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory.
+    #[arg(long, default_value = "./default.concord")]
+    pub data_dir: PathBuf,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// This member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: `name=peerURL,...`.
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// Initial cluster state: `new` or `existing`.
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, which makes member and cluster IDs unique per cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
+    pub max_txn_ops: usize,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Whether this member starts a new cluster or joins an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `--initial-cluster`.
+    New,
+    /// Join a cluster that already exists (after `member add`).
+    Existing,
+}
+
+/// One member named in `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    /// The member's name.
+    pub name: String,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This member's name.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Addresses to serve clients on.
+    pub client_addrs: Vec<SocketAddr>,
+    /// Client URLs advertised to the cluster.
+    pub advertise_client_urls: Vec<String>,
+    /// Addresses to serve peers on.
+    pub peer_addrs: Vec<SocketAddr>,
+    /// Peer URLs advertised to the cluster.
+    pub advertise_peer_urls: Vec<String>,
+    /// The bootstrap membership.
+    pub initial_cluster: Vec<InitialMember>,
+    /// New or existing cluster.
+    pub initial_cluster_state: ClusterState,
+    /// Cluster token.
+    pub initial_cluster_token: String,
+    /// Largest accepted request, in bytes.
+    pub max_request_bytes: usize,
+    /// Most operations in one txn.
+    pub max_txn_ops: usize,
+    /// Raft heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout.
+    pub election_timeout: Duration,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are constants that always parse.
+        Config::from_flags(Flags::parse_from(["concord"])).unwrap_or_else(|err| {
+            unreachable!("etcd's default flags are valid: {err}")
+        })
+    }
+}
+
+impl Config {
+    /// Validates flags into a configuration.
+    pub fn from_flags(flags: Flags) -> Result<Self, Error> {
+        let client_urls = split_urls(&flags.listen_client_urls);
+        let peer_urls = split_urls(&flags.listen_peer_urls);
+        let initial_cluster = parse_initial_cluster(&flags.initial_cluster)?;
+        let initial_cluster_state = match flags.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(Error::Config(format!(
+                    "unexpected --initial-cluster-state {other:?} (expected \"new\" or \"existing\")"
+                )));
+            }
+        };
+        let advertise_peer_urls = split_urls(&flags.initial_advertise_peer_urls);
+        if initial_cluster_state == ClusterState::New {
+            let me = initial_cluster.iter().find(|m| m.name == flags.name).ok_or_else(|| {
+                Error::Config(format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    flags.name
+                ))
+            })?;
+            let mut mine = me.peer_urls.clone();
+            let mut advertised = advertise_peer_urls.clone();
+            mine.sort();
+            advertised.sort();
+            if mine != advertised {
+                return Err(Error::Config(format!(
+                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+                    me.name,
+                    me.peer_urls.join(","),
+                    advertise_peer_urls.join(",")
+                )));
+            }
+        }
+        if initial_cluster.len() > 1 {
+            return Err(Error::Config(
+                "multi-member clusters are not supported yet: the peer transport is not built".into(),
+            ));
+        }
+        if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+            return Err(Error::Config(format!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                flags.election_timeout, flags.heartbeat_interval
+            )));
+        }
+        if flags.max_txn_ops == 0 || flags.max_request_bytes == 0 {
+            return Err(Error::Config("--max-txn-ops and --max-request-bytes must be positive".into()));
+        }
+        Ok(Config {
+            name: flags.name,
+            data_dir: flags.data_dir,
+            client_addrs: resolve_all(&client_urls)?,
+            advertise_client_urls: split_urls(&flags.advertise_client_urls),
+            peer_addrs: resolve_all(&peer_urls)?,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: flags.initial_cluster_token,
+            max_request_bytes: flags.max_request_bytes,
+            max_txn_ops: flags.max_txn_ops,
+            heartbeat_interval: Duration::from_millis(flags.heartbeat_interval),
+            election_timeout: Duration::from_millis(flags.election_timeout),
+            snapshot_count: flags.snapshot_count.max(1),
+        })
+    }
+}
+
+fn split_urls(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// Parses `name=url,name=url` (a name may appear several times for several URLs).
+fn parse_initial_cluster(spec: &str) -> Result<Vec<InitialMember>, Error> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for part in split_urls(spec) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("--initial-cluster: {part:?} is not name=URL")))?;
+        url_host_port(url)?;
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err(Error::Config("--initial-cluster is empty".into()));
+    }
+    Ok(members)
+}
+
+/// `http://host:port` → `(host, port)`; only plain http and https URLs are accepted.
+fn url_host_port(url: &str) -> Result<(&str, u16), Error> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| Error::Config(format!("URL {url:?} must start with http:// or https://")))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Config(format!("URL {url:?} has no port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| Error::Config(format!("URL {url:?} has an invalid port")))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+fn resolve_all(urls: &[String]) -> Result<Vec<SocketAddr>, Error> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = Vec::new();
+    for url in urls {
+        let (host, port) = url_host_port(url)?;
+        let resolved = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("cannot resolve {url:?}: {e}")))?;
+        // `localhost` resolves to both 127.0.0.1 and ::1; etcd listens on the first.
+        let first = resolved
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Config(format!("{url:?} resolves to no address")))?;
+        if !addrs.contains(&first) {
+            addrs.push(first);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(Error::Config("no listen URL given".into()));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("concord").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let config = Config::default();
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, PathBuf::from("./default.concord"));
+        assert_eq!(config.max_request_bytes, 1_572_864);
+        assert_eq!(config.max_txn_ops, 128);
+        assert_eq!(config.initial_cluster_token, "etcd-cluster");
+        assert_eq!(config.initial_cluster[0].peer_urls, vec!["http://localhost:2380".to_string()]);
+        assert_eq!(config.client_addrs[0].port(), 2379);
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        let bad = [
+            vec!["--initial-cluster-state", "maybe"],
+            vec!["--initial-cluster", "x"],
+            vec!["--name", "other"],
+            vec!["--listen-client-urls", "localhost:2379"],
+            vec!["--heartbeat-interval", "500", "--election-timeout", "1000"],
+        ];
+        for args in bad {
+            assert!(Config::from_flags(flags(&args)).is_err(), "{args:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_initial_cluster() {
+        let members = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].peer_urls.len(), 2);
+    }
+}

@@ -1,0 +1,91 @@
+//! The server's error type, and its one mapping to `tonic::Status` with etcd's messages.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::MvccError;
+
+/// etcd's `etcdserver: request is too large`.
+pub const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+/// etcd's `etcdserver: too many operations in txn request`.
+pub const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+/// etcd's `etcdserver: no leader`.
+pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
+/// etcd's `etcdserver: request timed out`.
+pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
+/// etcd's `etcdserver: server stopped`.
+pub const ERR_STOPPED: &str = "etcdserver: server stopped";
+
+/// Everything that can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A flag or configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The store rejected the request (etcd's mvcc and request errors).
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    /// The request is larger than `--max-request-bytes`.
+    #[error("{ERR_REQUEST_TOO_LARGE}")]
+    RequestTooLarge,
+    /// The txn has more operations than `--max-txn-ops`.
+    #[error("{ERR_TOO_MANY_OPS}")]
+    TooManyOps,
+    /// No leader is known (quorum lost, or an election is under way).
+    #[error("{ERR_NO_LEADER}")]
+    NoLeader,
+    /// The request did not finish in time.
+    #[error("{ERR_TIMEOUT}")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("{ERR_STOPPED}")]
+    Stopped,
+    /// Raft failed in a way the client cannot fix.
+    #[error("etcdserver: raft: {0}")]
+    Raft(String),
+    /// Disk or file-system failure.
+    #[error("etcdserver: storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::Config(_) => Code::InvalidArgument,
+            Error::Mvcc(e) => mvcc_code(e),
+            Error::RequestTooLarge | Error::TooManyOps => Code::InvalidArgument,
+            Error::NoLeader | Error::Stopped => Code::Unavailable,
+            Error::Timeout => Code::Unavailable,
+            Error::Raft(_) | Error::Io(_) => Code::Unavailable,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+/// The gRPC codes etcd uses for each store error (see etcd's `rpctypes`).
+fn mvcc_code(err: &MvccError) -> Code {
+    match err {
+        MvccError::Compacted | MvccError::FutureRev => Code::OutOfRange,
+        MvccError::KeyNotFound => Code::InvalidArgument,
+        MvccError::Storage(_) => Code::Unavailable,
+        _ => Code::InvalidArgument,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_etcds_text_and_code() {
+        let status = Status::from(Error::Mvcc(MvccError::Compacted));
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
+        let status = Status::from(Error::RequestTooLarge);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "etcdserver: request is too large");
+        let status = Status::from(Error::TooManyOps);
+        assert_eq!(status.message(), "etcdserver: too many operations in txn request");
+        assert_eq!(Status::from(Error::NoLeader).code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,113 @@
+//! The MVCC store's error type, with etcd's client-visible messages.
+
+use thiserror::Error;
+
+/// Everything the MVCC store can fail with.
+///
+/// The `Display` texts are etcd's own (`rpctypes` / `mvcc` errors) word for word, because clients
+/// match on them. Every variant except [`MvccError::Storage`] is the client's fault and leaves the
+/// store unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MvccError {
+    /// The requested revision is older than the compacted revision.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is newer than the store's current revision.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// A request carried an empty key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value` / `ignore_lease` was set on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` was set together with a non-empty value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` was set together with a non-zero lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn writes the same key twice (or puts a key it also deletes) in one branch.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A range request carried an unknown sort order or sort target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// The database failed, or its contents could not be decoded.
+    #[error("etcdserver: storage error: {0}")]
+    Storage(String),
+}
+
+impl MvccError {
+    /// True when the request was at fault (the store is unchanged); false for storage failures.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, MvccError::Storage(_))
+    }
+}
+
+macro_rules! storage_from {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            impl From<$ty> for MvccError {
+                fn from(err: $ty) -> Self {
+                    MvccError::Storage(err.to_string())
+                }
+            }
+        )*
+    };
+}
+
+storage_from!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError,
+    prost::DecodeError,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_etcd() {
+        let cases = [
+            (
+                MvccError::Compacted,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                MvccError::FutureRev,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (MvccError::EmptyKey, "etcdserver: key is not provided"),
+            (MvccError::KeyNotFound, "etcdserver: key not found"),
+            (MvccError::ValueProvided, "etcdserver: value is provided"),
+            (MvccError::LeaseProvided, "etcdserver: lease is provided"),
+            (
+                MvccError::DuplicateKey,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (MvccError::InvalidSortOption, "etcdserver: invalid sort option"),
+            (
+                MvccError::Storage("disk on fire".into()),
+                "etcdserver: storage error: disk on fire",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+            assert_eq!(err.is_client_error(), !matches!(err, MvccError::Storage(_)));
+        }
+    }
+
+    #[test]
+    fn redb_errors_become_storage() {
+        let err: MvccError = redb::StorageError::Corrupted("bad page".into()).into();
+        assert!(matches!(&err, MvccError::Storage(s) if s.contains("bad page")));
+        assert!(!err.is_client_error());
+    }
+}

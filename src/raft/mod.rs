@@ -1,0 +1,43 @@
+//! Consensus: every write is a [`Command`] that goes through openraft before it is applied.
+//!
+//! # Layout
+//! - [`command`]: the replicated [`Command`] and the state machine's [`CommandResult`].
+//! - [`codec`]: how log entries, log ids and votes are encoded on disk (versioned).
+//! - [`log_store`]: the Raft log in redb, with group commit (one fsync for every append waiting).
+//! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
+//!   applied log id, and builds/installs snapshots.
+//! - [`network`]: the peer transport.
+//! - [`node`]: starting a Raft node on a data directory.
+
+pub mod codec;
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod snapshot;
+pub mod state_machine;
+
+pub use command::{Command, CommandResult};
+pub use node::{MemberNode, RaftNode};
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for Concord.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = MemberNode,
+);
+
+/// The Raft handle used everywhere in the server.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+/// A log id of this configuration.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A vote of this configuration.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// A log entry of this configuration.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// A stored membership of this configuration.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;

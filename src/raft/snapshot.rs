@@ -1,0 +1,162 @@
+//! Snapshots: a point-in-time copy of the state machine in a redb file of its own.
+//!
+//! Building one copies every state table from a single read transaction (a consistent view)
+//! into `snap/<index>-<term>.snap`, written under a temporary name, fsynced, then renamed, so
+//! a crash never leaves a half snapshot in place. Installing copies the tables back in one
+//! write transaction. Only the newest snapshot is kept.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftSnapshotBuilder;
+use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::{decode_json, encode_json};
+use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
+use super::{SnapshotMeta, TypeConfig};
+use crate::mvcc;
+
+/// The snapshot's own metadata, inside the snapshot file.
+const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
+const KEY_META: &str = "meta";
+const SUFFIX: &str = ".snap";
+
+/// A snapshot on disk: what openraft hands between the state machine and the network.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    /// Path of the snapshot's redb file.
+    pub path: PathBuf,
+}
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// Builds a snapshot from a consistent read of the live database.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    dir: PathBuf,
+}
+
+impl SnapshotBuilder {
+    /// A builder that reads `db` and writes into `dir`.
+    pub fn new(db: Arc<Database>, dir: PathBuf) -> Self {
+        Self { db, dir }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || build(&db, &dir))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+fn file_name(meta: &SnapshotMeta) -> String {
+    let (index, term) = meta
+        .last_log_id
+        .as_ref()
+        .map_or((0, 0), |id| (id.index, id.leader_id.term));
+    format!("{index:020}-{term:020}{SUFFIX}")
+}
+
+fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
+    let read = db.begin_read().map_err(storage_err)?;
+    let (last_log_id, last_membership) = read_applied_state_in(&read)?;
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let path = dir.join(file_name(&meta));
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let snap = Database::create(&tmp).map_err(storage_err)?;
+        let mut write = snap.begin_write().map_err(storage_err)?;
+        write.set_durability(Durability::Immediate).map_err(storage_err)?;
+        mvcc::copy_tables(&read, &write).map_err(storage_err)?;
+        write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
+        write
+            .open_table(SNAPSHOT_META)
+            .map_err(storage_err)?
+            .insert(KEY_META, encode_json(&meta)?.as_slice())
+            .map_err(storage_err)?;
+        write.commit().map_err(storage_err)?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    remove_others(dir, &path)?;
+    tracing::info!(snapshot = %path.display(), "built snapshot");
+    Ok(Snapshot {
+        meta,
+        snapshot: SnapshotFile { path },
+    })
+}
+
+/// The newest snapshot in `dir`, if any.
+pub fn current(dir: &Path) -> io::Result<Option<Snapshot>> {
+    let mut newest: Option<PathBuf> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_snapshot = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(SUFFIX));
+        if is_snapshot && newest.as_ref().is_none_or(|n| path > *n) {
+            newest = Some(path);
+        }
+    }
+    let Some(path) = newest else { return Ok(None) };
+    let meta = read_meta(&path)?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: SnapshotFile { path },
+    }))
+}
+
+fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+    let snap = ReadOnlyDatabase::open(path).map_err(storage_err)?;
+    let read = snap.begin_read().map_err(storage_err)?;
+    let table = read.open_table(SNAPSHOT_META).map_err(storage_err)?;
+    let value = table
+        .get(KEY_META)
+        .map_err(storage_err)?
+        .ok_or_else(|| storage_err(format!("{} has no snapshot metadata", path.display())))?;
+    decode_json(value.value())
+}
+
+/// Replaces the live state with the snapshot's, keeps the snapshot as the current one, and
+/// returns where it is kept.
+pub fn install(db: &Database, dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<PathBuf> {
+    {
+        let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
+        let read = snap.begin_read().map_err(storage_err)?;
+        let mut write = db.begin_write().map_err(storage_err)?;
+        write.set_durability(Durability::Immediate).map_err(storage_err)?;
+        mvcc::copy_tables(&read, &write).map_err(storage_err)?;
+        write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
+        write.commit().map_err(storage_err)?;
+    }
+    let kept = dir.join(file_name(meta));
+    if snapshot.path != kept {
+        std::fs::rename(&snapshot.path, &kept).or_else(|_| std::fs::copy(&snapshot.path, &kept).map(|_| ()))?;
+        sync_dir(dir)?;
+    }
+    remove_others(dir, &kept)?;
+    Ok(kept)
+}
+
+fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == "tmp") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

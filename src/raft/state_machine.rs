@@ -1,0 +1,210 @@
+//! The Raft state machine: applies committed commands to the MVCC store.
+//!
+//! A batch of committed entries is applied in one redb write transaction that also records the
+//! last applied log id and membership, so the store and its applied index never disagree. Those
+//! commits skip the fsync (`Durability::None`): the Raft log is the durability point, and on
+//! restart openraft re-applies everything after the durable applied index up to the saved
+//! committed index. A durable commit is made periodically, and before every snapshot, so that
+//! replay stays short and the log can be purged safely.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_proto::raftpb::{command::Request, command_response::Response, CommandResponse};
+use futures::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::impls::EntryPayload;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::OptionalSend;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::{decode_json, encode_json};
+use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
+use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::mvcc::{MvccError, MvccStore, WriteBatch};
+
+/// The state machine's own records, in the same database as the MVCC tables.
+pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
+pub(crate) const KEY_APPLIED: &str = "applied";
+pub(crate) const KEY_MEMBERSHIP: &str = "membership";
+
+/// How often an applied batch is committed with an fsync even without a snapshot.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// openraft's state machine over the MVCC store.
+pub struct StateMachine {
+    db: Arc<Database>,
+    store: Arc<MvccStore>,
+    snapshot_dir: PathBuf,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    last_sync: Instant,
+}
+
+impl StateMachine {
+    /// Opens the state machine over `store` (whose database is `db`); snapshots go to `snapshot_dir`.
+    pub fn open(db: Arc<Database>, store: Arc<MvccStore>, snapshot_dir: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let (applied, membership) = read_applied_state(&db)?;
+        Ok(Self {
+            db,
+            store,
+            snapshot_dir,
+            applied,
+            membership,
+            last_sync: Instant::now(),
+        })
+    }
+
+    /// Commits an empty transaction durably: every earlier non-durable commit reaches the disk.
+    fn sync(&mut self) -> io::Result<()> {
+        let mut txn = self.db.begin_write().map_err(storage_err)?;
+        txn.set_durability(Durability::Immediate).map_err(storage_err)?;
+        txn.commit().map_err(storage_err)?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
+/// Reads the applied log id and membership recorded with the data.
+pub(crate) fn read_applied_state(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)> {
+    read_applied_state_in(&db.begin_read().map_err(storage_err)?)
+}
+
+/// Reads the applied log id and membership inside a read transaction.
+pub(crate) fn read_applied_state_in(txn: &redb::ReadTransaction) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let table = match txn.open_table(SM_META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, StoredMembership::default())),
+        Err(err) => return Err(storage_err(err)),
+    };
+    let applied = match table.get(KEY_APPLIED).map_err(storage_err)? {
+        Some(v) => Some(decode_json(v.value())?),
+        None => None,
+    };
+    let membership = match table.get(KEY_MEMBERSHIP).map_err(storage_err)? {
+        Some(v) => decode_json(v.value())?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// Records the applied state inside an open write transaction.
+pub(crate) fn write_applied_state(
+    txn: &redb::WriteTransaction,
+    applied: &Option<LogId>,
+    membership: &StoredMembership,
+) -> io::Result<()> {
+    let mut table = txn.open_table(SM_META).map_err(storage_err)?;
+    if let Some(applied) = applied {
+        table.insert(KEY_APPLIED, encode_json(applied)?.as_slice()).map_err(storage_err)?;
+    }
+    table
+        .insert(KEY_MEMBERSHIP, encode_json(membership)?.as_slice())
+        .map_err(storage_err)?;
+    Ok(())
+}
+
+/// A storage failure: fatal to Raft.
+pub(crate) fn storage_err(err: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("state machine storage: {err}"))
+}
+
+/// Applies one command inside the batch. Store-level rejections are answers, not failures;
+/// only a storage failure aborts the batch.
+fn apply_command(batch: &mut WriteBatch<'_>, cmd: &Command) -> io::Result<CommandResult> {
+    let outcome = match &cmd.0.request {
+        Some(Request::Put(req)) => batch.put(req).map(Response::Put),
+        Some(Request::DeleteRange(req)) => batch.delete_range(req).map(Response::DeleteRange),
+        Some(Request::Txn(req)) => batch.txn(req).map(Response::Txn),
+        Some(Request::Compaction(req)) => batch.compact(req).map(Response::Compaction),
+        None => return Ok(CommandResult::Empty),
+    };
+    match outcome {
+        Ok(response) => Ok(CommandResult::Applied(CommandResponse {
+            response: Some(response),
+        })),
+        Err(MvccError::Storage(msg)) => Err(storage_err(msg)),
+        Err(err) => Ok(CommandResult::Rejected(err)),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut pending = Vec::new();
+        while let Some(item) = entries.next().await {
+            pending.push(item?);
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut applied = self.applied.clone();
+        let mut membership = self.membership.clone();
+        let mut batch = self.store.begin_write().map_err(storage_err)?;
+        let mut answers = Vec::with_capacity(pending.len());
+        for (entry, responder) in pending {
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::Empty,
+                EntryPayload::Normal(cmd) => apply_command(&mut batch, cmd)?,
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                    CommandResult::Empty
+                }
+            };
+            applied = Some(entry.log_id());
+            answers.push((responder, result));
+        }
+        write_applied_state(batch.transaction(), &applied, &membership)?;
+        let durable = self.last_sync.elapsed() >= SYNC_INTERVAL;
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        batch.commit(durability).map_err(storage_err)?;
+        if durable {
+            self.last_sync = Instant::now();
+        }
+        self.applied = applied;
+        self.membership = membership;
+        for (responder, result) in answers {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Make everything applied so far durable, so the log a snapshot lets openraft purge is
+        // never needed to rebuild our own state after a crash.
+        if let Err(err) = self.sync() {
+            tracing::error!(error = %err, "durable commit before snapshot failed");
+        }
+        SnapshotBuilder::new(self.db.clone(), self.snapshot_dir.clone())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let installed = snapshot::install(&self.db, &self.snapshot_dir, meta, snapshot)?;
+        self.store.reload().map_err(storage_err)?;
+        self.applied = meta.last_log_id.clone();
+        self.membership = meta.last_membership.clone();
+        self.last_sync = Instant::now();
+        tracing::info!(snapshot = %installed.display(), "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+        snapshot::current(&self.snapshot_dir)
+    }
+}

@@ -1,0 +1,87 @@
+//! Serving: binds the client listeners, runs the gRPC services and `/health`, and stops in order.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::api::{health, kv::KvService, maintenance::MaintenanceService, Api};
+use crate::config::Config;
+use crate::error::Error;
+use crate::raft::RaftNode;
+
+/// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
+/// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Binds every `--listen-client-urls` address.
+pub async fn bind_client_listeners(config: &Config) -> Result<Vec<TcpListener>, Error> {
+    let mut listeners = Vec::new();
+    for addr in &config.client_addrs {
+        listeners.push(TcpListener::bind(addr).await?);
+    }
+    Ok(listeners)
+}
+
+/// Runs a member: starts Raft on the data directory, serves clients on `listeners` until
+/// `shutdown` completes, then stops serving, shuts Raft down and closes the databases.
+pub async fn run(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let node = RaftNode::start(&config).await?;
+    tracing::info!(
+        name = %node.identity.name,
+        member = %format!("{:x}", node.identity.member_id),
+        cluster = %format!("{:x}", node.identity.cluster_id),
+        "raft started"
+    );
+    let api = Api::new(node, &config);
+    let routes = routes(&api, &config);
+
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr()?, "serving client requests");
+        let mut stop = stop_tx.subscribe();
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.recv().await;
+            });
+        servers.push(tokio::spawn(server));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "client server stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "client server task failed"),
+        }
+    }
+    api.node().shutdown().await;
+    Ok(())
+}
+
+fn routes(api: &Arc<Api>, config: &Config) -> Routes {
+    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let kv = KvServer::new(KvService::new(api.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let mut routes = Routes::new(kv).add_service(maintenance);
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.merge(health::router(api.clone()));
+    routes
+}
