@@ -15,12 +15,12 @@ pub fn router(api: Arc<Api>) -> Router {
         "/health",
         get(move || {
             let api = api.clone();
-            async move { health(&api).await }
+            async move { health(api).await }
         }),
     )
 }
 
-async fn health(api: &Api) -> impl IntoResponse {
+async fn health(api: Arc<Api>) -> impl IntoResponse {
     // Healthy when a linearizable read succeeds, as etcd's check (a QGET through Raft).
     let (status, body) = match api.linearizable_read().await {
         Ok(()) => (StatusCode::OK, r#"{"health":"true"}"#),

@@ -50,16 +50,14 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let node = self.api.node();
-        let (leader, raft_index, raft_term, applied) = {
-            let metrics = node.raft.metrics();
-            let m = metrics.borrow();
+        let (leader, raft_index, raft_term, applied) = node.with_metrics(|m| {
             (
                 m.current_leader.unwrap_or(0),
                 m.last_log_index.unwrap_or(0),
                 m.current_term,
                 m.last_applied.as_ref().map_or(0, |id| id.index),
             )
-        };
+        });
         let db_size = std::fs::metadata(&node.db_path).map(|m| m.len() as i64).unwrap_or(0);
         // redb reports page statistics only inside a write transaction; rather than stall
         // writers for a status call, report the file size for both.

@@ -1,13 +1,14 @@
 //! The MVCC store's error type, with etcd's client-visible messages.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Everything the MVCC store can fail with.
 ///
 /// The `Display` texts are etcd's own (`rpctypes` / `mvcc` errors) word for word, because clients
 /// match on them. Every variant except [`MvccError::Storage`] is the client's fault and leaves the
-/// store unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// store unchanged. It is serde-serializable so that an apply result can carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum MvccError {
     /// The requested revision is older than the compacted revision.
@@ -71,6 +72,8 @@ storage_from!(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@
 
 use concord_proto::mvccpb::KeyValue;
 use prost::Message;
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
 
 use super::error::MvccError;
 use super::revision::{REVISION_BYTES, Revision};
@@ -60,9 +60,7 @@ pub fn decode_row(bytes: &[u8]) -> Result<Row, MvccError> {
         MARK_PUT => false,
         MARK_TOMBSTONE => true,
         other => {
-            return Err(MvccError::Storage(format!(
-                "unknown history row marker {other}"
-            )));
+            return Err(MvccError::Storage(format!("unknown history row marker {other}")));
         }
     };
     Ok(Row {
@@ -100,9 +98,9 @@ pub trait History {
 
     /// The key-value written at `rev`, which the index says exists.
     fn kv(&self, rev: Revision) -> Result<KeyValue, MvccError> {
-        self.row(rev)?.map(|r| r.kv).ok_or_else(|| {
-            MvccError::Storage(format!("history row {}/{} is missing", rev.main, rev.sub))
-        })
+        self.row(rev)?
+            .map(|r| r.kv)
+            .ok_or_else(|| MvccError::Storage(format!("history row {}/{} is missing", rev.main, rev.sub)))
     }
 }
 
@@ -115,8 +113,43 @@ impl<T: ReadableTable<[u8; REVISION_BYTES], &'static [u8]>> History for T {
     }
 }
 
+/// Replaces the MVCC tables written by `write` with those `read` sees (missing tables count as
+/// empty): how a snapshot is built from, and installed into, a database. After installing into
+/// a live store's database, call [`super::MvccStore::reload`].
+pub fn copy_tables(read: &ReadTransaction, write: &WriteTransaction) -> Result<(), MvccError> {
+    write.delete_table(HISTORY)?;
+    write.delete_table(META)?;
+    {
+        let mut dst = write.open_table(HISTORY)?;
+        match read.open_table(HISTORY) {
+            Ok(src) => {
+                for entry in src.iter()? {
+                    let (k, v) = entry?;
+                    dst.insert(k.value(), v.value())?;
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut dst = write.open_table(META)?;
+    match read.open_table(META) {
+        Ok(src) => {
+            for entry in src.iter()? {
+                let (k, v) = entry?;
+                dst.insert(k.value(), v.value())?;
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     fn kv() -> KeyValue {

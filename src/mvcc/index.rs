@@ -55,20 +55,12 @@ impl TreeIndex {
         self.tree.len()
     }
 
-    /// True when the index holds no key at all.
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
-    }
-
     /// The key as of `at_rev`, if it existed then.
     pub fn get(&self, key: &[u8], at_rev: i64) -> Option<KeyRevision> {
         self.tree.get(key)?.get(at_rev)
     }
 
-    fn visit<'s>(
-        &'s self,
-        span: KeySpan<'_>,
-    ) -> impl Iterator<Item = (&'s Vec<u8>, &'s KeyIndex)> + 's {
+    fn visit<'s>(&'s self, span: KeySpan<'_>) -> impl Iterator<Item = (&'s Vec<u8>, &'s KeyIndex)> + 's {
         let range = if span.is_empty() {
             None
         } else {
@@ -206,6 +198,8 @@ impl TreeIndex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     fn rev(main: i64) -> Revision {

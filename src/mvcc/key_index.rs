@@ -217,6 +217,8 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     fn rev(main: i64) -> Revision {

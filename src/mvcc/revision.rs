@@ -56,6 +56,8 @@ fn decode_part(b: [u8; 8]) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]

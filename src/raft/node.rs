@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::{Config as RaftConfig, SnapshotPolicy};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config as RaftConfig, RaftMetrics, SnapshotPolicy};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -17,7 +18,7 @@ use sha1::{Digest, Sha1};
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::state_machine::StateMachine;
-use super::Raft;
+use super::{Raft, TypeConfig};
 use crate::config::{ClusterState, Config, InitialMember};
 use crate::error::Error;
 use crate::mvcc::MvccStore;
@@ -199,6 +200,13 @@ impl RaftNode {
             identity,
             db_path,
         })
+    }
+
+    /// Reads Raft's current metrics without copying them.
+    pub fn with_metrics<T>(&self, read: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
+        let metrics = self.raft.metrics();
+        let current = metrics.borrow_watched();
+        read(&current)
     }
 
     /// Stops Raft; the databases close when the last handle drops.

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftSnapshotBuilder;
-use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
 
 use super::codec::{decode_json, encode_json};
 use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
 use super::{SnapshotMeta, TypeConfig};
-use crate::mvcc;
+use crate::mvcc::{self, MvccStore};
 
 /// The snapshot's own metadata, inside the snapshot file.
 const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
@@ -126,18 +126,21 @@ fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
     decode_json(value.value())
 }
 
-/// Replaces the live state with the snapshot's, keeps the snapshot as the current one, and
-/// returns where it is kept.
-pub fn install(db: &Database, dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<PathBuf> {
-    {
-        let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
-        let read = snap.begin_read().map_err(storage_err)?;
-        let mut write = db.begin_write().map_err(storage_err)?;
-        write.set_durability(Durability::Immediate).map_err(storage_err)?;
-        mvcc::copy_tables(&read, &write).map_err(storage_err)?;
-        write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
-        write.commit().map_err(storage_err)?;
-    }
+/// Replaces the live state with the snapshot's: the MVCC tables and index swap under the
+/// store's write lock (readers never see a mix), together with the applied state, durably.
+pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
+    let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
+    let read = snap.begin_read().map_err(storage_err)?;
+    let mut batch = store.begin_write().map_err(storage_err)?;
+    batch.replace_with(&read).map_err(storage_err)?;
+    write_applied_state(batch.transaction(), &meta.last_log_id, &meta.last_membership)?;
+    batch.commit(Durability::Immediate).map_err(storage_err)?;
+    Ok(())
+}
+
+/// Keeps an installed snapshot as the current one (moving it into `dir` if it came from
+/// elsewhere) and returns where it is kept.
+pub fn keep(dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<PathBuf> {
     let kept = dir.join(file_name(meta));
     if snapshot.path != kept {
         std::fs::rename(&snapshot.path, &kept).or_else(|_| std::fs::copy(&snapshot.path, &kept).map(|_| ()))?;

@@ -18,7 +18,7 @@ use openraft::entry::RaftEntry;
 use openraft::impls::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::OptionalSend;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::codec::{decode_json, encode_json};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
@@ -193,8 +193,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
-        let installed = snapshot::install(&self.db, &self.snapshot_dir, meta, snapshot)?;
-        self.store.reload().map_err(storage_err)?;
+        snapshot::install(&self.store, meta, &snapshot)?;
+        let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id.clone();
         self.membership = meta.last_membership.clone();
         self.last_sync = Instant::now();

@@ -1,0 +1,150 @@
+//! `concord-bench`: drives an etcd-compatible endpoint with N concurrent clients and reports
+//! throughput and latency percentiles. The same binary measures Concord and etcd, so a run of
+//! `scripts/bench.sh` compares them side by side.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use concord_proto::etcdserverpb::kv_client::KvClient;
+use concord_proto::etcdserverpb::{PutRequest, RangeRequest};
+use tonic::transport::Channel;
+
+/// What each client does in a loop.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Workload {
+    /// Durable puts of distinct keys.
+    Put,
+    /// Linearizable single-key gets.
+    Get,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load an etcd-compatible endpoint and report throughput and latency")]
+struct Args {
+    /// Endpoint, e.g. http://127.0.0.1:2379.
+    #[arg(long)]
+    endpoint: String,
+    /// The operation every client repeats.
+    #[arg(long, value_enum, default_value = "put")]
+    workload: Workload,
+    /// Concurrent clients (each its own request stream; 16 share one connection).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Total operations across all clients.
+    #[arg(long, default_value_t = 10_000)]
+    total: usize,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// A label printed with the result line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// Clients multiplexed on one HTTP/2 connection, as etcd's own benchmark tool does by default.
+const CLIENTS_PER_CONNECTION: usize = 16;
+
+fn key(index: usize, size: usize) -> Vec<u8> {
+    let mut key = format!("{index:0width$}", width = size).into_bytes();
+    key.truncate(size.max(1));
+    key
+}
+
+async fn client_loop(
+    mut kv: KvClient<Channel>,
+    workload: Workload,
+    ops: std::ops::Range<usize>,
+    args: (usize, usize),
+) -> anyhow::Result<Vec<Duration>> {
+    let (key_size, value_size) = args;
+    let value = vec![b'v'; value_size];
+    let mut latencies = Vec::with_capacity(ops.len());
+    for i in ops {
+        let started = Instant::now();
+        match workload {
+            Workload::Put => {
+                kv.put(PutRequest {
+                    key: key(i, key_size),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .context("put")?;
+            }
+            Workload::Get => {
+                kv.range(RangeRequest {
+                    key: key(i % 1000, key_size),
+                    ..Default::default()
+                })
+                .await
+                .context("get")?;
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.clients > 0 && args.total >= args.clients, "need 0 < clients <= total");
+    let connections = args.clients.div_ceil(CLIENTS_PER_CONNECTION);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = Channel::from_shared(args.endpoint.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connect to {}", args.endpoint))?;
+        channels.push(channel);
+    }
+    if let Workload::Get = args.workload {
+        let mut kv = KvClient::new(channels[0].clone());
+        for i in 0..1000 {
+            kv.put(PutRequest {
+                key: key(i, args.key_size),
+                value: vec![b'v'; args.value_size],
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    let per_client = args.total / args.clients;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let kv = KvClient::new(channels[c % connections].clone());
+        let ops = c * per_client..(c + 1) * per_client;
+        tasks.push(tokio::spawn(client_loop(kv, args.workload, ops, (args.key_size, args.value_size))));
+    }
+    let mut latencies = Vec::with_capacity(args.total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let ops = latencies.len();
+    println!(
+        "{label} workload={workload:?} clients={clients} ops={ops} seconds={secs:.2} ops_per_sec={rate:.0} p50_ms={p50:.2} p99_ms={p99:.2}",
+        label = args.label,
+        workload = args.workload,
+        clients = args.clients,
+        secs = elapsed.as_secs_f64(),
+        rate = ops as f64 / elapsed.as_secs_f64(),
+        p50 = percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}

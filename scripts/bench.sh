@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same client (concord-bench) drives real etcd and Concord, one after
+# the other in one run, each on a fresh data directory on the same disk.
+#
+#   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
+#   WORKLOAD=get scripts/bench.sh    # linearizable gets
+#   CLIENTS="1 16 64" TOTAL=50000 scripts/bench.sh
+#
+# Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio
+# Concord/etcd per client count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKLOAD=${WORKLOAD:-put}
+CLIENTS=${CLIENTS:-"1 64"}
+TOTAL=${TOTAL:-40000}
+TOTAL_1=${TOTAL_1:-5000}   # a lone client is slow: fewer ops keep the run short
+
+command -v etcd >/dev/null || { echo "etcd not found: apt-get install -y etcd-server" >&2; exit 1; }
+cargo build --release -q --bin concord --bin concord-bench
+BENCH=target/release/concord-bench
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_port() { # host:port
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on $1" >&2; return 1
+}
+
+start() { # name -> sets ENDPOINT
+    local name=$1 port=$2 peer=$3
+    local common=(--name default --data-dir "$WORK/$name"
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port"
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer"
+        --initial-cluster "default=http://127.0.0.1:$peer")
+    if [ "$name" = etcd ]; then
+        etcd "${common[@]}" >"$WORK/$name.log" 2>&1 &
+    else
+        target/release/concord "${common[@]}" >"$WORK/$name.log" 2>&1 &
+    fi
+    PIDS+=($!)
+    wait_port "127.0.0.1:$port"
+    sleep 1   # let it elect itself
+    ENDPOINT="http://127.0.0.1:$port"
+}
+
+declare -A RATE
+for server in etcd concord; do
+    if [ $server = etcd ]; then start etcd 32379 32380; else start concord 33379 33380; fi
+    for c in $CLIENTS; do
+        total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
+        line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" --label "$server")
+        echo "$line"
+        RATE[$server-$c]=$(sed -n 's/.*ops_per_sec=\([0-9]*\).*/\1/p' <<<"$line")
+    done
+    kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+done
+for c in $CLIENTS; do
+    awk -v c="$c" -v a="${RATE[concord-$c]}" -v b="${RATE[etcd-$c]}" \
+        'BEGIN { printf "clients=%s concord/etcd=%.2f (concord %d/s, etcd %d/s)\n", c, a / b, a, b }'
+done

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs, on Debian, what building and testing Concord needs beyond Rust: etcdctl for the
+# end-to-end tests and protoc for the etcd-client crate's build script. Does nothing when present.
+set -euo pipefail
+need=()
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing ${need[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `concord` binary, driven by real `etcdctl` and the `etcd-client`
+//! crate, killed and restarted. One test binary, one module per topic.
+
+mod bad_input;
+mod client_kv;
+mod crash;
+mod etcdctl_kv;
+mod harness;
