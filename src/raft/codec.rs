@@ -91,7 +91,7 @@ mod tests {
             ..Default::default()
         }));
         let members = BTreeMap::from([(7u64, MemberNode::default())]);
-        let membership = Membership::new_with_defaults(vec![BTreeSet::from([7u64])], members);
+        let membership = Membership::new(vec![BTreeSet::from([7u64])], members).unwrap();
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Normal(put),

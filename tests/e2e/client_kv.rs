@@ -123,7 +123,7 @@ async fn txn_compares_and_nested_txn() {
         (Compare::lease("x", CompareOp::Equal, 0), true),
         (Compare::version("nosuch", CompareOp::Equal, 0), true),
         (Compare::version("x", CompareOp::Equal, 1).with_prefix(), true),
-        (Compare::mod_revision("", CompareOp::Less, 3).with_range("z"), false),
+        (Compare::mod_revision("a", CompareOp::Less, 3).with_range("z"), false),
     ];
     for (i, (cmp, expected)) in cases.into_iter().enumerate() {
         let resp = c.txn(Txn::new().when([cmp])).await.unwrap();

@@ -72,10 +72,6 @@ fn json_output_carries_revisions_versions_and_header() {
     assert!(none.get("kvs").is_none());
     assert_eq!(none["header"]["revision"], 3);
 
-    let counted = json(&server.ctl(&["get", "foo", "--prefix", "--count-only", "-w", "json"]));
-    assert_eq!(counted["count"], 1);
-    assert!(counted.get("kvs").is_none());
-
     let prev = server.ctl(&["put", "foo", "third", "--prev-kv"]);
     assert_eq!(lines(&prev), ["OK", "foo", "bar_new"]);
 }
