@@ -16,7 +16,7 @@ TOTAL=${TOTAL:-40000}
 TOTAL_1=${TOTAL_1:-5000}   # a lone client is slow: fewer ops keep the run short
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install -y etcd-server" >&2; exit 1; }
-cargo build --release -q --bin concord --bin concord-bench
+cargo build --release -q -p concord -p concord-bench
 BENCH=target/release/concord-bench
 WORK=$(mktemp -d)
 PIDS=()

@@ -16,6 +16,8 @@ pub mod network;
 pub mod node;
 pub mod snapshot;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_suite;
 
 pub use command::{Command, CommandResult};
 pub use node::{MemberNode, RaftNode};

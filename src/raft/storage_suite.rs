@@ -1,0 +1,36 @@
+//! openraft's own conformance suite, run against our log store and state machine.
+
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::StorageError;
+use tempfile::TempDir;
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachine;
+use super::TypeConfig;
+use crate::mvcc::MvccStore;
+
+struct Builder;
+
+fn storage_error(err: impl std::error::Error + 'static) -> StorageError<TypeConfig> {
+    StorageError::read(TypeConfig::err_from_error(&err))
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = TempDir::new().map_err(storage_error)?;
+        let wal = redb::Database::create(dir.path().join("wal.redb")).map_err(storage_error)?;
+        let log = LogStore::open(wal).map_err(storage_error)?;
+        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
+        let store = std::sync::Arc::new(MvccStore::open(db.clone()).map_err(storage_error)?);
+        let sm = StateMachine::open(db, store, dir.path().join("snap")).map_err(storage_error)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn log_store_and_state_machine_pass_openrafts_suite() {
+    TypeConfig::run(async {
+        Suite::test_all(Builder).await.unwrap();
+    });
+}
