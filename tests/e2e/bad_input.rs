@@ -71,3 +71,14 @@ async fn odd_ranges_answer_as_etcd_does() {
     assert_eq!(revision(&mut c).await, before);
     assert_eq!(c.get("a", Some(GetOptions::new().with_range("z"))).await.unwrap().count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_not_built_yet_answer_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let err = status(c.lease_grant(10, None).await.unwrap_err());
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let err = status(c.member_list().await.unwrap_err());
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}

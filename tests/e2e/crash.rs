@@ -99,3 +99,37 @@ async fn graceful_stop_and_restart_keep_everything() {
     assert_eq!(c.get("a", Some(GetOptions::new().with_revision(3))).await.unwrap().kvs()[0].value(), b"1");
     assert_eq!(c.put("c", "4", None).await.unwrap().header().unwrap().revision(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_truncate_the_log_and_recovery_uses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--snapshot-count", "100"]);
+    let mut c = connect(&server).await;
+    for i in 0..600 {
+        c.put(format!("s/{i:04}"), format!("{i}"), None).await.unwrap();
+    }
+    c.compact(300, None).await.unwrap();
+    let snap_dir = dir.path().join("data/member/snap");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let snapshots = loop {
+        let found: Vec<_> = std::fs::read_dir(&snap_dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
+            .unwrap_or_default();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(snapshots.len(), 1, "exactly the newest snapshot is kept: {snapshots:?}");
+    drop(c);
+    server.kill9();
+    server.restart();
+    let mut c = connect(&server).await;
+    let all = c.get("s/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(all.count(), 600);
+    assert_eq!(all.header().unwrap().revision(), 601);
+    assert_eq!(all.kvs()[599].value(), b"599");
+    let old = c.get("s/0000", Some(GetOptions::new().with_revision(299))).await.unwrap_err();
+    assert!(old.to_string().contains("required revision has been compacted"), "{old}");
+    assert_eq!(c.put("s/next", "x", None).await.unwrap().header().unwrap().revision(), 602);
+}
