@@ -16,7 +16,11 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
 /// Command-line flags, named and defaulted as etcd's.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "concord", version, about = "A distributed coordination service that speaks etcd's v3 API")]
+#[command(
+    name = "concord",
+    version,
+    about = "A distributed coordination service that speaks etcd's v3 API"
+)]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -119,9 +123,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         // The defaults are constants that always parse.
-        Config::from_flags(Flags::parse_from(["concord"])).unwrap_or_else(|err| {
-            unreachable!("etcd's default flags are valid: {err}")
-        })
+        Config::from_flags(Flags::parse_from(["concord"]))
+            .unwrap_or_else(|err| unreachable!("etcd's default flags are valid: {err}"))
     }
 }
 
@@ -142,12 +145,15 @@ impl Config {
         };
         let advertise_peer_urls = split_urls(&flags.initial_advertise_peer_urls);
         if initial_cluster_state == ClusterState::New {
-            let me = initial_cluster.iter().find(|m| m.name == flags.name).ok_or_else(|| {
-                Error::Config(format!(
-                    "couldn't find local name {:?} in the initial cluster configuration",
-                    flags.name
-                ))
-            })?;
+            let me = initial_cluster
+                .iter()
+                .find(|m| m.name == flags.name)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "couldn't find local name {:?} in the initial cluster configuration",
+                        flags.name
+                    ))
+                })?;
             let mut mine = me.peer_urls.clone();
             let mut advertised = advertise_peer_urls.clone();
             mine.sort();
@@ -173,7 +179,9 @@ impl Config {
             )));
         }
         if flags.max_txn_ops == 0 || flags.max_request_bytes == 0 {
-            return Err(Error::Config("--max-txn-ops and --max-request-bytes must be positive".into()));
+            return Err(Error::Config(
+                "--max-txn-ops and --max-request-bytes must be positive".into(),
+            ));
         }
         Ok(Config {
             name: flags.name,
@@ -195,7 +203,11 @@ impl Config {
 }
 
 fn split_urls(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Parses `name=url,name=url` (a name may appear several times for several URLs).
@@ -275,7 +287,10 @@ mod tests {
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.initial_cluster_token, "etcd-cluster");
-        assert_eq!(config.initial_cluster[0].peer_urls, vec!["http://localhost:2380".to_string()]);
+        assert_eq!(
+            config.initial_cluster[0].peer_urls,
+            vec!["http://localhost:2380".to_string()]
+        );
         assert_eq!(config.client_addrs[0].port(), 2379);
     }
 
@@ -289,13 +304,17 @@ mod tests {
             vec!["--heartbeat-interval", "500", "--election-timeout", "1000"],
         ];
         for args in bad {
-            assert!(Config::from_flags(flags(&args)).is_err(), "{args:?} should be rejected");
+            assert!(
+                Config::from_flags(flags(&args)).is_err(),
+                "{args:?} should be rejected"
+            );
         }
     }
 
     #[test]
     fn parses_initial_cluster() {
-        let members = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3").unwrap();
+        let members =
+            parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3").unwrap();
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].peer_urls.len(), 2);
     }

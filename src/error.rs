@@ -80,7 +80,10 @@ mod tests {
     fn statuses_carry_etcds_text_and_code() {
         let status = Status::from(Error::Mvcc(MvccError::Compacted));
         assert_eq!(status.code(), Code::OutOfRange);
-        assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let status = Status::from(Error::RequestTooLarge);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "etcdserver: request is too large");

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{health, kv::KvService, maintenance::MaintenanceService, Api};
+use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService};
 use crate::config::Config;
 use crate::error::Error;
 use crate::raft::RaftNode;

@@ -100,7 +100,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.clients > 0 && args.total >= args.clients, "need 0 < clients <= total");
+    anyhow::ensure!(
+        args.clients > 0 && args.total >= args.clients,
+        "need 0 < clients <= total"
+    );
     let connections = args.clients.div_ceil(CLIENTS_PER_CONNECTION);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -127,7 +130,12 @@ async fn main() -> anyhow::Result<()> {
     for c in 0..args.clients {
         let kv = KvClient::new(channels[c % connections].clone());
         let ops = c * per_client..(c + 1) * per_client;
-        tasks.push(tokio::spawn(client_loop(kv, args.workload, ops, (args.key_size, args.value_size))));
+        tasks.push(tokio::spawn(client_loop(
+            kv,
+            args.workload,
+            ops,
+            (args.key_size, args.value_size),
+        )));
     }
     let mut latencies = Vec::with_capacity(args.total);
     for task in tasks {

@@ -62,8 +62,7 @@ mod tests {
     use prost::Message;
 
     use super::etcdserverpb::{
-        Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, range_request,
-        request_op,
+        Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, range_request, request_op,
     };
 
     #[test]

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
+use axum::Router;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 
 use super::Api;
 

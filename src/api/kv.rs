@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_proto::etcdserverpb::{
-    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, request_op,
 };
 use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
 use tonic::{Request, Response, Status};
@@ -54,7 +54,9 @@ fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), Error> {
     match &op.request {
         Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => Err(MvccError::EmptyKey.into()),
         Some(request_op::Request::RequestPut(p)) => check_put(p),
-        Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => Err(MvccError::EmptyKey.into()),
+        Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+            Err(MvccError::EmptyKey.into())
+        }
         Some(request_op::Request::RequestTxn(t)) => check_txn(t, max_ops),
         _ => Ok(()),
     }
@@ -133,7 +135,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
         self.api.check_size(&req)?;
         match self.propose(Cmd::Compaction(req)).await? {
@@ -176,7 +181,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(matches!(check_txn(&nested, 8), Err(Error::Mvcc(MvccError::EmptyKey))));
+        assert!(matches!(
+            check_txn(&nested, 8),
+            Err(Error::Mvcc(MvccError::EmptyKey))
+        ));
     }
 
     #[test]
@@ -186,10 +194,16 @@ mod tests {
         put.key = b"k".to_vec();
         put.ignore_value = true;
         put.value = b"v".to_vec();
-        assert!(matches!(check_put(&put), Err(Error::Mvcc(MvccError::ValueProvided))));
+        assert!(matches!(
+            check_put(&put),
+            Err(Error::Mvcc(MvccError::ValueProvided))
+        ));
         put.value.clear();
         put.ignore_lease = true;
         put.lease = 5;
-        assert!(matches!(check_put(&put), Err(Error::Mvcc(MvccError::LeaseProvided))));
+        assert!(matches!(
+            check_put(&put),
+            Err(Error::Mvcc(MvccError::LeaseProvided))
+        ));
     }
 }

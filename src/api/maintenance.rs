@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use concord_proto::etcdserverpb::maintenance_server::Maintenance;
 use concord_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -58,7 +58,9 @@ impl Maintenance for MaintenanceService {
                 m.last_applied.as_ref().map_or(0, |id| id.index),
             )
         });
-        let db_size = std::fs::metadata(&node.db_path).map(|m| m.len() as i64).unwrap_or(0);
+        let db_size = std::fs::metadata(&node.db_path)
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
         // redb reports page statistics only inside a write transaction; rather than stall
         // writers for a status call, report the file size for both.
         let db_size_in_use = db_size;
@@ -76,7 +78,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         Err(not_yet("Defragment"))
     }
 
@@ -90,15 +95,24 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_yet("Snapshot"))
     }
 
-    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(not_yet("MoveLeader"))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Downgrade"))
     }
 }

@@ -63,7 +63,9 @@ impl Api {
 
     /// Fills the ids and term into a header the store produced (keeping its revision).
     pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
-        let revision = header.as_ref().map_or_else(|| self.store().current_revision(), |h| h.revision);
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.store().current_revision(), |h| h.revision);
         *header = Some(self.header(revision));
     }
 

@@ -23,9 +23,9 @@ pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, io::Error> {
     let payload = match &entry.payload {
         EntryPayload::Blank => Payload::Blank(true),
         EntryPayload::Normal(cmd) => Payload::Normal(cmd.0.clone()),
-        EntryPayload::Membership(m) => Payload::MembershipJson(
-            serde_json::to_string(m).map_err(io::Error::other)?,
-        ),
+        EntryPayload::Membership(m) => {
+            Payload::MembershipJson(serde_json::to_string(m).map_err(io::Error::other)?)
+        }
     };
     Ok(raftpb::LogEntry {
         term: log_id.leader_id.term,

@@ -91,8 +91,7 @@ impl<'de> Deserialize<'de> for CommandResult {
         Ok(match CommandResultWire::deserialize(deserializer)? {
             CommandResultWire::Empty => CommandResult::Empty,
             CommandResultWire::Applied(bytes) => CommandResult::Applied(
-                raftpb::CommandResponse::decode(bytes.as_slice())
-                    .map_err(serde::de::Error::custom)?,
+                raftpb::CommandResponse::decode(bytes.as_slice()).map_err(serde::de::Error::custom)?,
             ),
             CommandResultWire::Rejected(err) => CommandResult::Rejected(err),
         })

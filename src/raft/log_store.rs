@@ -14,9 +14,9 @@ use std::io;
 use std::ops::RangeBounds;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
@@ -115,7 +115,10 @@ fn load(db: &Database) -> io::Result<LogCache> {
     let txn = db.begin_write().map_err(redb_err)?;
     {
         let mut meta = txn.open_table(META).map_err(redb_err)?;
-        let format = meta.get(KEY_FORMAT).map_err(redb_err)?.map(|v| v.value().to_vec());
+        let format = meta
+            .get(KEY_FORMAT)
+            .map_err(redb_err)?
+            .map(|v| v.value().to_vec());
         match format {
             None => {
                 meta.insert(KEY_FORMAT, codec::FORMAT_VERSION.to_be_bytes().as_slice())
@@ -211,7 +214,8 @@ fn write_ops(db: &Database, ops: &[WalOp]) -> io::Result<()> {
                     log.retain_in(*from.., |_, _| false).map_err(redb_err)?;
                 }
                 WalOp::Purge { upto_index, record } => {
-                    meta.insert(KEY_LAST_PURGED, record.as_slice()).map_err(redb_err)?;
+                    meta.insert(KEY_LAST_PURGED, record.as_slice())
+                        .map_err(redb_err)?;
                     log.retain_in(..=*upto_index, |_, _| false).map_err(redb_err)?;
                 }
                 WalOp::SaveVote { record, .. } => {
@@ -239,7 +243,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(read_cache(&self.cache)?.vote.clone())
+        Ok(read_cache(&self.cache)?.vote)
     }
 }
 
@@ -252,7 +256,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(read_cache(&self.cache)?.vote.clone())
+        Ok(read_cache(&self.cache)?.vote)
     }
 }
 
@@ -265,9 +269,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .last_key_value()
             .map(|(_, e)| e.log_id())
-            .or_else(|| cache.last_purged.clone());
+            .or_else(|| cache.last_purged);
         Ok(LogState {
-            last_purged_log_id: cache.last_purged.clone(),
+            last_purged_log_id: cache.last_purged,
             last_log_id,
         })
     }
@@ -285,7 +289,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         flushed
             .await
             .map_err(|_| io::Error::other("the WAL writer has stopped"))??;
-        self.write()?.vote = Some(vote.clone());
+        self.write()?.vote = Some(*vote);
         Ok(())
     }
 
@@ -298,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(read_cache(&self.cache)?.committed.clone())
+        Ok(read_cache(&self.cache)?.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -335,7 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut cache = self.write()?;
             let keep = cache.entries.split_off(&(log_id.index + 1));
             cache.entries = keep;
-            cache.last_purged = Some(log_id.clone());
+            cache.last_purged = Some(log_id);
         }
         self.send(WalOp::Purge {
             upto_index: log_id.index,

@@ -7,10 +7,12 @@
 
 use std::future::Future;
 
+use openraft::OptionalSend;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::OptionalSend;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 
 use super::snapshot::SnapshotFile;
 use super::{MemberNode, TypeConfig, Vote};
@@ -27,7 +29,10 @@ pub struct PeerClient {
 
 impl PeerClient {
     fn unreachable(&self) -> Unreachable<TypeConfig> {
-        let msg = format!("member {:x}: no peer transport (single-member cluster)", self.target);
+        let msg = format!(
+            "member {:x}: no peer transport (single-member cluster)",
+            self.target
+        );
         Unreachable::new(&std::io::Error::other(msg))
     }
 }

@@ -98,10 +98,10 @@ fn storage(err: impl std::fmt::Display) -> Error {
 /// Reads the stored identity, or derives and stores it on first start.
 fn load_identity(wal: &Database, config: &Config) -> Result<Identity, Error> {
     let read = wal.begin_read().map_err(storage)?;
-    if let Ok(table) = read.open_table(IDENTITY) {
-        if let Some(bytes) = table.get(KEY_IDENTITY).map_err(storage)? {
-            return serde_json::from_slice(bytes.value()).map_err(storage);
-        }
+    if let Ok(table) = read.open_table(IDENTITY)
+        && let Some(bytes) = table.get(KEY_IDENTITY).map_err(storage)?
+    {
+        return serde_json::from_slice(bytes.value()).map_err(storage);
     }
     drop(read);
     let ids: Vec<u64> = config
@@ -118,7 +118,10 @@ fn load_identity(wal: &Database, config: &Config) -> Result<Identity, Error> {
     write
         .open_table(IDENTITY)
         .map_err(storage)?
-        .insert(KEY_IDENTITY, serde_json::to_vec(&identity).map_err(storage)?.as_slice())
+        .insert(
+            KEY_IDENTITY,
+            serde_json::to_vec(&identity).map_err(storage)?.as_slice(),
+        )
         .map_err(storage)?;
     write.commit().map_err(storage)?;
     Ok(identity)
@@ -186,12 +189,17 @@ impl RaftNode {
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
 
-        let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
         if !initialized && config.initial_cluster_state == ClusterState::New {
             let members = initial_members(config);
             let voters: BTreeSet<u64> = members.keys().copied().collect();
             tracing::info!(member = %format!("{:x}", identity.member_id), ?voters, "bootstrapping a new cluster");
-            raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))?;
+            raft.initialize(members)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
         }
         Ok(Self {
             raft,

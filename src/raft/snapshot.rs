@@ -102,7 +102,10 @@ pub fn current(dir: &Path) -> io::Result<Option<Snapshot>> {
     let mut newest: Option<PathBuf> = None;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_snapshot = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(SUFFIX));
+        let is_snapshot = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(SUFFIX));
         if is_snapshot && newest.as_ref().is_none_or(|n| path > *n) {
             newest = Some(path);
         }
@@ -143,7 +146,8 @@ pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) 
 pub fn keep(dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<PathBuf> {
     let kept = dir.join(file_name(meta));
     if snapshot.path != kept {
-        std::fs::rename(&snapshot.path, &kept).or_else(|_| std::fs::copy(&snapshot.path, &kept).map(|_| ()))?;
+        std::fs::rename(&snapshot.path, &kept)
+            .or_else(|_| std::fs::copy(&snapshot.path, &kept).map(|_| ()))?;
         sync_dir(dir)?;
     }
     remove_others(dir, &kept)?;

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_proto::raftpb::{command::Request, command_response::Response, CommandResponse};
+use concord_proto::raftpb::{CommandResponse, command::Request, command_response::Response};
 use futures::StreamExt;
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::impls::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::OptionalSend;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::codec::{decode_json, encode_json};
@@ -74,7 +74,9 @@ pub(crate) fn read_applied_state(db: &Database) -> io::Result<(Option<LogId>, St
 }
 
 /// Reads the applied log id and membership inside a read transaction.
-pub(crate) fn read_applied_state_in(txn: &redb::ReadTransaction) -> io::Result<(Option<LogId>, StoredMembership)> {
+pub(crate) fn read_applied_state_in(
+    txn: &redb::ReadTransaction,
+) -> io::Result<(Option<LogId>, StoredMembership)> {
     let table = match txn.open_table(SM_META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, StoredMembership::default())),
@@ -99,7 +101,9 @@ pub(crate) fn write_applied_state(
 ) -> io::Result<()> {
     let mut table = txn.open_table(SM_META).map_err(storage_err)?;
     if let Some(applied) = applied {
-        table.insert(KEY_APPLIED, encode_json(applied)?.as_slice()).map_err(storage_err)?;
+        table
+            .insert(KEY_APPLIED, encode_json(applied)?.as_slice())
+            .map_err(storage_err)?;
     }
     table
         .insert(KEY_MEMBERSHIP, encode_json(membership)?.as_slice())
@@ -136,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -150,7 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if pending.is_empty() {
             return Ok(());
         }
-        let mut applied = self.applied.clone();
+        let mut applied = self.applied;
         let mut membership = self.membership.clone();
         let mut batch = self.store.begin_write().map_err(storage_err)?;
         let mut answers = Vec::with_capacity(pending.len());
@@ -168,7 +172,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         write_applied_state(batch.transaction(), &applied, &membership)?;
         let durable = self.last_sync.elapsed() >= SYNC_INTERVAL;
-        let durability = if durable { Durability::Immediate } else { Durability::None };
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         batch.commit(durability).map_err(storage_err)?;
         if durable {
             self.last_sync = Instant::now();
@@ -192,10 +200,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::new(self.db.clone(), self.snapshot_dir.clone())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
         snapshot::install(&self.store, meta, &snapshot)?;
         let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.last_sync = Instant::now();
         tracing::info!(snapshot = %installed.display(), "installed snapshot");

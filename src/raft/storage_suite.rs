@@ -1,13 +1,13 @@
 //! openraft's own conformance suite, run against our log store and state machine.
 
+use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use openraft::StorageError;
 use tempfile::TempDir;
 
+use super::TypeConfig;
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
-use super::TypeConfig;
 use crate::mvcc::MvccStore;
 
 struct Builder;
@@ -21,7 +21,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = TempDir::new().map_err(storage_error)?;
         let wal = redb::Database::create(dir.path().join("wal.redb")).map_err(storage_error)?;
         let log = LogStore::open(wal).map_err(storage_error)?;
-        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
+        let db =
+            std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
         let store = std::sync::Arc::new(MvccStore::open(db.clone()).map_err(storage_error)?);
         let sm = StateMachine::open(db, store, dir.path().join("snap")).map_err(storage_error)?;
         Ok((dir, log, sm))

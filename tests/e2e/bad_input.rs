@@ -19,7 +19,10 @@ fn status(err: etcd_client::Error) -> tonic::Status {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_empty_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-txn-ops", "8", "--max-request-bytes", "65536"]);
+    let server = Server::start(
+        dir.path(),
+        &["--max-txn-ops", "8", "--max-request-bytes", "65536"],
+    );
     let mut c = connect(&server).await;
     c.put("keep", "me", None).await.unwrap();
     let before = revision(&mut c).await;
@@ -31,7 +34,10 @@ async fn limits_and_empty_keys() {
     let ops: Vec<TxnOp> = (0..9).map(|i| TxnOp::put(format!("t{i}"), "v", None)).collect();
     let too_many = status(c.txn(Txn::new().and_then(ops)).await.unwrap_err());
     assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
-    assert_eq!(too_many.message(), "etcdserver: too many operations in txn request");
+    assert_eq!(
+        too_many.message(),
+        "etcdserver: too many operations in txn request"
+    );
 
     let empty = status(c.put("", "v", None).await.unwrap_err());
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
@@ -39,10 +45,18 @@ async fn limits_and_empty_keys() {
     let empty_get = status(c.get("", None).await.unwrap_err());
     assert_eq!(empty_get.message(), "etcdserver: key is not provided");
 
-    let dup = status(c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)])).await.unwrap_err());
+    let dup = status(
+        c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(dup.message(), "etcdserver: duplicate key given in txn request");
 
-    assert_eq!(revision(&mut c).await, before, "rejected requests changed the store");
+    assert_eq!(
+        revision(&mut c).await,
+        before,
+        "rejected requests changed the store"
+    );
     for k in ["big", "t0", "d"] {
         assert_eq!(c.get(k, None).await.unwrap().count(), 0, "{k} was written");
     }
@@ -62,14 +76,26 @@ async fn odd_ranges_answer_as_etcd_does() {
     let backwards = c.get("c", Some(GetOptions::new().with_range("a"))).await.unwrap();
     assert_eq!((backwards.kvs().len(), backwards.count()), (0, 0));
     // ...and a negative limit as no limit.
-    let negative = c.get("a", Some(GetOptions::new().with_range("z").with_limit(-1))).await.unwrap();
+    let negative = c
+        .get("a", Some(GetOptions::new().with_range("z").with_limit(-1)))
+        .await
+        .unwrap();
     assert_eq!(negative.kvs().len(), 3);
     assert!(!negative.more());
     // Deleting a backwards range deletes nothing.
-    let deleted = c.delete("c", Some(etcd_client::DeleteOptions::new().with_range("a"))).await.unwrap();
+    let deleted = c
+        .delete("c", Some(etcd_client::DeleteOptions::new().with_range("a")))
+        .await
+        .unwrap();
     assert_eq!(deleted.deleted(), 0);
     assert_eq!(revision(&mut c).await, before);
-    assert_eq!(c.get("a", Some(GetOptions::new().with_range("z"))).await.unwrap().count(), 3);
+    assert_eq!(
+        c.get("a", Some(GetOptions::new().with_range("z")))
+            .await
+            .unwrap()
+            .count(),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,11 @@ async fn acknowledged_puts_survive_kill_9() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 2000, "only {} puts acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() >= 2000,
+        "only {} puts acknowledged before the kill",
+        acked.len()
+    );
 
     server.restart();
     let mut c = connect(&server).await;
@@ -52,15 +56,30 @@ async fn acknowledged_puts_survive_kill_9() {
         .iter()
         .map(|kv| {
             let key = kv.key_str().unwrap().to_string();
-            (key, (kv.mod_revision(), kv.version(), kv.value_str().unwrap().to_string()))
+            (
+                key,
+                (
+                    kv.mod_revision(),
+                    kv.version(),
+                    kv.value_str().unwrap().to_string(),
+                ),
+            )
         })
         .collect();
     for (key, rev) in &acked {
-        let (stored_rev, version, value) = stored.get(key).unwrap_or_else(|| panic!("acknowledged {key} lost"));
+        let (stored_rev, version, value) = stored
+            .get(key)
+            .unwrap_or_else(|| panic!("acknowledged {key} lost"));
         assert_eq!(stored_rev, rev, "{key} has another revision than acknowledged");
         assert_eq!(*version, 1, "{key} was applied more than once");
         let (w, i) = key[1..].split_once('/').unwrap();
-        assert_eq!(value, &format!("value-{w}-{}", i.trim_start_matches('0').parse::<u64>().unwrap_or(0)));
+        assert_eq!(
+            value,
+            &format!(
+                "value-{w}-{}",
+                i.trim_start_matches('0').parse::<u64>().unwrap_or(0)
+            )
+        );
     }
     // Every key written once, each write its own revision: revisions are exactly 2..=N+1.
     let mut revisions: Vec<i64> = stored.values().map(|(rev, ..)| *rev).collect();
@@ -92,12 +111,35 @@ async fn graceful_stop_and_restart_keep_everything() {
     let a = c.get("a", None).await.unwrap();
     assert_eq!(a.header().unwrap().revision(), 5);
     assert_eq!(a.kvs()[0].value(), b"3");
-    assert_eq!((a.kvs()[0].version(), a.kvs()[0].create_revision(), a.kvs()[0].mod_revision()), (2, 2, 4));
+    assert_eq!(
+        (
+            a.kvs()[0].version(),
+            a.kvs()[0].create_revision(),
+            a.kvs()[0].mod_revision()
+        ),
+        (2, 2, 4)
+    );
     assert_eq!(c.get("b", None).await.unwrap().count(), 0);
-    let old = c.get("a", Some(GetOptions::new().with_revision(2))).await.unwrap_err();
-    assert!(old.to_string().contains("required revision has been compacted"), "{old}");
-    assert_eq!(c.get("a", Some(GetOptions::new().with_revision(3))).await.unwrap().kvs()[0].value(), b"1");
-    assert_eq!(c.put("c", "4", None).await.unwrap().header().unwrap().revision(), 6);
+    let old = c
+        .get("a", Some(GetOptions::new().with_revision(2)))
+        .await
+        .unwrap_err();
+    assert!(
+        old.to_string().contains("required revision has been compacted"),
+        "{old}"
+    );
+    assert_eq!(
+        c.get("a", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap()
+            .kvs()[0]
+            .value(),
+        b"1"
+    );
+    assert_eq!(
+        c.put("c", "4", None).await.unwrap().header().unwrap().revision(),
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,14 +155,23 @@ async fn snapshots_truncate_the_log_and_recovery_uses_them() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let snapshots = loop {
         let found: Vec<_> = std::fs::read_dir(&snap_dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+                    .collect()
+            })
             .unwrap_or_default();
         if !found.is_empty() || std::time::Instant::now() > deadline {
             break found;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(snapshots.len(), 1, "exactly the newest snapshot is kept: {snapshots:?}");
+    assert_eq!(
+        snapshots.len(),
+        1,
+        "exactly the newest snapshot is kept: {snapshots:?}"
+    );
     drop(c);
     server.kill9();
     server.restart();
@@ -129,7 +180,21 @@ async fn snapshots_truncate_the_log_and_recovery_uses_them() {
     assert_eq!(all.count(), 600);
     assert_eq!(all.header().unwrap().revision(), 601);
     assert_eq!(all.kvs()[599].value(), b"599");
-    let old = c.get("s/0000", Some(GetOptions::new().with_revision(299))).await.unwrap_err();
-    assert!(old.to_string().contains("required revision has been compacted"), "{old}");
-    assert_eq!(c.put("s/next", "x", None).await.unwrap().header().unwrap().revision(), 602);
+    let old = c
+        .get("s/0000", Some(GetOptions::new().with_revision(299)))
+        .await
+        .unwrap_err();
+    assert!(
+        old.to_string().contains("required revision has been compacted"),
+        "{old}"
+    );
+    assert_eq!(
+        c.put("s/next", "x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision(),
+        602
+    );
 }

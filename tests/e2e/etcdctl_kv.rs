@@ -23,21 +23,37 @@ fn put_get_range_prefix_limit_delete() {
     assert_eq!(lines(&server.ctl(&["get", "foo"])), ["foo", "bar"]);
     assert_eq!(server.ctl(&["get", "foo", "--print-value-only"]), "bar\n");
     assert_eq!(server.ctl(&["get", "foo", "--keys-only"]), "foo\n\n");
-    assert_eq!(lines(&server.ctl(&["get", "foo", "foo3"])), ["foo", "bar", "foo1", "bar1", "foo2", "bar2"]);
+    assert_eq!(
+        lines(&server.ctl(&["get", "foo", "foo3"])),
+        ["foo", "bar", "foo1", "bar1", "foo2", "bar2"]
+    );
     assert_eq!(
         lines(&server.ctl(&["get", "--prefix", "foo"])),
         ["foo", "bar", "foo1", "bar1", "foo2", "bar2", "foo3", "bar3"]
     );
-    assert_eq!(lines(&server.ctl(&["get", "--prefix", "foo", "--limit=2"])), ["foo", "bar", "foo1", "bar1"]);
     assert_eq!(
-        lines(&server.ctl(&["get", "", "--prefix", "--keys-only", "--sort-by=MODIFY", "--order=DESCEND"]))
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>(),
+        lines(&server.ctl(&["get", "--prefix", "foo", "--limit=2"])),
+        ["foo", "bar", "foo1", "bar1"]
+    );
+    assert_eq!(
+        lines(&server.ctl(&[
+            "get",
+            "",
+            "--prefix",
+            "--keys-only",
+            "--sort-by=MODIFY",
+            "--order=DESCEND"
+        ]))
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>(),
         ["foo3", "foo2", "foo1", "foo"]
     );
     assert_eq!(
-        lines(&server.ctl(&["get", "foo", "--from-key", "--keys-only"])).into_iter().filter(|l| !l.is_empty()).count(),
+        lines(&server.ctl(&["get", "foo", "--from-key", "--keys-only"]))
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .count(),
         4
     );
     assert_eq!(server.ctl(&["del", "foo1"]), "1\n");
@@ -88,14 +104,26 @@ fn history_and_compaction() {
     assert_eq!(lines(&server.ctl(&["get", "a", "--rev=3"])), ["a", "2"]);
     assert_eq!(server.ctl(&["compact", "3"]), "compacted revision 3\n");
     let err = server.ctl_err(&["get", "a", "--rev=2"]);
-    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
     assert_eq!(lines(&server.ctl(&["get", "a", "--rev=3"])), ["a", "2"]);
     let err = server.ctl_err(&["get", "a", "--rev=100"]);
-    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
     let err = server.ctl_err(&["compact", "2"]);
-    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
     let err = server.ctl_err(&["compact", "100"]);
-    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
     assert_eq!(lines(&server.ctl(&["get", "a"])), ["a", "3"]);
 }
 
@@ -119,7 +147,10 @@ fn txn_compare_and_swap() {
         Some("value(\"k1\") = \"v1\"\n\nput k1 nope\n\nget k2\n\n"),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "FAILURE\n\nk2\nnew\n");
-    let err = server.etcdctl_with_stdin(&["txn", "--interactive=false"], Some("\nput dup a\nput dup b\n\n\n"));
+    let err = server.etcdctl_with_stdin(
+        &["txn", "--interactive=false"],
+        Some("\nput dup a\nput dup b\n\n\n"),
+    );
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("etcdserver: duplicate key given in txn request"));
     assert_eq!(server.ctl(&["get", "dup"]), "");
@@ -132,7 +163,10 @@ fn endpoint_health_and_status() {
     let out = server.etcdctl(&["endpoint", "health"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("is healthy: successfully committed proposal"), "{text}");
+    assert!(
+        text.contains("is healthy: successfully committed proposal"),
+        "{text}"
+    );
     server.ctl(&["put", "x", "y"]);
     let status = json(&server.ctl(&["endpoint", "status", "-w", "json"]));
     let s = &status[0]["Status"];

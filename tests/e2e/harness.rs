@@ -48,11 +48,12 @@ impl Server {
                 if std::env::var_os("CONCORD_TEST_LOG").is_some() {
                     eprintln!("[concord] {line}");
                 }
-                if !sent && line.contains("serving client requests") {
-                    if let Some(addr) = line.split("addr=").nth(1) {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                        sent = true;
-                    }
+                if !sent
+                    && line.contains("serving client requests")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                    sent = true;
                 }
             }
         });
@@ -79,10 +80,17 @@ impl Server {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some((200, body)) = self.http_get("/health") {
-                assert!(body.contains(r#""health":"true""#), "unexpected health body {body}");
+                assert!(
+                    body.contains(r#""health":"true""#),
+                    "unexpected health body {body}"
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "concord at {} never became healthy", self.endpoint);
+            assert!(
+                Instant::now() < deadline,
+                "concord at {} never became healthy",
+                self.endpoint
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -91,7 +99,12 @@ impl Server {
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(&self.endpoint).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.endpoint).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.endpoint
+        )
+        .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -161,7 +174,10 @@ impl Server {
     /// SIGTERMs the process and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
         assert!(sent.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
