@@ -64,6 +64,10 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Interval of periodic progress notifications to watchers that ask for them (e.g. `10m`,
+    /// `5s`, `500ms`).
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -118,6 +122,8 @@ pub struct Config {
     pub election_timeout: Duration,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Interval of progress notifications for watchers that asked for them.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Default for Config {
@@ -198,8 +204,46 @@ impl Config {
             heartbeat_interval: Duration::from_millis(flags.heartbeat_interval),
             election_timeout: Duration::from_millis(flags.election_timeout),
             snapshot_count: flags.snapshot_count.max(1),
+            watch_progress_notify_interval: parse_duration(
+                &flags.experimental_watch_progress_notify_interval,
+            )?,
         })
     }
+}
+
+/// Parses a Go-style duration as etcd's flags take them: `10m`, `1m30s`, `1.5s`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, Error> {
+    let invalid = || Error::Config(format!("invalid duration {text:?} (use e.g. 10m, 5s, 250ms)"));
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(invalid()),
+        };
+        total += Duration::from_secs_f64(value * seconds);
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(invalid());
+    }
+    Ok(total)
 }
 
 fn split_urls(list: &str) -> Vec<String> {
@@ -308,6 +352,17 @@ mod tests {
                 Config::from_flags(flags(&args)).is_err(),
                 "{args:?} should be rejected"
             );
+        }
+    }
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "5", "5x", "0s", "ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -4,7 +4,8 @@
 //! The write path, one module per hop:
 //! - [`api`]: gRPC services (one file per etcd service) validate requests and propose them;
 //! - [`raft`]: openraft with a group-committed log and the state machine that applies commands;
-//! - [`mvcc`]: the multi-version key-value store on redb that commands are applied to.
+//! - [`mvcc`]: the multi-version key-value store on redb that commands are applied to;
+//! - [`watch`]: the hub that hands committed changes to watchers (slow ones catch up from history).
 //!
 //! Around it: [`config`] (flags → validated config), [`server`] (listeners and lifecycle),
 //! [`error`] (the one error type and its mapping to `tonic::Status`).
@@ -15,3 +16,4 @@ pub mod error;
 pub mod mvcc;
 pub mod raft;
 pub mod server;
+pub mod watch;

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use concord_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService};
+use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::Config;
 use crate::error::Error;
 use crate::raft::RaftNode;
@@ -43,6 +44,10 @@ pub async fn run(
     );
     let api = Api::new(node, &config);
     let routes = routes(&api, &config);
+    let (stop_catch_up, catch_up_stopped) = tokio::sync::oneshot::channel::<()>();
+    let catch_up = tokio::spawn(api.node().hub.clone().run_catch_up(async move {
+        let _ = catch_up_stopped.await;
+    }));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
@@ -68,6 +73,8 @@ pub async fn run(
             Err(err) => tracing::warn!(error = %err, "client server task failed"),
         }
     }
+    let _ = stop_catch_up.send(());
+    let _ = catch_up.await;
     api.node().shutdown().await;
     Ok(())
 }
@@ -80,7 +87,13 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
-    let mut routes = Routes::new(kv).add_service(maintenance);
+    let watch = WatchServer::new(WatchService::new(
+        api.clone(),
+        config.watch_progress_notify_interval,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(usize::MAX);
+    let mut routes = Routes::new(kv).add_service(maintenance).add_service(watch);
     let router = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = router.merge(health::router(api.clone()));
     routes

@@ -22,6 +22,7 @@ use super::{Raft, TypeConfig};
 use crate::config::{ClusterState, Config, InitialMember};
 use crate::error::Error;
 use crate::mvcc::MvccStore;
+use crate::watch::WatchHub;
 
 /// What every member knows of another: openraft's node type.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,8 @@ pub struct RaftNode {
     pub raft: Raft,
     /// The MVCC store the state machine applies to; reads go straight to it.
     pub store: Arc<MvccStore>,
+    /// Delivers committed changes to watchers.
+    pub hub: Arc<WatchHub>,
     /// The state machine's database (for size statistics).
     pub db: Arc<Database>,
     /// Who we are.
@@ -177,7 +180,9 @@ impl RaftNode {
         let db_path = member_dir.join("db.redb");
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
-        let state_machine = StateMachine::open(db.clone(), store.clone(), member_dir.join("snap"))?;
+        let hub = WatchHub::new(store.clone(), config.max_request_bytes);
+        let state_machine =
+            StateMachine::open(db.clone(), store.clone(), hub.clone(), member_dir.join("snap"))?;
 
         let raft = Raft::new(
             identity.member_id,
@@ -204,6 +209,7 @@ impl RaftNode {
         Ok(Self {
             raft,
             store,
+            hub,
             db,
             identity,
             db_path,

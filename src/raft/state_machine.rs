@@ -24,6 +24,7 @@ use super::codec::{decode_json, encode_json};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::mvcc::{MvccError, MvccStore, WriteBatch};
+use crate::watch::WatchHub;
 
 /// The state machine's own records, in the same database as the MVCC tables.
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
@@ -37,6 +38,7 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub struct StateMachine {
     db: Arc<Database>,
     store: Arc<MvccStore>,
+    hub: Arc<WatchHub>,
     snapshot_dir: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
@@ -44,13 +46,20 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store` (whose database is `db`); snapshots go to `snapshot_dir`.
-    pub fn open(db: Arc<Database>, store: Arc<MvccStore>, snapshot_dir: PathBuf) -> io::Result<Self> {
+    /// Opens the state machine over `store` (whose database is `db`); committed changes are
+    /// handed to `hub`; snapshots go to `snapshot_dir`.
+    pub fn open(
+        db: Arc<Database>,
+        store: Arc<MvccStore>,
+        hub: Arc<WatchHub>,
+        snapshot_dir: PathBuf,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let (applied, membership) = read_applied_state(&db)?;
         Ok(Self {
             db,
             store,
+            hub,
             snapshot_dir,
             applied,
             membership,
@@ -177,7 +186,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             Durability::None
         };
-        batch.commit(durability).map_err(storage_err)?;
+        let committed = batch.commit(durability).map_err(storage_err)?;
+        self.hub.notify(committed.revision, &committed.events);
         if durable {
             self.last_sync = Instant::now();
         }

@@ -24,7 +24,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let db =
             std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
         let store = std::sync::Arc::new(MvccStore::open(db.clone()).map_err(storage_error)?);
-        let sm = StateMachine::open(db, store, dir.path().join("snap")).map_err(storage_error)?;
+        let hub = crate::watch::WatchHub::new(store.clone(), 1 << 20);
+        let sm = StateMachine::open(db, store, hub, dir.path().join("snap")).map_err(storage_error)?;
         Ok((dir, log, sm))
     }
 }

@@ -1,0 +1,182 @@
+//! etcd's `Watch` service: one task per bidirectional stream, many watches per stream.
+//!
+//! The task reads requests (create, cancel, progress) and sends control responses itself;
+//! events reach the same bounded channel from the [`WatchHub`]. `created` is sent before a
+//! watcher is registered and `canceled` after it is removed, so neither can overtake events.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::watch_create_request::FilterType;
+use concord_proto::etcdserverpb::watch_request::RequestUnion;
+use concord_proto::etcdserverpb::watch_server::Watch;
+use concord_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use crate::watch::hub::STREAM_CAPACITY;
+use crate::watch::{StreamId, WatchHub, WatchOptions};
+
+/// The Watch service over the shared [`Api`].
+#[derive(Clone)]
+pub struct WatchService {
+    api: Arc<Api>,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// A Watch service; watchers that ask for progress notifications get one every
+    /// `progress_interval` without events.
+    pub fn new(api: Arc<Api>, progress_interval: Duration) -> Self {
+        Self {
+            api,
+            progress_interval,
+        }
+    }
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// etcd's conventions for a create request: an empty key is `"\0"`, the smallest key.
+fn options(create: &WatchCreateRequest) -> WatchOptions {
+    let key = if create.key.is_empty() {
+        vec![0]
+    } else {
+        create.key.clone()
+    };
+    WatchOptions {
+        key,
+        range_end: create.range_end.clone(),
+        no_put: create.filters.contains(&(FilterType::Noput as i32)),
+        no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+        prev_kv: create.prev_kv,
+        progress_notify: create.progress_notify,
+        fragment: create.fragment,
+    }
+}
+
+/// One stream's request loop.
+struct StreamTask {
+    hub: Arc<WatchHub>,
+    stream: StreamId,
+    sink: mpsc::Sender<WatchResponse>,
+}
+
+impl StreamTask {
+    /// Handles one request; false when the client is gone.
+    async fn handle(&self, request: WatchRequest) -> bool {
+        let response = match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => return self.create(&create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if !self.hub.cancel(self.stream, cancel.watch_id) {
+                    return true; // etcd answers nothing for an unknown watch id
+                }
+                WatchResponse {
+                    header: header(self.hub.current_revision()),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                }
+            }
+            Some(RequestUnion::ProgressRequest(_)) => WatchResponse {
+                header: header(self.hub.progress_revision(self.stream)),
+                // Not tied to one watch: the client hands it to every watcher of the stream.
+                watch_id: -1,
+                ..Default::default()
+            },
+            None => return true,
+        };
+        self.sink.send(response).await.is_ok()
+    }
+
+    async fn create(&self, create: &WatchCreateRequest) -> bool {
+        let (id, current) = match self.hub.reserve(self.stream, create.watch_id) {
+            Ok(reserved) => reserved,
+            Err(reason) => {
+                let refused = WatchResponse {
+                    header: header(self.hub.current_revision()),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.to_string(),
+                    ..Default::default()
+                };
+                return self.sink.send(refused).await.is_ok();
+            }
+        };
+        let created = WatchResponse {
+            header: header(current),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        if self.sink.send(created).await.is_err() {
+            return false;
+        }
+        // start_revision 0 is "from now": the first revision after the one `created` reported.
+        let start = if create.start_revision > 0 {
+            create.start_revision
+        } else {
+            current + 1
+        };
+        self.hub
+            .register(self.stream, id, options(create), start, self.sink.clone());
+        true
+    }
+
+    async fn run(self, mut inbound: Streaming<WatchRequest>, progress_interval: Duration) {
+        let mut ticker = tokio::time::interval(progress_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if !self.handle(request).await {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = ticker.tick() => self.hub.progress_tick(self.stream),
+                () = self.sink.closed() => break,
+            }
+        }
+        self.hub.remove_stream(self.stream);
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let hub = self.api.node().hub.clone();
+        let (sink, responses) = mpsc::channel(STREAM_CAPACITY);
+        let task = StreamTask {
+            stream: hub.new_stream(),
+            hub,
+            sink,
+        };
+        tokio::spawn(task.run(inbound, self.progress_interval));
+        let api = self.api.clone();
+        let outbound = ReceiverStream::new(responses).map(move |mut response| {
+            api.fill_header(&mut response.header);
+            Ok(response)
+        });
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}

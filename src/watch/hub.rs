@@ -1,0 +1,423 @@
+//! The [`WatchHub`]: every watcher, and how events reach them (etcd's `watchableStore`).
+//!
+//! Apply calls [`WatchHub::notify`] after each committed batch. Synced watchers get their
+//! events at once, with `try_send` into their stream's bounded channel: apply never waits for a
+//! client. A watcher whose channel is full is moved to *unsynced* and remembers the first
+//! revision it did not get; the catch-up task ([`WatchHub::run_catch_up`]) later reads that
+//! history back from MVCC in bounded chunks and moves the watcher back to synced once it has
+//! everything up to the newest notified revision. So a stalled client costs at most its
+//! channel (`STREAM_CAPACITY` responses) plus O(1) bookkeeping, however much is written.
+//!
+//! Ordering and uniqueness: a watcher's events are sent by exactly one of the two paths at a
+//! time (synced: `notify`; unsynced: catch-up), always under the hub lock, and each path moves
+//! `next_rev` past what it sent. A watcher becomes synced only when its `next_rev` is past the
+//! newest notified revision, checked under the same lock `notify` takes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::{ResponseHeader, WatchResponse};
+use concord_proto::mvccpb::Event;
+use tokio::sync::{Notify, mpsc};
+
+use super::fragment;
+use super::watcher::{WatchOptions, Watcher};
+use crate::mvcc::{MvccError, MvccStore};
+
+/// Identifies one gRPC `Watch` stream.
+pub type StreamId = u64;
+
+/// Responses a stream buffers for its client before its watchers fall back to catch-up.
+pub const STREAM_CAPACITY: usize = 256;
+
+/// Most revisions one catch-up round reads from history.
+const CATCH_UP_REVISIONS: i64 = 512;
+
+/// How often the catch-up task looks for unsynced watchers without being woken.
+const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// etcd's text when a client picks a watch id its stream already uses.
+pub const ERR_DUPLICATE_ID: &str = "duplicate watch ID provided on the WatchStream";
+
+type WatcherKey = (StreamId, i64);
+
+/// Per-stream bookkeeping: the ids in use and the next automatic id (etcd starts at 0).
+#[derive(Default)]
+struct StreamIds {
+    used: HashSet<i64>,
+    next_auto: i64,
+}
+
+#[derive(Default)]
+struct HubState {
+    /// The newest store revision handed to `notify`: everything up to it is committed.
+    notified_rev: i64,
+    synced: HashMap<WatcherKey, Watcher>,
+    unsynced: HashMap<WatcherKey, Watcher>,
+    streams: HashMap<StreamId, StreamIds>,
+}
+
+/// Routes committed events to watchers; see the module docs.
+pub struct WatchHub {
+    store: Arc<MvccStore>,
+    state: Mutex<HubState>,
+    wake: Notify,
+    next_stream: AtomicU64,
+    max_response_bytes: usize,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// How delivering one response to a watcher went.
+enum Delivery {
+    Sent,
+    Full,
+    Closed,
+}
+
+/// Sends `response` (split into fragments if the watcher asked for it) all or nothing.
+fn deliver(watcher: &Watcher, response: WatchResponse, max_bytes: usize) -> Delivery {
+    let parts = if watcher.options.fragment {
+        fragment::split(response, max_bytes)
+    } else {
+        vec![response]
+    };
+    match watcher.sink.try_reserve_many(parts.len()) {
+        Ok(permits) => {
+            for (permit, part) in permits.zip(parts) {
+                permit.send(part);
+            }
+            Delivery::Sent
+        }
+        Err(mpsc::error::TrySendError::Full(())) => Delivery::Full,
+        Err(mpsc::error::TrySendError::Closed(())) => Delivery::Closed,
+    }
+}
+
+impl WatchHub {
+    /// A hub over `store`; responses larger than `max_response_bytes` are fragmented for
+    /// watchers that asked for it.
+    pub fn new(store: Arc<MvccStore>, max_response_bytes: usize) -> Arc<Self> {
+        let state = HubState {
+            notified_rev: store.current_revision(),
+            ..Default::default()
+        };
+        Arc::new(Self {
+            store,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            max_response_bytes,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock leaves plain data behind; carry on with it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new stream id.
+    pub fn new_stream(&self) -> StreamId {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The newest revision watchers have been notified of.
+    pub fn current_revision(&self) -> i64 {
+        self.lock().notified_rev
+    }
+
+    /// Reserves a watch id on `stream` (`requested` 0 = pick one, as etcd's `AutoWatchID`), and
+    /// returns it with the current revision, for the `created` response. The watcher starts
+    /// receiving once [`Self::register`]ed, which the caller does after sending `created`.
+    pub fn reserve(&self, stream: StreamId, requested: i64) -> Result<(i64, i64), &'static str> {
+        let mut state = self.lock();
+        let current = state.notified_rev;
+        let ids = state.streams.entry(stream).or_default();
+        let id = if requested == 0 {
+            while ids.used.contains(&ids.next_auto) {
+                ids.next_auto += 1;
+            }
+            ids.next_auto += 1;
+            ids.next_auto - 1
+        } else if ids.used.contains(&requested) {
+            return Err(ERR_DUPLICATE_ID);
+        } else {
+            requested
+        };
+        ids.used.insert(id);
+        Ok((id, current))
+    }
+
+    /// Starts delivering to a reserved watcher, from `start_rev` on.
+    pub fn register(
+        &self,
+        stream: StreamId,
+        id: i64,
+        options: WatchOptions,
+        start_rev: i64,
+        sink: mpsc::Sender<WatchResponse>,
+    ) {
+        let watcher = Watcher {
+            id,
+            options,
+            next_rev: start_rev,
+            sink,
+            sent_since_progress: false,
+        };
+        let mut state = self.lock();
+        if !state.streams.get(&stream).is_some_and(|s| s.used.contains(&id)) {
+            return; // the stream went away meanwhile
+        }
+        if start_rev > state.notified_rev {
+            state.synced.insert((stream, id), watcher);
+        } else {
+            state.unsynced.insert((stream, id), watcher);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Cancels a watcher; false when the stream has no such watch.
+    pub fn cancel(&self, stream: StreamId, id: i64) -> bool {
+        let mut state = self.lock();
+        let known = state.streams.get_mut(&stream).is_some_and(|s| s.used.remove(&id));
+        state.synced.remove(&(stream, id));
+        state.unsynced.remove(&(stream, id));
+        known
+    }
+
+    /// Drops every watcher of a stream that ended.
+    pub fn remove_stream(&self, stream: StreamId) {
+        let mut state = self.lock();
+        state.streams.remove(&stream);
+        state.synced.retain(|(s, _), _| *s != stream);
+        state.unsynced.retain(|(s, _), _| *s != stream);
+    }
+
+    /// Number of watchers (synced, unsynced).
+    pub fn watcher_counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.synced.len(), state.unsynced.len())
+    }
+
+    /// Called by apply after a batch is committed: `revision` is the store's revision after it,
+    /// `events` its changes in revision order. Never blocks on a client.
+    pub fn notify(&self, revision: i64, events: &[Event]) {
+        let mut state = self.lock();
+        let first_rev = state.notified_rev + 1;
+        state.notified_rev = state.notified_rev.max(revision);
+        if events.is_empty() {
+            return;
+        }
+        let mut fallen_behind = Vec::new();
+        let mut closed = Vec::new();
+        for (key, watcher) in state.synced.iter_mut() {
+            let selected = watcher.select(events);
+            if selected.is_empty() {
+                continue;
+            }
+            let response = WatchResponse {
+                header: header(revision),
+                watch_id: watcher.id,
+                events: selected,
+                ..Default::default()
+            };
+            match deliver(watcher, response, self.max_response_bytes) {
+                Delivery::Sent => watcher.sent_since_progress = true,
+                Delivery::Full => fallen_behind.push(*key),
+                Delivery::Closed => closed.push(*key),
+            }
+        }
+        for key in closed {
+            state.synced.remove(&key);
+        }
+        let woke = !fallen_behind.is_empty();
+        for key in fallen_behind {
+            if let Some(mut watcher) = state.synced.remove(&key) {
+                watcher.next_rev = first_rev;
+                state.unsynced.insert(key, watcher);
+            }
+        }
+        drop(state);
+        if woke {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The revision an on-demand progress response may claim for `stream`: every watcher of
+    /// the stream has been sent all its events up to it.
+    pub fn progress_revision(&self, stream: StreamId) -> i64 {
+        let state = self.lock();
+        state
+            .unsynced
+            .iter()
+            .filter(|((s, _), _)| *s == stream)
+            .map(|(_, w)| w.next_rev - 1)
+            .fold(state.notified_rev, i64::min)
+    }
+
+    /// The periodic progress notification: every synced watcher of `stream` that asked for
+    /// progress and got no event since the last tick is told the current revision.
+    pub fn progress_tick(&self, stream: StreamId) {
+        let mut state = self.lock();
+        let revision = state.notified_rev;
+        for ((s, _), watcher) in state.synced.iter_mut() {
+            if *s != stream || !watcher.options.progress_notify {
+                continue;
+            }
+            if !watcher.sent_since_progress {
+                let response = WatchResponse {
+                    header: header(revision),
+                    watch_id: watcher.id,
+                    ..Default::default()
+                };
+                // A full channel means events are on their way anyway; skip this tick.
+                let _ = watcher.sink.try_send(response);
+            }
+            watcher.sent_since_progress = false;
+        }
+    }
+
+    /// Feeds unsynced watchers from history until `shutdown` completes.
+    pub async fn run_catch_up(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(CATCH_UP_INTERVAL) => {}
+            }
+            // Keep going while rounds make progress, so a burst of work is drained promptly.
+            loop {
+                match self.catch_up_round() {
+                    Ok(true) => tokio::task::yield_now().await,
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::error!(error = %err, "watch catch-up failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One catch-up round; true when it delivered something and more may be waiting.
+    fn catch_up_round(&self) -> Result<bool, MvccError> {
+        let compacted = self.store.compacted_revision();
+        let (start, target, prev_kv) = {
+            let mut state = self.lock();
+            if state.unsynced.is_empty() {
+                return Ok(false);
+            }
+            let target = state.notified_rev;
+            self.cancel_compacted(&mut state, compacted, target);
+            self.promote_caught_up(&mut state);
+            let Some(start) = state.unsynced.values().map(|w| w.next_rev).min() else {
+                return Ok(false);
+            };
+            let prev_kv = state.unsynced.values().any(|w| w.options.prev_kv);
+            (start, target, prev_kv)
+        };
+        if start > target {
+            return Ok(false);
+        }
+        // Read history without the lock: apply keeps notifying meanwhile.
+        let end = target.min(start + CATCH_UP_REVISIONS - 1);
+        let events = match self.store.events(start, end + 1, prev_kv) {
+            Ok(events) => events,
+            // Compacted between our check and the read: the next round cancels them.
+            Err(MvccError::Compacted) => return Ok(false),
+            Err(err) => return Err(err),
+        };
+
+        let mut state = self.lock();
+        let mut progressed = false;
+        let mut closed = Vec::new();
+        for (key, watcher) in state.unsynced.iter_mut() {
+            if watcher.next_rev < start || watcher.next_rev > end {
+                continue; // registered meanwhile below our window, or not in this window
+            }
+            let selected = watcher.select(&events);
+            if selected.is_empty() {
+                watcher.next_rev = end + 1;
+                progressed = true;
+                continue;
+            }
+            let response = WatchResponse {
+                header: header(end),
+                watch_id: watcher.id,
+                events: selected,
+                ..Default::default()
+            };
+            match deliver(watcher, response, self.max_response_bytes) {
+                Delivery::Sent => {
+                    watcher.next_rev = end + 1;
+                    watcher.sent_since_progress = true;
+                    progressed = true;
+                }
+                Delivery::Full => {}
+                Delivery::Closed => closed.push(*key),
+            }
+        }
+        for key in closed {
+            state.unsynced.remove(&key);
+        }
+        self.promote_caught_up(&mut state);
+        Ok(progressed && !state.unsynced.is_empty())
+    }
+
+    /// Moves unsynced watchers that have everything up to the notified revision to synced.
+    fn promote_caught_up(&self, state: &mut HubState) {
+        let notified = state.notified_rev;
+        let ready: Vec<WatcherKey> = state
+            .unsynced
+            .iter()
+            .filter(|(_, w)| w.next_rev > notified)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in ready {
+            if let Some(watcher) = state.unsynced.remove(&key) {
+                state.synced.insert(key, watcher);
+            }
+        }
+    }
+
+    /// Cancels unsynced watchers whose next revision was compacted away, telling their client
+    /// the compacted revision (etcd: a response with `compact_revision` set, canceled).
+    fn cancel_compacted(&self, state: &mut HubState, compacted: i64, revision: i64) {
+        let lost: Vec<WatcherKey> = state
+            .unsynced
+            .iter()
+            .filter(|(_, w)| w.next_rev < compacted)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in lost {
+            let Some(watcher) = state.unsynced.get(&key) else {
+                continue;
+            };
+            let response = WatchResponse {
+                header: header(revision),
+                watch_id: watcher.id,
+                compact_revision: compacted,
+                canceled: true,
+                ..Default::default()
+            };
+            match watcher.sink.try_send(response) {
+                Err(mpsc::error::TrySendError::Full(_)) => {} // try again next round
+                _ => {
+                    state.unsynced.remove(&key);
+                    if let Some(ids) = state.streams.get_mut(&key.0) {
+                        ids.used.remove(&key.1);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Watch: streams of revision-ordered changes, fed from the apply path.
+//!
+//! # Layout
+//! - [`watcher`]: one watch (key range, filters, where its next event starts).
+//! - [`hub`]: the [`WatchHub`], etcd's `watchableStore`: every watcher is either *synced*
+//!   (apply hands it new events directly) or *unsynced* (behind; a catch-up task feeds it from
+//!   MVCC history). A watcher whose stream cannot take more is moved to unsynced instead of
+//!   blocking apply or buffering without bound.
+//! - [`fragment`]: splitting a large response into fragments.
+//!
+//! The gRPC side (one task per `Watch` stream) is `crate::api::watch`.
+
+pub mod fragment;
+pub mod hub;
+pub mod watcher;
+
+pub use hub::{StreamId, WatchHub};
+pub use watcher::{WatchOptions, Watcher};
