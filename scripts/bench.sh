@@ -5,6 +5,8 @@
 #   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
 #   CLIENTS="1 16 64" TOTAL=50000 scripts/bench.sh
+#   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
+#                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
 #
 # Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio
 # Concord/etcd per client count.
@@ -13,6 +15,8 @@ cd "$(dirname "$0")/.."
 WORKLOAD=${WORKLOAD:-put}
 CLIENTS=${CLIENTS:-"1 64"}
 TOTAL=${TOTAL:-40000}
+WATCHERS=${WATCHERS:-1000}
+if [ "$WORKLOAD" = watch ]; then CLIENTS=1; TOTAL_1=${TOTAL_WATCH:-2000}; fi
 TOTAL_1=${TOTAL_1:-5000}   # a lone client is slow: fewer ops keep the run short
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install -y etcd-server" >&2; exit 1; }
@@ -53,9 +57,10 @@ for server in etcd concord; do
     if [ $server = etcd ]; then start etcd 32379 32380; else start concord 33379 33380; fi
     for c in $CLIENTS; do
         total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
-        line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" --label "$server")
+        line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" \
+            --watchers "$WATCHERS" --label "$server")
         echo "$line"
-        RATE[$server-$c]=$(sed -n 's/.*ops_per_sec=\([0-9]*\).*/\1/p' <<<"$line")
+        RATE[$server-$c]=$(sed -n 's/.*_per_sec=\([0-9]*\).*/\1/p' <<<"$line")
     done
     kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 done

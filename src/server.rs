@@ -7,8 +7,8 @@ use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::Config;
@@ -57,7 +57,9 @@ pub async fn run(
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            // Serving our own listener skips tonic's socket options: turn Nagle off ourselves,
+            // or small responses (every watch event, every unary reply) wait for delayed ACKs.
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 let _ = stop.recv().await;
             });
         servers.push(tokio::spawn(server));

@@ -17,6 +17,8 @@ enum Workload {
     Put,
     /// Linearizable single-key gets.
     Get,
+    /// `--watchers` watchers on one prefix, one writer doing `--total` puts.
+    Watch,
 }
 
 #[derive(Debug, Parser)]
@@ -40,10 +42,15 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Watchers for the watch workload.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
     /// A label printed with the result line.
     #[arg(long, default_value = "")]
     label: String,
 }
+
+mod watch;
 
 /// Clients multiplexed on one HTTP/2 connection, as etcd's own benchmark tool does by default.
 const CLIENTS_PER_CONNECTION: usize = 16;
@@ -75,6 +82,7 @@ async fn client_loop(
                 .await
                 .context("put")?;
             }
+            Workload::Watch => unreachable!("the watch workload has its own driver"),
             Workload::Get => {
                 kv.range(RangeRequest {
                     key: key(i % 1000, key_size),
@@ -100,6 +108,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Workload::Watch = args.workload {
+        return watch::run(
+            &args.endpoint,
+            args.watchers,
+            args.total,
+            args.value_size,
+            &args.label,
+        )
+        .await;
+    }
     anyhow::ensure!(
         args.clients > 0 && args.total >= args.clients,
         "need 0 < clients <= total"
