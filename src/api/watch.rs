@@ -163,11 +163,16 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Streams of one connection share a key, so the hub wakes them together.
+        let connection = request.remote_addr().map_or(0, |addr| {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(addr)
+        });
         let inbound = request.into_inner();
         let hub = self.api.node().hub.clone();
         let (sink, responses) = mpsc::channel(STREAM_CAPACITY);
         let task = StreamTask {
-            stream: hub.new_stream(),
+            stream: hub.new_stream(connection),
             hub,
             sink,
         };

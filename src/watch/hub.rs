@@ -13,7 +13,7 @@
 //! `next_rev` past what it sent. A watcher becomes synced only when its `next_rev` is past the
 //! newest notified revision, checked under the same lock `notify` takes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,8 +26,14 @@ use super::fragment;
 use super::watcher::{WatchOptions, Watcher};
 use crate::mvcc::{MvccError, MvccStore};
 
-/// Identifies one gRPC `Watch` stream.
-pub type StreamId = u64;
+/// Identifies one gRPC `Watch` stream. Streams order by their client connection first, so
+/// [`WatchHub::notify`] wakes all the streams of one HTTP/2 connection together and the
+/// connection writes their responses in one batch instead of a packet per response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    connection: u64,
+    seq: u64,
+}
 
 /// Responses a stream buffers for its client before its watchers fall back to catch-up.
 pub const STREAM_CAPACITY: usize = 256;
@@ -54,7 +60,7 @@ struct StreamIds {
 struct HubState {
     /// The newest store revision handed to `notify`: everything up to it is committed.
     notified_rev: i64,
-    synced: HashMap<WatcherKey, Watcher>,
+    synced: BTreeMap<WatcherKey, Watcher>,
     unsynced: HashMap<WatcherKey, Watcher>,
     streams: HashMap<StreamId, StreamIds>,
 }
@@ -123,9 +129,14 @@ impl WatchHub {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new stream id.
-    pub fn new_stream(&self) -> StreamId {
-        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    /// A new stream id for a stream on the client connection identified by `connection`
+    /// (any value that is the same for every stream of one connection, e.g. a hash of the
+    /// peer address).
+    pub fn new_stream(&self, connection: u64) -> StreamId {
+        StreamId {
+            connection,
+            seq: self.next_stream.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// The newest revision watchers have been notified of.
@@ -216,23 +227,32 @@ impl WatchHub {
         if events.is_empty() {
             return;
         }
+        // Build every response first, then send them in one tight pass in connection order,
+        // so each connection's streams become ready together.
+        let responses: Vec<(WatcherKey, WatchResponse)> = state
+            .synced
+            .iter()
+            .filter_map(|(key, watcher)| {
+                let selected = watcher.select(events);
+                (!selected.is_empty()).then(|| {
+                    let response = WatchResponse {
+                        header: header(revision),
+                        watch_id: watcher.id,
+                        events: selected,
+                        ..Default::default()
+                    };
+                    (*key, response)
+                })
+            })
+            .collect();
         let mut fallen_behind = Vec::new();
         let mut closed = Vec::new();
-        for (key, watcher) in state.synced.iter_mut() {
-            let selected = watcher.select(events);
-            if selected.is_empty() {
-                continue;
-            }
-            let response = WatchResponse {
-                header: header(revision),
-                watch_id: watcher.id,
-                events: selected,
-                ..Default::default()
-            };
+        for (key, response) in responses {
+            let Some(watcher) = state.synced.get_mut(&key) else { continue };
             match deliver(watcher, response, self.max_response_bytes) {
                 Delivery::Sent => watcher.sent_since_progress = true,
-                Delivery::Full => fallen_behind.push(*key),
-                Delivery::Closed => closed.push(*key),
+                Delivery::Full => fallen_behind.push(key),
+                Delivery::Closed => closed.push(key),
             }
         }
         for key in closed {
