@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, watch::WatchService};
+use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, metrics, watch::WatchService};
 use crate::config::Config;
 use crate::error::Error;
 use crate::raft::RaftNode;
@@ -97,6 +97,8 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     .max_encoding_message_size(usize::MAX);
     let mut routes = Routes::new(kv).add_service(maintenance).add_service(watch);
     let router = std::mem::take(routes.axum_router_mut());
-    *routes.axum_router_mut() = router.merge(health::router(api.clone()));
+    *routes.axum_router_mut() = router
+        .merge(health::router(api.clone()))
+        .merge(metrics::router(api.clone()));
     routes
 }

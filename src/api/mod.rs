@@ -7,6 +7,7 @@
 pub mod health;
 pub mod kv;
 pub mod maintenance;
+pub mod metrics;
 pub mod watch;
 
 use std::sync::Arc;

@@ -218,6 +218,11 @@ impl WatchHub {
         (state.synced.len(), state.unsynced.len())
     }
 
+    /// Number of open watch streams that have created at least one watch.
+    pub fn stream_count(&self) -> usize {
+        self.lock().streams.len()
+    }
+
     /// Called by apply after a batch is committed: `revision` is the store's revision after it,
     /// `events` its changes in revision order. Never blocks on a client.
     pub fn notify(&self, revision: i64, events: &[Event]) {
