@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod mvcc;
+pub mod net;
 pub mod raft;
 pub mod server;
 pub mod watch;

@@ -7,12 +7,13 @@ use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, metrics, watch::WatchService};
 use crate::config::Config;
 use crate::error::Error;
+use crate::net::CoalescingStream;
 use crate::raft::RaftNode;
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
@@ -57,9 +58,9 @@ pub async fn run(
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes.clone())
-            // Serving our own listener skips tonic's socket options: turn Nagle off ourselves,
-            // or small responses (every watch event, every unary reply) wait for delayed ACKs.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+            // Serving our own listener skips tonic's socket options; CoalescingStream turns
+            // Nagle off and batches the connection's writes itself (see `crate::net`).
+            .serve_with_incoming_shutdown(incoming(listener), async move {
                 let _ = stop.recv().await;
             });
         servers.push(tokio::spawn(server));
@@ -79,6 +80,12 @@ pub async fn run(
     let _ = catch_up.await;
     api.node().shutdown().await;
     Ok(())
+}
+
+/// Accepted connections, wrapped for write coalescing.
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<CoalescingStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| accepted.and_then(CoalescingStream::new))
 }
 
 fn routes(api: &Arc<Api>, config: &Config) -> Routes {
