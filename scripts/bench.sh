@@ -4,12 +4,12 @@
 #
 #   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
-#   CLIENTS="1 16 64" TOTAL=50000 scripts/bench.sh
+#   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
 #                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
 #
-# Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio
-# Concord/etcd per client count.
+# Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio of the
+# medians, Concord/etcd, per client count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKLOAD=${WORKLOAD:-put}
@@ -52,19 +52,27 @@ start() { # name -> sets ENDPOINT
     ENDPOINT="http://127.0.0.1:$port"
 }
 
-declare -A RATE
-for server in etcd concord; do
-    if [ $server = etcd ]; then start etcd 32379 32380; else start concord 33379 33380; fi
-    for c in $CLIENTS; do
-        total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
-        line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" \
-            --watchers "$WATCHERS" --label "$server")
-        echo "$line"
-        RATE[$server-$c]=$(sed -n 's/.*_per_sec=\([0-9]*\).*/\1/p' <<<"$line")
+# Rounds alternate etcd and Concord so that the machine's drift (this disk's fsync rate varies
+# a lot over minutes) hits both alike; the ratio is taken of the medians.
+ROUNDS=${ROUNDS:-3}
+declare -A RATES
+for round in $(seq 1 "$ROUNDS"); do
+    for server in etcd concord; do
+        if [ $server = etcd ]; then start etcd 32379 32380; else start concord 33379 33380; fi
+        for c in $CLIENTS; do
+            total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
+            line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" \
+                --watchers "$WATCHERS" --label "round=$round $server")
+            echo "$line"
+            RATES[$server-$c]+="$(sed -n 's/.*_per_sec=\([0-9]*\).*/\1/p' <<<"$line") "
+        done
+        kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+        rm -rf "${WORK:?}/$server"
     done
-    kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for c in $CLIENTS; do
-    awk -v c="$c" -v a="${RATE[concord-$c]}" -v b="${RATE[etcd-$c]}" \
-        'BEGIN { printf "clients=%s concord/etcd=%.2f (concord %d/s, etcd %d/s)\n", c, a / b, a, b }'
+    a=$(median <<<"${RATES[concord-$c]}"); b=$(median <<<"${RATES[etcd-$c]}")
+    awk -v c="$c" -v a="$a" -v b="$b" -v w="$WORKLOAD" \
+        'BEGIN { printf "%s clients=%s median concord/etcd=%.2f (concord %d/s, etcd %d/s)\n", w, c, a / b, a, b }'
 done
