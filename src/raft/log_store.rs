@@ -1,49 +1,32 @@
-//! The Raft log, stored in its own redb file with group commit.
+//! The Raft log, kept in an append-only segmented WAL ([`wal`](super::wal)) with group commit.
 //!
 //! Appends are made readable at once from an in-memory copy of the unpurged log, and handed to
-//! one writer thread. The writer takes every operation waiting at that moment, writes them in one
-//! redb transaction and commits it with one fsync, then reports each append as flushed. So under
-//! load one fsync covers many proposals, and throughput grows with the number of clients while a
-//! lone client still pays one fsync per write.
+//! one writer thread. The writer takes every operation waiting at that moment, writes their
+//! records with one write and makes them durable with one fdatasync, then reports each append as
+//! flushed. So under load one fdatasync covers many proposals, and throughput grows with the
+//! number of clients while a lone client still pays one fdatasync per write.
 //!
-//! The log is bounded by snapshots: openraft purges entries a snapshot covers.
+//! The log is bounded by snapshots: openraft purges entries a snapshot covers, and the WAL
+//! deletes segments once every entry in them is purged.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{self, decode_entry, decode_json, encode_entry, encode_json};
+use super::codec::encode_entry;
+use super::log_cache::LogCache;
+use super::wal::{self, Record, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
 
-/// Log entries by index.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Vote, committed log id, last purged log id, format version.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-
-const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
-const KEY_LAST_PURGED: &str = "last_purged";
-const KEY_FORMAT: &str = "format_version";
-
-/// The most operations one WAL transaction takes; bounds the latency of a huge backlog.
+/// The most operations one WAL batch takes; bounds the latency of a huge backlog.
 const MAX_OPS_PER_COMMIT: usize = 4096;
-
-/// What is known of the log in memory: everything not yet purged.
-#[derive(Default)]
-struct LogCache {
-    entries: BTreeMap<u64, Entry>,
-    last_purged: Option<LogId>,
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-}
 
 /// One write for the WAL thread.
 enum WalOp {
@@ -52,15 +35,18 @@ enum WalOp {
         flushed: IOFlushed<TypeConfig>,
     },
     TruncateFrom(u64),
-    Purge {
-        upto_index: u64,
-        record: Vec<u8>,
-    },
+    Purge(LogId),
     SaveVote {
-        record: Vec<u8>,
+        vote: Vote,
         done: oneshot::Sender<io::Result<()>>,
     },
-    SaveCommitted(Vec<u8>),
+    SaveCommitted(LogId),
+}
+
+/// Who waits for a batch to be written.
+enum Waiter {
+    Flushed(IOFlushed<TypeConfig>),
+    Vote(oneshot::Sender<io::Result<()>>),
 }
 
 /// openraft's log storage: reads from memory, writes through the group-commit WAL thread.
@@ -76,15 +62,20 @@ pub struct LogReader {
 }
 
 impl LogStore {
-    /// Opens the log in `db` (creating its tables), loads it and starts the WAL writer thread.
-    pub fn open(db: Database) -> io::Result<Self> {
-        let cache = load(&db)?;
+    /// Opens the WAL in `dir` (creating it), replays it and starts the WAL writer thread.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with_segment_size(dir, wal::SEGMENT_SIZE)
+    }
+
+    /// [`LogStore::open`] with another segment size (small ones make tests rotate).
+    pub fn open_with_segment_size(dir: &Path, segment_size: u64) -> io::Result<Self> {
+        let (wal, cache) = Wal::open(dir, segment_size)?;
         let cache = Arc::new(RwLock::new(cache));
-        let (wal, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("concord-wal".into())
-            .spawn(move || run_wal(db, rx))?;
-        Ok(Self { cache, wal })
+            .spawn(move || run_wal(wal, rx))?;
+        Ok(Self { cache, wal: tx })
     }
 
     fn send(&self, op: WalOp) -> io::Result<()> {
@@ -106,66 +97,10 @@ fn read_cache(cache: &RwLock<LogCache>) -> io::Result<RwLockReadGuard<'_, LogCac
     cache.read().map_err(|_| poisoned())
 }
 
-fn redb_err(err: impl Into<redb::Error>) -> io::Error {
-    io::Error::other(err.into())
-}
-
-/// Reads the whole unpurged log and its metadata from `db`, creating tables on first use.
-fn load(db: &Database) -> io::Result<LogCache> {
-    let txn = db.begin_write().map_err(redb_err)?;
-    {
-        let mut meta = txn.open_table(META).map_err(redb_err)?;
-        let format = meta
-            .get(KEY_FORMAT)
-            .map_err(redb_err)?
-            .map(|v| v.value().to_vec());
-        match format {
-            None => {
-                meta.insert(KEY_FORMAT, codec::FORMAT_VERSION.to_be_bytes().as_slice())
-                    .map_err(redb_err)?;
-            }
-            Some(v) if v == codec::FORMAT_VERSION.to_be_bytes() => {}
-            Some(v) => {
-                return Err(codec::invalid_data(format!(
-                    "raft log format {v:?} is not the supported version {}",
-                    codec::FORMAT_VERSION
-                )));
-            }
-        }
-        txn.open_table(LOG).map_err(redb_err)?;
-    }
-    txn.commit().map_err(redb_err)?;
-
-    let txn = db.begin_read().map_err(redb_err)?;
-    let meta = txn.open_table(META).map_err(redb_err)?;
-    let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
-        Ok(meta.get(key).map_err(redb_err)?.map(|v| v.value().to_vec()))
-    };
-    let mut cache = LogCache {
-        vote: get(KEY_VOTE)?.map(|b| decode_json(&b)).transpose()?,
-        committed: get(KEY_COMMITTED)?.map(|b| decode_json(&b)).transpose()?,
-        last_purged: get(KEY_LAST_PURGED)?.map(|b| decode_json(&b)).transpose()?,
-        entries: BTreeMap::new(),
-    };
-    let log = txn.open_table(LOG).map_err(redb_err)?;
-    for row in log.iter().map_err(redb_err)? {
-        let (index, bytes) = row.map_err(redb_err)?;
-        let entry = decode_entry(bytes.value())?;
-        if entry.index() != index.value() {
-            return Err(codec::invalid_data(format!(
-                "log entry at index {} claims index {}",
-                index.value(),
-                entry.index()
-            )));
-        }
-        cache.entries.insert(index.value(), entry);
-    }
-    Ok(cache)
-}
-
-/// The WAL writer: one transaction and one fsync for everything waiting.
-fn run_wal(db: Database, mut rx: mpsc::UnboundedReceiver<WalOp>) {
+/// The WAL writer: one write and one fdatasync for everything waiting.
+fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>) {
     let mut batch = Vec::new();
+    let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_OPS_PER_COMMIT {
@@ -174,60 +109,53 @@ fn run_wal(db: Database, mut rx: mpsc::UnboundedReceiver<WalOp>) {
                 Err(_) => break,
             }
         }
-        let result = write_ops(&db, &batch).map_err(|e| e.to_string());
+        let result = write_batch(&mut wal, batch.drain(..), &mut waiters).map_err(|e| e.to_string());
         if let Err(err) = &result {
             tracing::error!(error = %err, "raft log write failed");
         }
-        for op in batch.drain(..) {
+        for waiter in waiters.drain(..) {
             let outcome = result.clone().map_err(io::Error::other);
-            match op {
-                WalOp::Append { flushed, .. } => flushed.io_completed(outcome),
-                WalOp::SaveVote { done, .. } => {
+            match waiter {
+                Waiter::Flushed(flushed) => flushed.io_completed(outcome),
+                Waiter::Vote(done) => {
                     let _ = done.send(outcome);
                 }
-                WalOp::TruncateFrom(_) | WalOp::Purge { .. } | WalOp::SaveCommitted(_) => {}
             }
         }
     }
 }
 
-fn write_ops(db: &Database, ops: &[WalOp]) -> io::Result<()> {
-    let mut txn = db.begin_write().map_err(redb_err)?;
-    // Only appends and votes must be durable before we answer; the rest rides along.
-    let must_sync = ops
-        .iter()
-        .any(|op| matches!(op, WalOp::Append { .. } | WalOp::SaveVote { .. }));
-    if !must_sync {
-        txn.set_durability(Durability::None).map_err(redb_err)?;
-    }
-    {
-        let mut log = txn.open_table(LOG).map_err(redb_err)?;
-        let mut meta = txn.open_table(META).map_err(redb_err)?;
-        for op in ops {
-            match op {
-                WalOp::Append { rows, .. } => {
-                    for (index, bytes) in rows {
-                        log.insert(*index, bytes.as_slice()).map_err(redb_err)?;
-                    }
-                }
-                WalOp::TruncateFrom(from) => {
-                    log.retain_in(*from.., |_, _| false).map_err(redb_err)?;
-                }
-                WalOp::Purge { upto_index, record } => {
-                    meta.insert(KEY_LAST_PURGED, record.as_slice())
-                        .map_err(redb_err)?;
-                    log.retain_in(..=*upto_index, |_, _| false).map_err(redb_err)?;
-                }
-                WalOp::SaveVote { record, .. } => {
-                    meta.insert(KEY_VOTE, record.as_slice()).map_err(redb_err)?;
-                }
-                WalOp::SaveCommitted(record) => {
-                    meta.insert(KEY_COMMITTED, record.as_slice()).map_err(redb_err)?;
-                }
+/// Writes every op's records; fdatasync only if an append, a vote or a purge is among them (the
+/// rest rides along with the next one). Collects who waits in `waiters`.
+fn write_batch(wal: &mut Wal, ops: impl Iterator<Item = WalOp>, waiters: &mut Vec<Waiter>) -> io::Result<()> {
+    let mut sync = false;
+    let mut records = Vec::new();
+    for op in ops {
+        match op {
+            WalOp::Append { rows, flushed } => {
+                waiters.push(Waiter::Flushed(flushed));
+                sync = true;
+                let entries = rows.into_iter();
+                records.extend(entries.map(|(index, bytes)| Record::Entry { index, bytes }));
             }
+            WalOp::SaveVote { vote, done } => {
+                waiters.push(Waiter::Vote(done));
+                sync = true;
+                records.push(Record::Vote(vote));
+            }
+            WalOp::Purge(log_id) => {
+                // Segments are deleted once the purge is durable: sync now, purges are rare.
+                sync = true;
+                records.push(Record::Purge(log_id));
+            }
+            WalOp::TruncateFrom(from) => records.push(Record::TruncateFrom(from)),
+            WalOp::SaveCommitted(log_id) => records.push(Record::Committed(log_id)),
         }
     }
-    txn.commit().map_err(redb_err)
+    for record in records {
+        wal.push(record)?;
+    }
+    wal.commit(sync)
 }
 
 fn entries_in<RB: RangeBounds<u64>>(cache: &LogCache, range: RB) -> Vec<Entry> {
@@ -265,14 +193,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let cache = read_cache(&self.cache)?;
-        let last_log_id = cache
-            .entries
-            .last_key_value()
-            .map(|(_, e)| e.log_id())
-            .or_else(|| cache.last_purged);
         Ok(LogState {
             last_purged_log_id: cache.last_purged,
-            last_log_id,
+            last_log_id: cache.last_log_id(),
         })
     }
 
@@ -283,9 +206,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let record = encode_json(vote)?;
         let (done, flushed) = oneshot::channel();
-        self.send(WalOp::SaveVote { record, done })?;
+        self.send(WalOp::SaveVote { vote: *vote, done })?;
         flushed
             .await
             .map_err(|_| io::Error::other("the WAL writer has stopped"))??;
@@ -294,8 +216,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        if let Some(log_id) = &committed {
-            self.send(WalOp::SaveCommitted(encode_json(log_id)?))?;
+        if let Some(log_id) = committed {
+            self.send(WalOp::SaveCommitted(log_id))?;
         }
         self.write()?.committed = committed;
         Ok(())
@@ -318,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut cache = self.write()?;
             for entry in entries {
-                cache.entries.insert(entry.index(), entry);
+                cache.append(entry);
             }
         }
         self.send(WalOp::Append {
@@ -329,21 +251,66 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.write()?.entries.split_off(&from);
+        self.write()?.truncate_from(from);
         self.send(WalOp::TruncateFrom(from))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let record = encode_json(&log_id)?;
-        {
-            let mut cache = self.write()?;
-            let keep = cache.entries.split_off(&(log_id.index + 1));
-            cache.entries = keep;
-            cache.last_purged = Some(log_id);
+        self.write()?.purge(log_id);
+        self.send(WalOp::Purge(log_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::EntryPayload;
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+    use crate::raft::codec::log_id;
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id(term, 1, index),
+            payload: EntryPayload::Blank,
         }
-        self.send(WalOp::Purge {
-            upto_index: log_id.index,
-            record,
-        })
+    }
+
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn what_the_store_was_told_survives_reopen() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("wal");
+            let mut store = LogStore::open_with_segment_size(&path, 4096).unwrap();
+            for index in 1..=200 {
+                append(&mut store, vec![blank(1, index)]).await;
+            }
+            store.save_committed(Some(log_id(1, 1, 190))).await.unwrap();
+            store.truncate_after(Some(log_id(1, 1, 195))).await.unwrap();
+            append(&mut store, (196..=198).map(|i| blank(2, i)).collect()).await;
+            store.purge(log_id(1, 1, 150)).await.unwrap();
+            // The vote waits for durability, and everything before it is written first.
+            store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+            let files = std::fs::read_dir(&path).unwrap().count();
+            assert!(files > 1, "the log spans several segments");
+            let state = store.get_log_state().await.unwrap();
+            let entries = store.try_get_log_entries(0..).await.unwrap();
+            assert_eq!(entries.len(), 48);
+            drop(store);
+
+            let mut store = LogStore::open_with_segment_size(&path, 4096).unwrap();
+            let reopened = store.get_log_state().await.unwrap();
+            assert_eq!(reopened.last_purged_log_id, state.last_purged_log_id);
+            assert_eq!(reopened.last_log_id, Some(log_id(2, 1, 198)));
+            assert_eq!(store.try_get_log_entries(0..).await.unwrap(), entries);
+            assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
+            assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 190)));
+        });
     }
 }

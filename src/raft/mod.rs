@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`command`]: the replicated [`Command`] and the state machine's [`CommandResult`].
 //! - [`codec`]: how log entries, log ids and votes are encoded on disk (versioned).
-//! - [`log_store`]: the Raft log in redb, with group commit (one fsync for every append waiting).
+//! - [`log_store`]: openraft's log storage: the in-memory [`log_cache`] in front of the [`wal`],
+//!   with group commit (one fdatasync for every append waiting).
+//! - [`wal`]: the write-ahead log: append-only, preallocated, CRC-checked segment files.
+//! - [`durable`]: directory fsync and atomic file replacement.
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
 //!   applied log id, and builds/installs snapshots.
 //! - [`network`]: the peer transport.
@@ -11,6 +14,8 @@
 
 pub mod codec;
 pub mod command;
+pub mod durable;
+pub mod log_cache;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -18,6 +23,7 @@ pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]
 mod storage_suite;
+pub mod wal;
 
 pub use command::{Command, CommandResult};
 pub use node::{MemberNode, RaftNode};

@@ -1,7 +1,8 @@
 //! Starting a Raft member on its data directory.
 //!
 //! Layout of `--data-dir`:
-//! - `member/wal.redb`: the Raft log, vote, committed index, and this member's identity;
+//! - `member/identity.json`: this member's identity, written once at bootstrap;
+//! - `member/wal/`: the Raft log, vote and committed log id (see [`wal`](super::wal));
 //! - `member/db.redb`: the state machine (MVCC tables + applied log id), no fsync per commit;
 //! - `member/snap/`: the newest snapshot.
 
@@ -11,10 +12,11 @@ use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config as RaftConfig, RaftMetrics, SnapshotPolicy};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use super::durable::{sync_dir, write_atomically};
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::state_machine::StateMachine;
@@ -35,7 +37,7 @@ pub struct MemberNode {
     pub client_urls: Vec<String>,
 }
 
-/// This member's identity, fixed at bootstrap and kept in the WAL file.
+/// This member's identity, fixed at bootstrap and kept in `member/identity.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// Member ID (etcd's derivation: SHA-1 of sorted peer URLs and the cluster token).
@@ -45,9 +47,6 @@ pub struct Identity {
     /// Member name.
     pub name: String,
 }
-
-const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("member_identity");
-const KEY_IDENTITY: &str = "identity";
 
 /// A running Raft member and the store it applies to.
 pub struct RaftNode {
@@ -98,15 +97,15 @@ fn storage(err: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(err.to_string()))
 }
 
-/// Reads the stored identity, or derives and stores it on first start.
-fn load_identity(wal: &Database, config: &Config) -> Result<Identity, Error> {
-    let read = wal.begin_read().map_err(storage)?;
-    if let Ok(table) = read.open_table(IDENTITY)
-        && let Some(bytes) = table.get(KEY_IDENTITY).map_err(storage)?
-    {
-        return serde_json::from_slice(bytes.value()).map_err(storage);
+/// Reads the stored identity, or derives and stores it (atomically, durably) on first start.
+fn load_identity(path: &Path, config: &Config) -> Result<Identity, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            return serde_json::from_slice(&bytes).map_err(|e| storage(format!("{}: {e}", path.display())));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(storage(format!("{}: {err}", path.display()))),
     }
-    drop(read);
     let ids: Vec<u64> = config
         .initial_cluster
         .iter()
@@ -117,16 +116,7 @@ fn load_identity(wal: &Database, config: &Config) -> Result<Identity, Error> {
         cluster_id: cluster_id(&ids),
         name: config.name.clone(),
     };
-    let write = wal.begin_write().map_err(storage)?;
-    write
-        .open_table(IDENTITY)
-        .map_err(storage)?
-        .insert(
-            KEY_IDENTITY,
-            serde_json::to_vec(&identity).map_err(storage)?.as_slice(),
-        )
-        .map_err(storage)?;
-    write.commit().map_err(storage)?;
+    write_atomically(path, &serde_json::to_vec(&identity).map_err(storage)?)?;
     Ok(identity)
 }
 
@@ -172,10 +162,20 @@ impl RaftNode {
     /// Opens (or creates) the data directory and starts Raft; bootstraps a new cluster on first start.
     pub async fn start(config: &Config) -> Result<Self, Error> {
         let member_dir = config.data_dir.join("member");
-        std::fs::create_dir_all(&member_dir)?;
-        let wal = open_db(&member_dir.join("wal.redb"))?;
-        let identity = load_identity(&wal, config)?;
-        let log_store = LogStore::open(wal)?;
+        if !member_dir.exists() {
+            std::fs::create_dir_all(&member_dir)?;
+            sync_dir(&config.data_dir)?;
+        }
+        let old_wal = member_dir.join("wal.redb");
+        if old_wal.exists() {
+            return Err(storage(format!(
+                "{} is the Raft log of an older Concord, whose format this one does not read; \
+                 start from an empty data directory",
+                old_wal.display()
+            )));
+        }
+        let identity = load_identity(&member_dir.join("identity.json"), config)?;
+        let log_store = LogStore::open(&member_dir.join("wal"))?;
 
         let db_path = member_dir.join("db.redb");
         let db = Arc::new(open_db(&db_path)?);

@@ -1,0 +1,254 @@
+//! Reading the WAL back on open: the segments in order into a [`LogCache`], and recovery of a
+//! torn tail in the last one.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use openraft::entry::RaftEntry;
+
+use super::SegmentInfo;
+use super::record::{FRAME_HEADER, Record, Scan};
+use super::segment::Segment;
+use crate::raft::codec::{decode_entry, invalid_data};
+use crate::raft::durable::{sync_dir, with_path};
+use crate::raft::log_cache::LogCache;
+
+/// etcd's minimum sector size: a torn write leaves whole sectors unwritten (all zeros).
+const SECTOR: u64 = 512;
+
+/// What replaying the WAL found.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The log as the records left it.
+    pub cache: LogCache,
+    /// Every segment, oldest first.
+    pub segments: VecDeque<SegmentInfo>,
+    /// The last segment, open to append after its valid data.
+    pub last: Segment,
+}
+
+/// Where one segment's valid data ends, and what follows it.
+struct SegmentEnd {
+    info: SegmentInfo,
+    /// Offset of the first record after the header.
+    start: usize,
+    /// Offset of the first byte that is not part of a valid record.
+    end: usize,
+    /// Why the data ends there, if not with zeros or the end of the file.
+    torn: Option<String>,
+    /// The file's length.
+    file_len: usize,
+}
+
+/// Lists the segments in `dir`, oldest first, removing any left half-created by a crash.
+/// Fails if a sequence number is missing between the first and the last.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    let mut removed = false;
+    for dirent in fs::read_dir(dir).map_err(|e| with_path(e, "list", dir))? {
+        let dirent = dirent.map_err(|e| with_path(e, "list", dir))?;
+        let name = dirent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = Segment::parse_name(name) {
+            seqs.push(seq);
+        } else if Segment::is_leftover(name) {
+            fs::remove_file(dirent.path()).map_err(|e| with_path(e, "remove", &dirent.path()))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    seqs.sort_unstable();
+    for pair in seqs.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(invalid_data(format!(
+                "WAL in {} is missing segment {} (it has {} and {})",
+                dir.display(),
+                Segment::file_name(pair[0] + 1),
+                Segment::file_name(pair[0]),
+                Segment::file_name(pair[1]),
+            )));
+        }
+    }
+    Ok(seqs)
+}
+
+/// Replays the segments `seqs` of `dir` (as listed by [`list_segments`], not empty) and opens
+/// the last one for appending. A torn tail in the last segment is cut off and the segment
+/// preallocated to `segment_size` again, durably, before this returns.
+pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64) -> io::Result<Replayed> {
+    let mut cache = LogCache::default();
+    let mut segments = VecDeque::with_capacity(seqs.len());
+    let mut last_end = None;
+    for (i, &seq) in seqs.iter().enumerate() {
+        let path = dir.join(Segment::file_name(seq));
+        let data = fs::read(&path).map_err(|e| with_path(e, "read WAL segment", &path))?;
+        let is_last = i + 1 == seqs.len();
+        let end = replay_segment(&data, seq, i == 0, is_last, &mut cache)
+            .map_err(|e| with_path(e, "replay WAL segment", &path))?;
+        segments.push_back(end.info);
+        if is_last {
+            last_end = Some(end);
+        }
+    }
+    let Some(end) = last_end else {
+        return Err(io::Error::other(format!(
+            "no WAL segment to replay in {}",
+            dir.display()
+        )));
+    };
+    let last = Segment::open(dir, end.info.seq, end.start as u64, end.end as u64)?;
+    if let Some(why) = &end.torn {
+        tracing::warn!(
+            segment = %Segment::file_name(end.info.seq),
+            offset = end.end,
+            why = %why,
+            "the WAL ends in a torn write; cutting it off there"
+        );
+        last.discard_tail(segment_size)?;
+    } else if (end.file_len as u64) < segment_size {
+        last.reserve(segment_size)?;
+    }
+    Ok(Replayed {
+        cache,
+        segments,
+        last,
+    })
+}
+
+/// Replays one segment's records into `cache` and finds where its valid data ends.
+fn replay_segment(
+    data: &[u8],
+    seq: u64,
+    is_first: bool,
+    is_last: bool,
+    cache: &mut LogCache,
+) -> io::Result<SegmentEnd> {
+    let mut info = SegmentInfo { seq, max_index: None };
+    let mut offset = 0usize;
+    let mut start = 0usize;
+    let scan = loop {
+        let rest = data.get(offset..).unwrap_or_default();
+        let (record, len) = match Record::read(rest, seq, offset as u64)? {
+            Scan::Record(record, len) => (record, len),
+            other => break other,
+        };
+        match (offset, record) {
+            (0, Record::Header { segment, state }) => {
+                if segment != seq {
+                    return Err(invalid_data(format!(
+                        "the header names segment {segment}, not {seq}"
+                    )));
+                }
+                if is_first {
+                    (cache.vote, cache.committed, cache.last_purged) =
+                        (state.vote, state.committed, state.last_purged);
+                } else if state != cache.hard_state() {
+                    return Err(invalid_data(format!(
+                        "the header's state {state:?} differs from the state the segments before \
+                         it leave, {:?}",
+                        cache.hard_state()
+                    )));
+                }
+                start = len;
+            }
+            (0, _) => return Err(invalid_data("the first record is not a segment header")),
+            (_, Record::Header { .. }) => {
+                return Err(invalid_data(format!("a second header at offset {offset}")));
+            }
+            (_, record) => apply(record, cache, &mut info)?,
+        }
+        offset += len;
+    };
+    if offset == 0 {
+        return Err(invalid_data(format!(
+            "no valid header ({scan:?}): a segment is only ever created with one"
+        )));
+    }
+    let rest = data.get(offset..).unwrap_or_default();
+    let trailing = !all_zero(rest);
+    if !is_last && (scan.is_bad() || !rest.is_empty()) {
+        return Err(invalid_data(format!(
+            "corrupt at offset {offset} of {} ({scan:?}); only the last segment may end in a \
+             torn write",
+            data.len()
+        )));
+    }
+    if let Scan::Mismatch { len } = scan
+        && !is_torn(data, offset, len)
+    {
+        return Err(invalid_data(format!(
+            "corrupt at offset {offset}: a frame of {len} bytes fails its CRC, yet more data \
+             follows it and none of its sectors is unwritten (all zeros), so it is not a torn \
+             write"
+        )));
+    }
+    let torn = match scan {
+        _ if !trailing => None,
+        Scan::Cut { len } => Some(format!("a frame of {len} bytes runs past the file's end")),
+        Scan::Mismatch { len } => Some(format!("a torn frame of {len} bytes")),
+        _ => Some("stray bytes after the end".to_string()),
+    };
+    Ok(SegmentEnd {
+        info,
+        start,
+        end: offset,
+        torn,
+        file_len: data.len(),
+    })
+}
+
+/// Applies one record after a segment's header, as the log store did when it was written.
+fn apply(record: Record, cache: &mut LogCache, info: &mut SegmentInfo) -> io::Result<()> {
+    match record {
+        Record::Entry { index, bytes } => {
+            let entry = decode_entry(&bytes)?;
+            if entry.index() != index {
+                return Err(invalid_data(format!(
+                    "the entry recorded at index {index} claims index {}",
+                    entry.index()
+                )));
+            }
+            info.max_index = info.max_index.max(Some(index));
+            cache.append(entry);
+        }
+        Record::Vote(vote) => cache.vote = Some(vote),
+        Record::Committed(log_id) => cache.committed = Some(log_id),
+        Record::TruncateFrom(from) => cache.truncate_from(from),
+        Record::Purge(log_id) => cache.purge(log_id),
+        Record::Header { .. } => return Err(invalid_data("a header after the first record")),
+    }
+    Ok(())
+}
+
+/// Whether the frame of `len` bytes at `offset`, whose CRC fails, can be a torn write: either
+/// nothing but zeros follows it (it was the last thing written), or a piece of it, cut at
+/// sector boundaries, is all zeros (a sector that never reached the disk while later ones did:
+/// etcd's torn-write test). Otherwise it is corruption of data that was once complete.
+fn is_torn(data: &[u8], offset: usize, len: usize) -> bool {
+    let end = (offset + len).min(data.len());
+    if all_zero(&data[end..]) {
+        return true;
+    }
+    let mut start = offset + FRAME_HEADER.min(len);
+    while start < end {
+        let next = ((start as u64 / SECTOR + 1) * SECTOR) as usize;
+        let piece = &data[start..next.min(end)];
+        if all_zero(piece) {
+            return true;
+        }
+        start = next;
+    }
+    false
+}
+
+/// Whether `bytes` are all zeros (compared a page at a time: a segment is mostly zeros).
+fn all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes
+        .chunks(ZEROS.len())
+        .all(|chunk| chunk == &ZEROS[..chunk.len()])
+}
