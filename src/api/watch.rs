@@ -2,7 +2,9 @@
 //!
 //! The task reads requests (create, cancel, progress) and sends control responses itself;
 //! events reach the same bounded channel from the [`WatchHub`]. `created` is sent before a
-//! watcher is registered and `canceled` after it is removed, so neither can overtake events.
+//! watcher is registered and `canceled` after it is removed, so neither can overtake events;
+//! a progress response waits until every watcher of the stream has caught up, so it never
+//! reports a revision whose events are still to come.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,16 +66,21 @@ fn options(create: &WatchCreateRequest) -> WatchOptions {
     }
 }
 
+/// How often a deferred progress request checks whether its stream has caught up.
+const PROGRESS_RETRY: Duration = Duration::from_millis(10);
+
 /// One stream's request loop.
 struct StreamTask {
     hub: Arc<WatchHub>,
     stream: StreamId,
     sink: mpsc::Sender<WatchResponse>,
+    /// A progress request waits for a watcher of the stream that is still catching up.
+    progress_deferred: bool,
 }
 
 impl StreamTask {
     /// Handles one request; false when the client is gone.
-    async fn handle(&self, request: WatchRequest) -> bool {
+    async fn handle(&mut self, request: WatchRequest) -> bool {
         let response = match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => return self.create(&create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
@@ -87,13 +94,28 @@ impl StreamTask {
                     ..Default::default()
                 }
             }
-            Some(RequestUnion::ProgressRequest(_)) => WatchResponse {
-                header: header(self.hub.progress_revision(self.stream)),
-                // Not tied to one watch: the client hands it to every watcher of the stream.
-                watch_id: -1,
-                ..Default::default()
-            },
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Requests made while one is deferred are answered together, as in etcd.
+                self.progress_deferred = true;
+                return self.answer_progress().await;
+            }
             None => return true,
+        };
+        self.sink.send(response).await.is_ok()
+    }
+
+    /// Sends the progress response a request is waiting for, if every watcher of the stream
+    /// has caught up (see [`WatchHub::progress_revision`]); false when the client is gone.
+    async fn answer_progress(&mut self) -> bool {
+        let Some(revision) = self.hub.progress_revision(self.stream) else {
+            return true; // retried every PROGRESS_RETRY
+        };
+        self.progress_deferred = false;
+        let response = WatchResponse {
+            header: header(revision),
+            // Not tied to one watch: the client hands it to every watcher of the stream.
+            watch_id: -1,
+            ..Default::default()
         };
         self.sink.send(response).await.is_ok()
     }
@@ -133,10 +155,12 @@ impl StreamTask {
         true
     }
 
-    async fn run(self, mut inbound: Streaming<WatchRequest>, progress_interval: Duration) {
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>, progress_interval: Duration) {
         let mut ticker = tokio::time::interval(progress_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // the first tick is immediate
+        let mut retry = tokio::time::interval(PROGRESS_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
@@ -148,6 +172,11 @@ impl StreamTask {
                     Ok(None) | Err(_) => break,
                 },
                 _ = ticker.tick() => self.hub.progress_tick(self.stream),
+                _ = retry.tick(), if self.progress_deferred => {
+                    if !self.answer_progress().await {
+                        break;
+                    }
+                }
                 () = self.sink.closed() => break,
             }
         }
@@ -175,6 +204,7 @@ impl Watch for WatchService {
             stream: hub.new_stream(connection),
             hub,
             sink,
+            progress_deferred: false,
         };
         tokio::spawn(task.run(inbound, self.progress_interval));
         let api = self.api.clone();

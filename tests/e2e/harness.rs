@@ -112,6 +112,11 @@ impl Server {
         Some((status, body))
     }
 
+    /// The server's process id (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:PORT`, for clients that want a URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.endpoint)

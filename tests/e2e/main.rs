@@ -9,3 +9,5 @@ mod client_kv;
 mod crash;
 mod etcdctl_kv;
 mod harness;
+mod watch;
+mod watch_lifecycle;

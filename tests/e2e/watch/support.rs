@@ -1,0 +1,315 @@
+//! Shared by the watch tests: a raw Watch stream over our own proto client, a background
+//! `etcdctl` whose output is read with a deadline, and the server's watcher gauges.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use concord_proto::etcdserverpb::watch_client::WatchClient;
+use concord_proto::etcdserverpb::watch_request::RequestUnion;
+use concord_proto::etcdserverpb::{
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::harness::Server;
+
+/// How long any single expected response or output may take.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A new HTTP/2 connection to `server`: streams on different connections do not share
+/// flow-control windows, so a stalled one cannot hold up the others.
+pub async fn connection(server: &Server) -> Channel {
+    Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to concord")
+}
+
+/// etcd's range end for "every key starting with `prefix`".
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A create request for `key` (and `range_end`, etcd's convention: empty = the key alone,
+/// `"\0"` = every key from `key` on).
+pub fn create(key: &[u8], range_end: &[u8]) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: key.to_vec(),
+        range_end: range_end.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Whether a response is a progress notification: no events and not a control response.
+pub fn is_progress(r: &WatchResponse) -> bool {
+    r.events.is_empty() && !r.created && !r.canceled && r.compact_revision == 0
+}
+
+/// The response header's revision.
+pub fn revision(r: &WatchResponse) -> i64 {
+    r.header.as_ref().expect("every response has a header").revision
+}
+
+/// One bidirectional Watch stream, driven request by request.
+pub struct RawWatch {
+    /// Where create, cancel and progress requests go.
+    pub requests: RequestSender,
+    /// The server's responses, in the order it sent them.
+    pub responses: Streaming<WatchResponse>,
+}
+
+/// The request half of a [`RawWatch`], cloneable so a reader task can own the responses.
+#[derive(Clone)]
+pub struct RequestSender(mpsc::Sender<WatchRequest>);
+
+impl RequestSender {
+    async fn send(&self, request: RequestUnion) {
+        self.0
+            .send(WatchRequest {
+                request_union: Some(request),
+            })
+            .await
+            .expect("watch stream is open");
+    }
+
+    pub async fn create(&self, request: WatchCreateRequest) {
+        self.send(RequestUnion::CreateRequest(request)).await;
+    }
+
+    pub async fn cancel(&self, watch_id: i64) {
+        self.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id }))
+            .await;
+    }
+
+    pub async fn request_progress(&self) {
+        self.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+            .await;
+    }
+}
+
+impl RawWatch {
+    /// Opens a Watch stream on `channel`.
+    pub async fn open(channel: &Channel) -> RawWatch {
+        let (tx, rx) = mpsc::channel(64);
+        // Catch-up responses carry up to 512 revisions of events: more than tonic's 4 MiB
+        // default when revisions are large txns (etcd's Go client allows 2 GiB).
+        let mut client = WatchClient::new(channel.clone()).max_decoding_message_size(1 << 30);
+        let responses = client
+            .watch(ReceiverStream::new(rx))
+            .await
+            .expect("open Watch stream")
+            .into_inner();
+        RawWatch {
+            requests: RequestSender(tx),
+            responses,
+        }
+    }
+
+    /// The next response, failing the test after [`WAIT`].
+    pub async fn next(&mut self) -> WatchResponse {
+        match tokio::time::timeout(WAIT, self.responses.message()).await {
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => panic!("watch stream ended"),
+            Ok(Err(status)) => panic!("watch stream failed: {status}"),
+            Err(_) => panic!("no watch response within {WAIT:?}"),
+        }
+    }
+
+    /// Sends `request` and returns its `created` response, asserting it is one.
+    pub async fn created(&mut self, request: WatchCreateRequest) -> WatchResponse {
+        self.requests.create(request).await;
+        let response = self.next().await;
+        assert!(
+            response.created && !response.canceled && response.events.is_empty(),
+            "expected a created response, got {response:?}"
+        );
+        response
+    }
+
+    /// Asks for progress and returns every response that arrives before the progress
+    /// response: the server answers once every watch of the stream has been sent all its
+    /// events up to the current revision, so these are all of them.
+    pub async fn until_progress(&mut self) -> (Vec<WatchResponse>, WatchResponse) {
+        self.requests.request_progress().await;
+        let mut before = Vec::new();
+        loop {
+            let response = self.next().await;
+            if response.watch_id == -1 && is_progress(&response) {
+                return (before, response);
+            }
+            before.push(response);
+        }
+    }
+}
+
+/// Reads a gauge from `/metrics`.
+pub fn gauge(server: &Server, name: &str) -> i64 {
+    let (status, body) = server.http_get("/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+}
+
+/// Waits until `/metrics` reports `name` == `want`.
+pub async fn wait_for_gauge(server: &Server, name: &str, want: i64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = gauge(server, name);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {got}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A background `etcdctl` (a `watch`, usually) whose output is collected as it comes.
+pub struct Etcdctl {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Copies everything `from` yields into a shared buffer, on a thread that ends with the pipe.
+fn collect(mut from: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buffer, reader)
+}
+
+impl Etcdctl {
+    /// Starts `etcdctl --endpoints=<server> <args>` with piped stdin, stdout and stderr.
+    pub fn spawn(server: &Server, args: &[&str]) -> Etcdctl {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", server.endpoint))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl is installed");
+        let (stdout, out_reader) = collect(child.stdout.take().unwrap());
+        let (stderr, err_reader) = collect(child.stderr.take().unwrap());
+        Etcdctl {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    /// Writes one line to its stdin (interactive mode).
+    pub fn line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `done(output so far)` holds or [`WAIT`] passed, and returns the output.
+    async fn wait_for(buffer: &Mutex<Vec<u8>>, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+            if done(&out) || Instant::now() > deadline {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until stdout is at least as long as `expected` (or [`WAIT`] passed) and returns
+    /// it. Callers end their writes with one the command must print last, so anything missing,
+    /// extra or out of order shows up as a difference.
+    pub async fn stdout_like(&self, expected: &str) -> String {
+        Self::wait_for(&self.stdout, |out| out.len() >= expected.len()).await
+    }
+
+    /// As [`Self::stdout_like`], for stderr.
+    pub async fn stderr_like(&self, expected: &str) -> String {
+        Self::wait_for(&self.stderr, |out| out.len() >= expected.len()).await
+    }
+
+    /// Waits until stdout has `n` complete lines (or [`WAIT`] passed) and returns it.
+    pub async fn stdout_lines(&self, n: usize) -> String {
+        Self::wait_for(&self.stdout, |out| out.matches('\n').count() >= n).await
+    }
+
+    /// Kills it (it watches forever otherwise) and returns `(stdout, stderr)`.
+    pub fn kill(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.drain();
+        (self.stdout(), self.stderr())
+    }
+
+    /// Waits for the reader threads, which end when the exited process's pipes close.
+    fn drain(&mut self) {
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+    }
+
+    /// Closes stdin and waits for it to exit on its own: `(status, stdout, stderr)`.
+    pub async fn exit(mut self) -> (ExitStatus, String, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.drain();
+                return (status, self.stdout(), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcdctl did not exit; stdout {:?}, stderr {:?}",
+                self.stdout(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Etcdctl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
