@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
 use crate::watch::hub::STREAM_CAPACITY;
-use crate::watch::{StreamId, WatchHub, WatchOptions};
+use crate::watch::{Sink, StreamId, WatchHub, WatchOptions};
 
 /// The Watch service over the shared [`Api`].
 #[derive(Clone)]
@@ -73,7 +73,7 @@ const PROGRESS_RETRY: Duration = Duration::from_millis(10);
 struct StreamTask {
     hub: Arc<WatchHub>,
     stream: StreamId,
-    sink: mpsc::Sender<WatchResponse>,
+    sink: Sink,
     /// A progress request waits for a watcher of the stream that is still catching up.
     progress_deferred: bool,
 }
@@ -101,7 +101,7 @@ impl StreamTask {
             }
             None => return true,
         };
-        self.sink.send(response).await.is_ok()
+        self.sink.send(response.into()).await.is_ok()
     }
 
     /// Sends the progress response a request is waiting for, if every watcher of the stream
@@ -117,7 +117,7 @@ impl StreamTask {
             watch_id: -1,
             ..Default::default()
         };
-        self.sink.send(response).await.is_ok()
+        self.sink.send(response.into()).await.is_ok()
     }
 
     async fn create(&self, create: &WatchCreateRequest) -> bool {
@@ -132,7 +132,7 @@ impl StreamTask {
                     cancel_reason: reason.to_string(),
                     ..Default::default()
                 };
-                return self.sink.send(refused).await.is_ok();
+                return self.sink.send(refused.into()).await.is_ok();
             }
         };
         let created = WatchResponse {
@@ -141,7 +141,7 @@ impl StreamTask {
             created: true,
             ..Default::default()
         };
-        if self.sink.send(created).await.is_err() {
+        if self.sink.send(created.into()).await.is_err() {
             return false;
         }
         // start_revision 0 is "from now": the first revision after the one `created` reported.
@@ -208,10 +208,12 @@ impl Watch for WatchService {
         };
         tokio::spawn(task.run(inbound, self.progress_interval));
         let api = self.api.clone();
-        let outbound = ReceiverStream::new(responses).map(move |mut response| {
-            api.fill_header(&mut response.header);
-            Ok(response)
-        });
+        let outbound = ReceiverStream::new(responses)
+            .flat_map(futures::stream::iter)
+            .map(move |mut response| {
+                api.fill_header(&mut response.header);
+                Ok(response)
+            });
         Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -1,6 +1,7 @@
 //! Splitting a large watch response into fragments (etcd's `sendFragments`).
 
 use concord_proto::etcdserverpb::WatchResponse;
+use concord_proto::mvccpb::Event;
 use prost::Message;
 
 /// Splits `response` into responses of at most `limit` encoded bytes each (a single event
@@ -40,9 +41,35 @@ pub fn split(mut response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     parts
 }
 
+/// Cuts `events` (in revision order) into runs of whole revisions, starting a new run once the
+/// current one holds more than `limit` encoded bytes; a single revision larger than `limit`
+/// stays whole in its own run (etcd's atomicity: one revision is never split across responses,
+/// except into fragments a client asked for).
+pub fn split_at_revisions(events: Vec<Event>, limit: usize) -> Vec<Vec<Event>> {
+    let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut runs = Vec::new();
+    let mut current: Vec<Event> = Vec::new();
+    let mut size = 0;
+    for event in events {
+        let starts_revision = current
+            .last()
+            .is_none_or(|last| revision(last) != revision(&event));
+        if starts_revision && size > limit {
+            runs.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += event.encoded_len() + 1 + prost::length_delimiter_len(event.encoded_len());
+        current.push(event);
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
-    use concord_proto::mvccpb::{Event, KeyValue};
+    use concord_proto::mvccpb::KeyValue;
 
     use super::*;
 
@@ -62,6 +89,32 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn windows_are_cut_only_between_revisions() {
+        // Revisions 1..=6, two events each, 1000-byte values.
+        let events: Vec<Event> = (0..12)
+            .map(|i| Event {
+                kv: Some(KeyValue {
+                    key: format!("k{i}").into_bytes(),
+                    value: vec![b'v'; 1000],
+                    mod_revision: 1 + i / 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let runs = split_at_revisions(events.clone(), 2500);
+        assert!(runs.len() >= 3, "{} runs", runs.len());
+        for run in &runs {
+            let first = run[0].kv.as_ref().unwrap().mod_revision;
+            let last = run.last().unwrap().kv.as_ref().unwrap().mod_revision;
+            assert!(run.len() % 2 == 0, "revision {first}..{last} was split");
+        }
+        assert_eq!(runs.concat(), events);
+        assert_eq!(split_at_revisions(events.clone(), usize::MAX), vec![events]);
+        assert!(split_at_revisions(Vec::new(), 10).is_empty());
     }
 
     #[test]

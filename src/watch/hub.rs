@@ -23,6 +23,7 @@ use concord_proto::mvccpb::Event;
 use tokio::sync::{Notify, mpsc};
 
 use super::fragment;
+use super::outgoing::{Outgoing, Sink};
 use super::watcher::{WatchOptions, Watcher};
 use crate::mvcc::{MvccError, MvccStore};
 
@@ -95,22 +96,21 @@ enum Delivery {
     Closed,
 }
 
-/// Sends `response` (split into fragments if the watcher asked for it) all or nothing.
-fn deliver(watcher: &Watcher, response: WatchResponse, max_bytes: usize) -> Delivery {
-    let parts = if watcher.options.fragment {
-        fragment::split(response, max_bytes)
+/// Sends `responses` (each split into fragments if the watcher asked for it) as one channel
+/// item: all or nothing, in order.
+fn deliver(watcher: &Watcher, responses: Vec<WatchResponse>, max_bytes: usize) -> Delivery {
+    let parts: Vec<WatchResponse> = if watcher.options.fragment {
+        responses
+            .into_iter()
+            .flat_map(|r| fragment::split(r, max_bytes))
+            .collect()
     } else {
-        vec![response]
+        responses
     };
-    match watcher.sink.try_reserve_many(parts.len()) {
-        Ok(permits) => {
-            for (permit, part) in permits.zip(parts) {
-                permit.send(part);
-            }
-            Delivery::Sent
-        }
-        Err(mpsc::error::TrySendError::Full(())) => Delivery::Full,
-        Err(mpsc::error::TrySendError::Closed(())) => Delivery::Closed,
+    match watcher.sink.try_send(Outgoing::from(parts)) {
+        Ok(()) => Delivery::Sent,
+        Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
     }
 }
 
@@ -180,14 +180,7 @@ impl WatchHub {
     }
 
     /// Starts delivering to a reserved watcher, from `start_rev` on.
-    pub fn register(
-        &self,
-        stream: StreamId,
-        id: i64,
-        options: WatchOptions,
-        start_rev: i64,
-        sink: mpsc::Sender<WatchResponse>,
-    ) {
+    pub fn register(&self, stream: StreamId, id: i64, options: WatchOptions, start_rev: i64, sink: Sink) {
         let watcher = Watcher {
             id,
             options,
@@ -269,7 +262,7 @@ impl WatchHub {
             let Some(watcher) = state.synced.get_mut(&key) else {
                 continue;
             };
-            match deliver(watcher, response, self.max_response_bytes) {
+            match deliver(watcher, vec![response], self.max_response_bytes) {
                 Delivery::Sent => watcher.sent_since_progress = true,
                 Delivery::Full => fallen_behind.push(key),
                 Delivery::Closed => closed.push(key),
@@ -319,7 +312,7 @@ impl WatchHub {
                     ..Default::default()
                 };
                 // A full channel means events are on their way anyway; skip this tick.
-                let _ = watcher.sink.try_send(response);
+                let _ = watcher.sink.try_send(response.into());
             }
             watcher.sent_since_progress = false;
         }
@@ -399,13 +392,18 @@ impl WatchHub {
                 progressed = true;
                 continue;
             }
-            let response = WatchResponse {
-                header: header(end),
-                watch_id: watcher.id,
-                events: selected,
-                ..Default::default()
-            };
-            match deliver(watcher, response, self.max_response_bytes) {
+            // Several responses, cut at revision boundaries, so that no response grows past what
+            // clients accept by default (4 MiB in gRPC) however long the window is.
+            let responses = fragment::split_at_revisions(selected, self.max_response_bytes)
+                .into_iter()
+                .map(|events| WatchResponse {
+                    header: header(end),
+                    watch_id: watcher.id,
+                    events,
+                    ..Default::default()
+                })
+                .collect();
+            match deliver(watcher, responses, self.max_response_bytes) {
                 Delivery::Sent => {
                     watcher.next_rev = end + 1;
                     watcher.sent_since_progress = true;
@@ -458,7 +456,7 @@ impl WatchHub {
                 canceled: true,
                 ..Default::default()
             };
-            match watcher.sink.try_send(response) {
+            match watcher.sink.try_send(response.into()) {
                 Err(mpsc::error::TrySendError::Full(_)) => {} // try again next round
                 _ => {
                     state.unsynced.remove(&key);
@@ -512,7 +510,7 @@ mod tests {
             committed.revision
         }
 
-        fn watch(&self, key: &str, start_rev: i64, capacity: usize) -> mpsc::Receiver<WatchResponse> {
+        fn watch(&self, key: &str, start_rev: i64, capacity: usize) -> mpsc::Receiver<Outgoing> {
             let (sink, rx) = mpsc::channel(capacity);
             let stream = self.hub.new_stream(0);
             let (id, current) = self.hub.reserve(stream, 0).unwrap();
@@ -535,15 +533,17 @@ mod tests {
         }
     }
 
-    fn revisions(rx: &mut mpsc::Receiver<WatchResponse>) -> Vec<i64> {
+    fn revisions(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<i64> {
         let mut revs = Vec::new();
-        while let Ok(response) = rx.try_recv() {
-            revs.extend(
-                response
-                    .events
-                    .iter()
-                    .map(|e| e.kv.as_ref().unwrap().mod_revision),
-            );
+        while let Ok(item) = rx.try_recv() {
+            for response in item {
+                revs.extend(
+                    response
+                        .events
+                        .iter()
+                        .map(|e| e.kv.as_ref().unwrap().mod_revision),
+                );
+            }
         }
         revs
     }
@@ -611,7 +611,7 @@ mod tests {
         batch.commit(Durability::None).unwrap();
         let mut rx = f.watch("c", 2, 64);
         f.hub.catch_up_round().unwrap();
-        let response = rx.try_recv().unwrap();
+        let response = rx.try_recv().unwrap().into_iter().next().unwrap();
         assert!(response.canceled);
         assert_eq!(response.compact_revision, 4);
         assert_eq!(f.hub.watcher_counts(), (0, 0));

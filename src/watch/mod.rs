@@ -6,13 +6,17 @@
 //!   (apply hands it new events directly) or *unsynced* (behind; a catch-up task feeds it from
 //!   MVCC history). A watcher whose stream cannot take more is moved to unsynced instead of
 //!   blocking apply or buffering without bound.
-//! - [`fragment`]: splitting a large response into fragments.
+//! - [`fragment`]: splitting a large response into fragments, and a catch-up window into
+//!   responses at revision boundaries.
+//! - [`outgoing`]: what a stream's bounded channel carries.
 //!
 //! The gRPC side (one task per `Watch` stream) is `crate::api::watch`.
 
 pub mod fragment;
 pub mod hub;
+pub mod outgoing;
 pub mod watcher;
 
 pub use hub::{StreamId, WatchHub};
+pub use outgoing::{Outgoing, Sink};
 pub use watcher::{WatchOptions, Watcher};

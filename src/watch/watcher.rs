@@ -1,8 +1,7 @@
 //! One watch on one stream.
 
-use concord_proto::etcdserverpb::WatchResponse;
+use super::outgoing::Sink;
 use concord_proto::mvccpb::{Event, event::EventType};
-use tokio::sync::mpsc;
 
 use crate::mvcc::KeySpan;
 
@@ -35,7 +34,7 @@ pub struct Watcher {
     /// The lowest revision not yet delivered.
     pub next_rev: i64,
     /// Where its responses go: the stream's bounded channel.
-    pub sink: mpsc::Sender<WatchResponse>,
+    pub sink: Sink,
     /// Whether an event was sent since the last periodic progress notification.
     pub sent_since_progress: bool,
 }
@@ -74,6 +73,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use concord_proto::mvccpb::KeyValue;
+    use tokio::sync::mpsc;
 
     use super::*;
 

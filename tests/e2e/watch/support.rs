@@ -105,9 +105,10 @@ impl RawWatch {
     /// Opens a Watch stream on `channel`.
     pub async fn open(channel: &Channel) -> RawWatch {
         let (tx, rx) = mpsc::channel(64);
-        // Catch-up responses carry up to 512 revisions of events: more than tonic's 4 MiB
-        // default when revisions are large txns (etcd's Go client allows 2 GiB).
-        let mut client = WatchClient::new(channel.clone()).max_decoding_message_size(1 << 30);
+        // tonic's default 4 MiB receive limit on purpose: the server cuts catch-up windows into
+        // responses of about --max-request-bytes at revision boundaries, so a client with
+        // default limits must get every response (etcd itself can exceed it here).
+        let mut client = WatchClient::new(channel.clone());
         let responses = client
             .watch(ReceiverStream::new(rx))
             .await
