@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use concord_proto::etcdserverpb::{ResponseHeader, WatchResponse};
 use concord_proto::mvccpb::Event;
@@ -25,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use super::fragment;
 use super::outgoing::{Outgoing, Sink};
 use super::watcher::{WatchOptions, Watcher};
-use crate::mvcc::{MvccError, MvccStore};
+use crate::mvcc::MvccStore;
 
 /// Identifies one gRPC `Watch` stream. Streams order by their client connection first, so
 /// [`WatchHub::notify`] wakes all the streams of one HTTP/2 connection together and the
@@ -39,12 +38,6 @@ pub struct StreamId {
 /// Responses a stream buffers for its client before its watchers fall back to catch-up.
 pub const STREAM_CAPACITY: usize = 256;
 
-/// Most revisions one catch-up round reads from history.
-const CATCH_UP_REVISIONS: i64 = 512;
-
-/// How often the catch-up task looks for unsynced watchers without being woken.
-const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
-
 /// etcd's text when a client picks a watch id its stream already uses (etcd's
 /// `mvcc.ErrWatcherDuplicateID`, prefix included: it is sent as `cancel_reason` verbatim).
 pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
@@ -55,34 +48,34 @@ pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the Wat
 /// 540 KB first fragment.
 pub const FRAGMENT_SLACK_BYTES: usize = 512 * 1024;
 
-type WatcherKey = (StreamId, i64);
+pub(super) type WatcherKey = (StreamId, i64);
 
 /// Per-stream bookkeeping: the ids in use and the next automatic id (etcd starts at 0).
 #[derive(Default)]
-struct StreamIds {
-    used: HashSet<i64>,
+pub(super) struct StreamIds {
+    pub(super) used: HashSet<i64>,
     next_auto: i64,
 }
 
 #[derive(Default)]
-struct HubState {
+pub(super) struct HubState {
     /// The newest store revision handed to `notify`: everything up to it is committed.
-    notified_rev: i64,
-    synced: BTreeMap<WatcherKey, Watcher>,
-    unsynced: HashMap<WatcherKey, Watcher>,
-    streams: HashMap<StreamId, StreamIds>,
+    pub(super) notified_rev: i64,
+    pub(super) synced: BTreeMap<WatcherKey, Watcher>,
+    pub(super) unsynced: HashMap<WatcherKey, Watcher>,
+    pub(super) streams: HashMap<StreamId, StreamIds>,
 }
 
 /// Routes committed events to watchers; see the module docs.
 pub struct WatchHub {
-    store: Arc<MvccStore>,
+    pub(super) store: Arc<MvccStore>,
     state: Mutex<HubState>,
-    wake: Notify,
+    pub(super) wake: Notify,
     next_stream: AtomicU64,
-    max_response_bytes: usize,
+    pub(super) max_response_bytes: usize,
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+pub(super) fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
         ..Default::default()
@@ -90,7 +83,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 /// How delivering one response to a watcher went.
-enum Delivery {
+pub(super) enum Delivery {
     Sent,
     Full,
     Closed,
@@ -98,7 +91,7 @@ enum Delivery {
 
 /// Sends `responses` (each split into fragments if the watcher asked for it) as one channel
 /// item: all or nothing, in order.
-fn deliver(watcher: &Watcher, responses: Vec<WatchResponse>, max_bytes: usize) -> Delivery {
+pub(super) fn deliver(watcher: &Watcher, responses: Vec<WatchResponse>, max_bytes: usize) -> Delivery {
     let parts: Vec<WatchResponse> = if watcher.options.fragment {
         responses
             .into_iter()
@@ -115,7 +108,7 @@ fn deliver(watcher: &Watcher, responses: Vec<WatchResponse>, max_bytes: usize) -
 }
 
 /// Whether a watcher's stream can take a response now (a stalled client's cannot).
-fn has_room(watcher: &Watcher) -> bool {
+pub(super) fn has_room(watcher: &Watcher) -> bool {
     watcher.sink.capacity() > 0
 }
 
@@ -137,7 +130,7 @@ impl WatchHub {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
         // A panic while holding the lock leaves plain data behind; carry on with it.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -315,156 +308,6 @@ impl WatchHub {
                 let _ = watcher.sink.try_send(response.into());
             }
             watcher.sent_since_progress = false;
-        }
-    }
-
-    /// Feeds unsynced watchers from history until `shutdown` completes.
-    pub async fn run_catch_up(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(CATCH_UP_INTERVAL) => {}
-            }
-            // Keep going while rounds make progress, so a burst of work is drained promptly.
-            loop {
-                match self.catch_up_round() {
-                    Ok(true) => tokio::task::yield_now().await,
-                    Ok(false) => break,
-                    Err(err) => {
-                        tracing::error!(error = %err, "watch catch-up failed");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// One catch-up round; true when it delivered something and more may be waiting.
-    fn catch_up_round(&self) -> Result<bool, MvccError> {
-        let compacted = self.store.compacted_revision();
-        let (start, target, prev_kv) = {
-            let mut state = self.lock();
-            if state.unsynced.is_empty() {
-                return Ok(false);
-            }
-            let target = state.notified_rev;
-            self.cancel_compacted(&mut state, compacted, target);
-            self.promote_caught_up(&mut state);
-            // Only watchers whose stream has room: one whose client stopped reading would
-            // have its whole window read from history, selected and refused again every round
-            // (for 100-put txns, 51,200 events of CPU and transient memory every 100 ms).
-            let ready = || state.unsynced.values().filter(|w| has_room(w));
-            let Some(start) = ready().map(|w| w.next_rev).min() else {
-                return Ok(false);
-            };
-            let prev_kv = ready().any(|w| w.options.prev_kv);
-            (start, target, prev_kv)
-        };
-        if start > target {
-            return Ok(false);
-        }
-        // Read history without the lock: apply keeps notifying meanwhile.
-        let end = target.min(start + CATCH_UP_REVISIONS - 1);
-        let events = match self.store.events(start, end + 1, prev_kv) {
-            Ok(events) => events,
-            // Compacted between our check and the read: the next round cancels them.
-            Err(MvccError::Compacted) => return Ok(false),
-            Err(err) => return Err(err),
-        };
-
-        let mut state = self.lock();
-        let mut progressed = false;
-        let mut closed = Vec::new();
-        for (key, watcher) in state.unsynced.iter_mut() {
-            if watcher.next_rev < start || watcher.next_rev > end || !has_room(watcher) {
-                continue; // registered meanwhile below our window, not in it, or stalled
-            }
-            if watcher.options.prev_kv && !prev_kv {
-                // Registered (or given room) after the read was planned without previous
-                // values: sending it these events would drop their prev_kv. Next round.
-                continue;
-            }
-            let selected = watcher.select(&events);
-            if selected.is_empty() {
-                watcher.next_rev = end + 1;
-                progressed = true;
-                continue;
-            }
-            // Several responses, cut at revision boundaries, so that no response grows past what
-            // clients accept by default (4 MiB in gRPC) however long the window is.
-            let responses = fragment::split_at_revisions(selected, self.max_response_bytes)
-                .into_iter()
-                .map(|events| WatchResponse {
-                    header: header(end),
-                    watch_id: watcher.id,
-                    events,
-                    ..Default::default()
-                })
-                .collect();
-            match deliver(watcher, responses, self.max_response_bytes) {
-                Delivery::Sent => {
-                    watcher.next_rev = end + 1;
-                    watcher.sent_since_progress = true;
-                    progressed = true;
-                }
-                Delivery::Full => {}
-                Delivery::Closed => closed.push(*key),
-            }
-        }
-        for key in closed {
-            state.unsynced.remove(&key);
-        }
-        self.promote_caught_up(&mut state);
-        Ok(progressed && !state.unsynced.is_empty())
-    }
-
-    /// Moves unsynced watchers that have everything up to the notified revision to synced.
-    fn promote_caught_up(&self, state: &mut HubState) {
-        let notified = state.notified_rev;
-        let ready: Vec<WatcherKey> = state
-            .unsynced
-            .iter()
-            .filter(|(_, w)| w.next_rev > notified)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in ready {
-            if let Some(watcher) = state.unsynced.remove(&key) {
-                state.synced.insert(key, watcher);
-            }
-        }
-    }
-
-    /// Cancels unsynced watchers whose next revision was compacted away, telling their client
-    /// the compacted revision (etcd: a response with `compact_revision` set, canceled).
-    fn cancel_compacted(&self, state: &mut HubState, compacted: i64, revision: i64) {
-        let lost: Vec<WatcherKey> = state
-            .unsynced
-            .iter()
-            .filter(|(_, w)| w.next_rev < compacted)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in lost {
-            let Some(watcher) = state.unsynced.get(&key) else {
-                continue;
-            };
-            let response = WatchResponse {
-                header: header(revision),
-                watch_id: watcher.id,
-                compact_revision: compacted,
-                canceled: true,
-                ..Default::default()
-            };
-            match watcher.sink.try_send(response.into()) {
-                Err(mpsc::error::TrySendError::Full(_)) => {} // try again next round
-                _ => {
-                    state.unsynced.remove(&key);
-                    if let Some(ids) = state.streams.get_mut(&key.0) {
-                        ids.used.remove(&key.1);
-                    }
-                }
-            }
         }
     }
 }

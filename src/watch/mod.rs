@@ -6,12 +6,14 @@
 //!   (apply hands it new events directly) or *unsynced* (behind; a catch-up task feeds it from
 //!   MVCC history). A watcher whose stream cannot take more is moved to unsynced instead of
 //!   blocking apply or buffering without bound.
+//! - [`catch_up`]: the task that feeds unsynced watchers from MVCC history.
 //! - [`fragment`]: splitting a large response into fragments, and a catch-up window into
 //!   responses at revision boundaries.
 //! - [`outgoing`]: what a stream's bounded channel carries.
 //!
 //! The gRPC side (one task per `Watch` stream) is `crate::api::watch`.
 
+pub mod catch_up;
 pub mod fragment;
 pub mod hub;
 pub mod outgoing;
