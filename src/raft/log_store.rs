@@ -175,19 +175,6 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        Ok(entries_in(&*read_cache(&self.cache)?, range))
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(read_cache(&self.cache)?.vote)
-    }
-}
-
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
@@ -300,7 +287,12 @@ mod tests {
             let files = std::fs::read_dir(&path).unwrap().count();
             assert!(files > 1, "the log spans several segments");
             let state = store.get_log_state().await.unwrap();
-            let entries = store.try_get_log_entries(0..).await.unwrap();
+            let entries = store
+                .get_log_reader()
+                .await
+                .try_get_log_entries(0..)
+                .await
+                .unwrap();
             assert_eq!(entries.len(), 48);
             drop(store);
 
@@ -308,8 +300,9 @@ mod tests {
             let reopened = store.get_log_state().await.unwrap();
             assert_eq!(reopened.last_purged_log_id, state.last_purged_log_id);
             assert_eq!(reopened.last_log_id, Some(log_id(2, 1, 198)));
-            assert_eq!(store.try_get_log_entries(0..).await.unwrap(), entries);
-            assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
+            let mut reader = store.get_log_reader().await;
+            assert_eq!(reader.try_get_log_entries(0..).await.unwrap(), entries);
+            assert_eq!(reader.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
             assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 190)));
         });
     }
