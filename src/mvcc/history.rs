@@ -117,33 +117,29 @@ impl<T: ReadableTable<[u8; REVISION_BYTES], &'static [u8]>> History for T {
 /// empty): how a snapshot is built from, and installed into, a database. After installing into
 /// a live store's database, call [`super::MvccStore::reload`].
 pub fn copy_tables(read: &ReadTransaction, write: &WriteTransaction) -> Result<(), MvccError> {
-    write.delete_table(HISTORY)?;
-    write.delete_table(META)?;
-    {
-        let mut dst = write.open_table(HISTORY)?;
-        match read.open_table(HISTORY) {
-            Ok(src) => {
-                for entry in src.iter()? {
-                    let (k, v) = entry?;
-                    dst.insert(k.value(), v.value())?;
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut dst = write.open_table(META)?;
-    match read.open_table(META) {
+    copy_table(read, write, HISTORY)?;
+    copy_table(read, write, META)
+}
+
+/// Replaces `table` in `write` with its contents in `read` (empty if `read` lacks it).
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &ReadTransaction,
+    write: &WriteTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<(), MvccError> {
+    write.delete_table(table)?;
+    let mut dst = write.open_table(table)?;
+    match read.open_table(table) {
         Ok(src) => {
             for entry in src.iter()? {
                 let (k, v) = entry?;
                 dst.insert(k.value(), v.value())?;
             }
+            Ok(())
         }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
+        Err(TableError::TableDoesNotExist(_)) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
