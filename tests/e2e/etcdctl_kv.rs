@@ -175,8 +175,21 @@ fn endpoint_health_and_status() {
     assert!(s["dbSize"].as_i64().unwrap() > 0);
     assert!(s["raftIndex"].as_u64().unwrap() >= 2);
     assert_eq!(s["raftAppliedIndex"], s["raftIndex"]);
-    let table = server.ctl(&["endpoint", "status"]);
-    assert!(table.contains("8e9e05c52164694d"), "{table}");
+    let simple = server.ctl(&["endpoint", "status"]);
+    assert!(simple.contains("8e9e05c52164694d, 3.5.0"), "{simple}");
+    let table = server.ctl(&["endpoint", "status", "-w", "table"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&server.endpoint))
+        .unwrap_or_else(|| panic!("no row for {}: {table}", server.endpoint));
+    let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+    // ENDPOINT, ID, VERSION, DB SIZE, IS LEADER, IS LEARNER, RAFT TERM, RAFT INDEX, RAFT APPLIED INDEX
+    assert_eq!(cells[1..3], ["8e9e05c52164694d", "3.5.0"], "{table}");
+    assert_eq!(cells[4..6], ["true", "false"], "{table}");
+    assert_eq!(
+        cells[7], cells[8],
+        "applied index equals raft index when idle: {table}"
+    );
     let (code, body) = server.http_get("/health").unwrap();
     assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));
 }
