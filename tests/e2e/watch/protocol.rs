@@ -571,7 +571,26 @@ async fn etcd_client_watch_stream() {
     assert!(canceled.canceled() && canceled.watch_id() == 5);
     c.put("b", "3", None).await.unwrap();
     c.put("a2", "y", None).await.unwrap();
-    let next = next(&mut stream).await;
-    assert_eq!(next.watch_id(), 0, "the canceled watch gets no more events");
-    assert_eq!(next.events()[0].kv().unwrap().key(), b"a2");
+    let after = next(&mut stream).await;
+    assert_eq!(after.watch_id(), 0, "the canceled watch gets no more events");
+    assert_eq!(after.events()[0].kv().unwrap().key(), b"a2");
+
+    // A start revision below the compacted one: created, then canceled with compact_revision.
+    c.compact(5, None).await.unwrap();
+    stream
+        .watch(
+            "a",
+            Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+        )
+        .await
+        .unwrap();
+    let created = next(&mut stream).await;
+    assert!(created.created() && !created.canceled());
+    let lost = next(&mut stream).await;
+    assert!(lost.canceled(), "{lost:?}");
+    assert_eq!(
+        (lost.watch_id(), lost.compact_revision()),
+        (created.watch_id(), 5)
+    );
+    assert!(lost.events().is_empty());
 }
