@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what building and testing Concord needs beyond Rust: etcdctl for the
-# end-to-end tests and protoc for the etcd-client crate's build script. Does nothing when present.
+# end-to-end tests and protoc for the etcd-client crate's build script; with --with-etcd also
+# the etcd server, for the side-by-side scenarios. Does nothing when all are present.
 set -euo pipefail
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ "${1:-}" = --with-etcd ]; then
+    command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing ${need[*]}" >&2
 SUDO=""
