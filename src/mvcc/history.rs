@@ -114,8 +114,8 @@ impl<T: ReadableTable<[u8; REVISION_BYTES], &'static [u8]>> History for T {
 }
 
 /// Replaces the MVCC tables written by `write` with those `read` sees (missing tables count as
-/// empty): how a snapshot is built from, and installed into, a database. After installing into
-/// a live store's database, call [`super::MvccStore::reload`].
+/// empty): how a snapshot is built from, and installed into, a database. To install into a
+/// live store, go through [`super::WriteBatch::replace_with`], which swaps the index with it.
 pub fn copy_tables(read: &ReadTransaction, write: &WriteTransaction) -> Result<(), MvccError> {
     copy_table(read, write, HISTORY)?;
     copy_table(read, write, META)

@@ -79,19 +79,6 @@ impl MvccStore {
         })
     }
 
-    /// Rebuilds the index from the database, after the MVCC tables were replaced under the
-    /// store (a snapshot install through [`copy_tables`](super::copy_tables)). Waits for any
-    /// batch in progress. Reads between the replacement's commit and this call use the old
-    /// index on the new rows and can answer wrongly or fail: prefer
-    /// [`WriteBatch::replace_with`], which has no such window.
-    pub fn reload(&self) -> Result<(), MvccError> {
-        let mut state = self.write_state()?;
-        ensure_tables(&self.db)?;
-        *state = load(&self.db)?;
-        self.publish(state.current, state.compacted);
-        Ok(())
-    }
-
     /// The database the store lives in.
     pub fn database(&self) -> &Arc<Database> {
         &self.db
@@ -270,7 +257,6 @@ mod tests {
     use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
     use redb::Durability;
 
-    use super::super::copy_tables;
     use super::super::test_util::{self, TestStore, op_delete, op_put, put, range, txn};
     use super::*;
 
@@ -382,17 +368,16 @@ mod tests {
     }
 
     #[test]
-    fn copy_tables_then_reload() {
+    fn replace_with_copies_every_table_or_empties_the_store() {
         let src = sample();
         let dst = test_util::open();
         dst.put("stale", "x");
         {
             let read = src.store.database().begin_read().unwrap();
-            let write = dst.store.database().begin_write().unwrap();
-            copy_tables(&read, &write).unwrap();
-            write.commit().unwrap();
+            let mut batch = dst.store.begin_write().unwrap();
+            batch.replace_with(&read).unwrap();
+            batch.commit(redb::Durability::None).unwrap();
         }
-        dst.store.reload().unwrap();
         assert_eq!(
             (dst.store.current_revision(), dst.store.compacted_revision()),
             (10, 5)
@@ -403,11 +388,10 @@ mod tests {
         let empty = Database::create(dst.dir.path().join("empty.redb")).unwrap();
         {
             let read = empty.begin_read().unwrap();
-            let write = dst.store.database().begin_write().unwrap();
-            copy_tables(&read, &write).unwrap();
-            write.commit().unwrap();
+            let mut batch = dst.store.begin_write().unwrap();
+            batch.replace_with(&read).unwrap();
+            batch.commit(redb::Durability::None).unwrap();
         }
-        dst.store.reload().unwrap();
         assert_eq!(
             (dst.store.current_revision(), dst.store.compacted_revision()),
             (1, -1)

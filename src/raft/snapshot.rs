@@ -13,6 +13,7 @@ use openraft::storage::RaftSnapshotBuilder;
 use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
 
 use super::codec::{decode_json, encode_json};
+use super::durable::sync_dir;
 use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
 use super::{SnapshotMeta, TypeConfig};
 use crate::mvcc::{self, MvccStore};
@@ -162,8 +163,4 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
