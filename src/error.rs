@@ -12,6 +12,10 @@ pub const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn reque
 pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
 /// etcd's `etcdserver: request timed out`.
 pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
+/// etcd's `etcdserver: too large lease TTL`.
+pub const ERR_LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+/// etcd's `etcdserver: not leader` (a lease keepalive reached a member that is not the leader).
+pub const ERR_NOT_LEADER: &str = "etcdserver: not leader";
 /// etcd's `etcdserver: server stopped`.
 pub const ERR_STOPPED: &str = "etcdserver: server stopped";
 
@@ -31,6 +35,12 @@ pub enum Error {
     /// The txn has more operations than `--max-txn-ops`.
     #[error("{ERR_TOO_MANY_OPS}")]
     TooManyOps,
+    /// A lease grant asked for more than the maximum TTL.
+    #[error("{ERR_LEASE_TTL_TOO_LARGE}")]
+    LeaseTtlTooLarge,
+    /// A leader-only request reached a follower.
+    #[error("{ERR_NOT_LEADER}")]
+    NotLeader,
     /// No leader is known (quorum lost, or an election is under way).
     #[error("{ERR_NO_LEADER}")]
     NoLeader,
@@ -54,7 +64,8 @@ impl From<Error> for Status {
             Error::Config(_) => Code::InvalidArgument,
             Error::Mvcc(e) => mvcc_code(e),
             Error::RequestTooLarge | Error::TooManyOps => Code::InvalidArgument,
-            Error::NoLeader | Error::Stopped => Code::Unavailable,
+            Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::NoLeader | Error::NotLeader | Error::Stopped => Code::Unavailable,
             Error::Timeout => Code::Unavailable,
             Error::Raft(_) | Error::Io(_) => Code::Unavailable,
         };
@@ -67,6 +78,8 @@ fn mvcc_code(err: &MvccError) -> Code {
     match err {
         MvccError::Compacted | MvccError::FutureRev => Code::OutOfRange,
         MvccError::KeyNotFound => Code::InvalidArgument,
+        MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::Storage(_) => Code::Unavailable,
         _ => Code::InvalidArgument,
     }

@@ -7,12 +7,16 @@
 //! - [`mvcc`]: the multi-version key-value store on redb that commands are applied to;
 //! - [`watch`]: the hub that hands committed changes to watchers (slow ones catch up from history).
 //!
+//! Beside it, [`lease`]: leases and their keys, applied with the store, and the leader's clock
+//! that expires them through Raft.
+//!
 //! Around it: [`config`] (flags → validated config), [`server`] (listeners and lifecycle),
 //! [`error`] (the one error type and its mapping to `tonic::Status`).
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod mvcc;
 pub mod net;
 pub mod raft;

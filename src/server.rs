@@ -4,15 +4,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{Api, health, kv::KvService, maintenance::MaintenanceService, metrics, watch::WatchService};
+use crate::api::{
+    Api, health, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, metrics,
+    watch::WatchService,
+};
 use crate::config::Config;
 use crate::error::Error;
+use crate::lease::expiry;
 use crate::net::CoalescingStream;
 use crate::raft::RaftNode;
 
@@ -49,6 +54,14 @@ pub async fn run(
     let catch_up = tokio::spawn(api.node().hub.clone().run_catch_up(async move {
         let _ = catch_up_stopped.await;
     }));
+    let (stop_leases, leases_stopped) = tokio::sync::oneshot::channel::<()>();
+    let lease_clock = tokio::spawn(expiry::run(
+        api.node().lessor.clone(),
+        api.node().raft.clone(),
+        async move {
+            let _ = leases_stopped.await;
+        },
+    ));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
@@ -76,6 +89,9 @@ pub async fn run(
             Err(err) => tracing::warn!(error = %err, "client server task failed"),
         }
     }
+    expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;
+    let _ = stop_leases.send(());
+    let _ = lease_clock.await;
     let _ = stop_catch_up.send(());
     let _ = catch_up.await;
     api.node().shutdown().await;
@@ -102,7 +118,13 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(usize::MAX);
-    let mut routes = Routes::new(kv).add_service(maintenance).add_service(watch);
+    let lease = LeaseServer::new(LeaseService::new(api.clone(), config))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let mut routes = Routes::new(kv)
+        .add_service(maintenance)
+        .add_service(watch)
+        .add_service(lease);
     let router = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = router
         .merge(health::router(api.clone()))

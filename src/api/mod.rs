@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod watch;

@@ -86,6 +86,20 @@ impl ChangeLog {
         }
     }
 
+    /// How many rows/events the log holds.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The events from position `from` on.
+    pub fn events_since(&self, from: usize) -> impl Iterator<Item = &Event> {
+        self.changes
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| &c.event)
+    }
+
     /// Forgets the undos (the batch is committed) and hands over the events.
     pub fn finish(&mut self) -> Vec<Event> {
         self.undo.clear();

@@ -49,6 +49,7 @@ pub fn compact(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::CompactionRequest;
 
@@ -158,8 +159,8 @@ mod tests {
     fn compaction_inside_a_batch_after_puts() {
         let t = test_util::open();
         let (resp, events) = t.batch(|b| {
-            b.put(&test_util::put("a", "1"))?;
-            b.put(&test_util::put("a", "2"))?;
+            b.put(&test_util::put("a", "1"), ANY_LEASE)?;
+            b.put(&test_util::put("a", "2"), ANY_LEASE)?;
             b.compact(&CompactionRequest {
                 revision: 3,
                 physical: true,

@@ -35,6 +35,12 @@ pub enum MvccError {
     /// A range request carried an unknown sort order or sort target.
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A put names a lease that does not exist, or a lease request names a missing lease.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A lease grant chose an ID that is already in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
     /// The database failed, or its contents could not be decoded.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
@@ -96,6 +102,8 @@ mod tests {
                 "etcdserver: duplicate key given in txn request",
             ),
             (MvccError::InvalidSortOption, "etcdserver: invalid sort option"),
+            (MvccError::LeaseNotFound, "etcdserver: requested lease not found"),
+            (MvccError::LeaseExists, "etcdserver: lease already exists"),
             (
                 MvccError::Storage("disk on fire".into()),
                 "etcdserver: storage error: disk on fire",

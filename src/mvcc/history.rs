@@ -122,7 +122,7 @@ pub fn copy_tables(read: &ReadTransaction, write: &WriteTransaction) -> Result<(
 }
 
 /// Replaces `table` in `write` with its contents in `read` (empty if `read` lacks it).
-fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     read: &ReadTransaction,
     write: &WriteTransaction,
     table: TableDefinition<'_, K, V>,

@@ -50,7 +50,7 @@ mod write_batch;
 mod writer;
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 pub use error::MvccError;
 pub use history::copy_tables;
@@ -59,3 +59,4 @@ pub use revision::Revision;
 pub use store::{INITIAL_REVISION, MvccStore, NEVER_COMPACTED};
 pub use txn::is_txn_readonly;
 pub use write_batch::{Committed, WriteBatch};
+pub use writer::LeaseLookup;

@@ -107,6 +107,25 @@ impl MvccStore {
         self.compacted.store(compacted, Ordering::Release);
     }
 
+    /// Every live key attached to a lease, with its lease: how the lessor rebuilds its key sets
+    /// on start (etcd's lessor does the same from its store). Reads each live key's row once.
+    pub fn leased_keys(&self) -> Result<Vec<(Vec<u8>, i64)>, MvccError> {
+        let (keys, rtxn) = {
+            let state = self.read_state()?;
+            let rtxn = self.db.begin_read()?;
+            (state.index.keys(KeySpan::new(b"\0", b"\0"), state.current), rtxn)
+        };
+        let history = rtxn.open_table(HISTORY)?;
+        let mut leased = Vec::new();
+        for (key, modified) in keys {
+            let kv = history.kv(modified)?;
+            if kv.lease != 0 {
+                leased.push((key, kv.lease));
+            }
+        }
+        Ok(leased)
+    }
+
     /// A range read of the committed store (etcd's `Range`, request checks included).
     ///
     /// The index lock is held only while the index is consulted; rows come from a redb
@@ -253,6 +272,7 @@ fn ensure_tables(db: &Database) -> Result<(), MvccError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
     use redb::Durability;
@@ -403,7 +423,7 @@ mod tests {
     fn meta_records_the_revision() {
         let t = test_util::open();
         let mut b = t.store.begin_write().unwrap();
-        b.put(&put("a", "1")).unwrap();
+        b.put(&put("a", "1"), ANY_LEASE).unwrap();
         b.commit(Durability::Immediate).unwrap();
         let rtxn = t.store.database().begin_read().unwrap();
         let meta = rtxn.open_table(META).unwrap();
@@ -414,9 +434,12 @@ mod tests {
     fn events_read_back_from_history() {
         let t = test_util::open();
         let (_, live) = t.batch(|b| {
-            b.put(&put("a", "1"))?; // 2
-            b.put(&put("a", "2"))?; // 3
-            b.txn(&txn(vec![], vec![op_put("b", "1"), op_delete("a", "")], vec![])) // 4
+            b.put(&put("a", "1"), ANY_LEASE)?; // 2
+            b.put(&put("a", "2"), ANY_LEASE)?; // 3
+            b.txn(
+                &txn(vec![], vec![op_put("b", "1"), op_delete("a", "")], vec![]),
+                ANY_LEASE,
+            ) // 4
         });
         // Read back, they are the events the batch produced.
         assert_eq!(t.store.events(0, 0, true).unwrap(), live);
@@ -450,9 +473,12 @@ mod tests {
         dst.put("stale", "x");
         let read = src.store.database().begin_read().unwrap();
         let mut b = dst.store.begin_write().unwrap();
-        b.put(&put("dropped", "x")).unwrap();
+        b.put(&put("dropped", "x"), ANY_LEASE).unwrap();
         b.replace_with(&read).unwrap();
-        assert!(matches!(b.put(&put("late", "x")), Err(MvccError::Storage(_))));
+        assert!(matches!(
+            b.put(&put("late", "x"), ANY_LEASE),
+            Err(MvccError::Storage(_))
+        ));
         assert!(matches!(b.range(&range("a", "")), Err(MvccError::Storage(_))));
         let committed = b.commit(Durability::None).unwrap();
         assert_eq!((committed.revision, committed.compacted_revision), (10, 5));

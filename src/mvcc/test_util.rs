@@ -16,6 +16,9 @@ use tempfile::TempDir;
 
 use super::{MvccError, MvccStore};
 
+/// A lease lookup for tests that do not care: every lease exists.
+pub const ANY_LEASE: &dyn super::LeaseLookup = &|_: i64| true;
+
 /// A store on its own temporary file.
 pub struct TestStore {
     pub dir: TempDir,
@@ -57,7 +60,7 @@ impl TestStore {
     }
 
     pub fn put_req(&self, req: PutRequest) -> Result<PutResponse, MvccError> {
-        self.batch(|b| b.put(&req)).0
+        self.batch(|b| b.put(&req, ANY_LEASE)).0
     }
 
     /// Puts `key = value`; returns the revision.
@@ -76,7 +79,7 @@ impl TestStore {
     }
 
     pub fn txn(&self, req: TxnRequest) -> Result<TxnResponse, MvccError> {
-        self.batch(|b| b.txn(&req)).0
+        self.batch(|b| b.txn(&req, ANY_LEASE)).0
     }
 
     pub fn compact(&self, revision: i64) -> Result<CompactionResponse, MvccError> {

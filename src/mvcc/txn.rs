@@ -201,6 +201,7 @@ fn set_txn_headers(resp: &mut TxnResponse, rev: i64) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
     use concord_proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RangeResponse};
@@ -341,7 +342,7 @@ mod tests {
             ],
             vec![op_put("never", "x")],
         );
-        let (resp, events) = t.batch(|b| b.txn(&req));
+        let (resp, events) = t.batch(|b| b.txn(&req, ANY_LEASE));
         let resp = resp.unwrap();
         assert!(resp.succeeded);
         assert_eq!(rev_of(&resp.header), 5);
@@ -423,7 +424,7 @@ mod tests {
             vec![op_put("a", "2"), op_txn(inner), op_put("c", "outer")],
             vec![],
         );
-        let (resp, events) = t.batch(|b| b.txn(&outer));
+        let (resp, events) = t.batch(|b| b.txn(&outer, ANY_LEASE));
         let resp = resp.unwrap();
         assert!(resp.succeeded);
         assert_eq!(rev_of(&resp.header), 5);
@@ -545,7 +546,7 @@ mod tests {
             ),
         ];
         for (req, err) in cases {
-            let (resp, events) = t.batch(|b| b.txn(&req));
+            let (resp, events) = t.batch(|b| b.txn(&req, ANY_LEASE));
             assert_eq!(resp, Err(err));
             assert!(events.is_empty());
             assert_eq!(t.store.current_revision(), 4);

@@ -18,7 +18,7 @@ use super::index::TreeIndex;
 use super::store::{IndexState, MvccStore, load};
 use super::txn;
 use super::view::{ReadView, Snapshot};
-use super::writer::{TxnWriter, header};
+use super::writer::{LeaseLookup, NO_LEASES, TxnWriter, header};
 
 /// What a successful [`WriteBatch::commit`] made durable.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +152,7 @@ impl<'a> WriteBatch<'a> {
     /// Runs one write request; on error takes back whatever it did.
     fn run<T>(
         &mut self,
+        leases: &dyn LeaseLookup,
         op: impl FnOnce(&mut TxnWriter<'_, '_>) -> Result<T, MvccError>,
     ) -> Result<T, MvccError> {
         self.usable()?;
@@ -163,6 +164,7 @@ impl<'a> WriteBatch<'a> {
             &mut state.index,
             &mut table,
             &mut staged.log,
+            leases,
             self.rev,
             self.compacted,
         );
@@ -186,22 +188,50 @@ impl<'a> WriteBatch<'a> {
         }
     }
 
-    /// A put (etcd's `Put`): the next revision, unless it fails.
-    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+    /// A put (etcd's `Put`): the next revision, unless it fails. A lease it names must be
+    /// one `leases` knows ([`MvccError::LeaseNotFound`] otherwise).
+    pub fn put(&mut self, req: &PutRequest, leases: &dyn LeaseLookup) -> Result<PutResponse, MvccError> {
         check_put_request(req)?;
-        self.run(|w| w.put(req))
+        self.run(leases, |w| w.put(req))
     }
 
     /// A delete (etcd's `DeleteRange`): the next revision if it deletes anything.
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
         check_delete_request(req)?;
-        self.run(|w| w.delete_range(req))
+        self.run(NO_LEASES, |w| w.delete_range(req))
+    }
+
+    /// Deletes each of `keys` (a revoked lease's keys), all in one revision, as etcd's lessor
+    /// does. Keys that do not exist are skipped; nothing changes if none exists.
+    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Result<(), MvccError> {
+        self.run(NO_LEASES, |w| {
+            for key in keys {
+                w.delete_range(&DeleteRangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// How many events the batch has produced so far (a position for
+    /// [`WriteBatch::events_since`]).
+    pub fn event_count(&self) -> usize {
+        self.staged.log.len()
+    }
+
+    /// The events produced since position `from` (see [`WriteBatch::event_count`]). Every
+    /// event carries its `prev_kv`, whatever the request asked for.
+    pub fn events_since(&self, from: usize) -> impl Iterator<Item = &Event> {
+        self.staged.log.events_since(from)
     }
 
     /// A txn (etcd's `Txn`): one revision for all its changes, none if it changes nothing.
-    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+    /// Leases its puts name must be ones `leases` knows.
+    pub fn txn(&mut self, req: &TxnRequest, leases: &dyn LeaseLookup) -> Result<TxnResponse, MvccError> {
         check_txn_request(req)?;
-        self.run(|w| txn::txn(w, req))
+        self.run(leases, |w| txn::txn(w, req))
     }
 
     /// A range read that sees the batch's changes so far.
@@ -330,6 +360,7 @@ impl<'a> WriteBatch<'a> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::request_op::Request;
     use concord_proto::etcdserverpb::{RequestOp, TxnRequest};
@@ -359,8 +390,8 @@ mod tests {
     fn each_request_gets_the_next_revision() {
         let t = test_util::open();
         let mut b = t.store.begin_write().unwrap();
-        assert_eq!(rev_of(&b.put(&put("a", "1")).unwrap().header), 2);
-        assert_eq!(rev_of(&b.put(&put("b", "1")).unwrap().header), 3);
+        assert_eq!(rev_of(&b.put(&put("a", "1"), ANY_LEASE).unwrap().header), 2);
+        assert_eq!(rev_of(&b.put(&put("b", "1"), ANY_LEASE).unwrap().header), 3);
         assert_eq!(b.current_revision(), 3);
         // The batch reads its own writes; the store does not see them yet.
         assert_eq!(b.range(&get("b")).unwrap().kvs[0].mod_revision, 3);
@@ -385,14 +416,14 @@ mod tests {
         let t = test_util::open();
         t.put("x", "0");
         let mut b = t.store.begin_write().unwrap();
-        b.put(&put("a", "1")).unwrap();
+        b.put(&put("a", "1"), ANY_LEASE).unwrap();
         let ignore = PutRequest {
             ignore_value: true,
             ..put("missing", "")
         };
-        assert_eq!(b.put(&ignore), Err(MvccError::KeyNotFound));
+        assert_eq!(b.put(&ignore, ANY_LEASE), Err(MvccError::KeyNotFound));
         let dup = txn(vec![], vec![op_put("k", "1"), op_put("k", "2")], vec![]);
-        assert_eq!(b.txn(&dup), Err(MvccError::DuplicateKey));
+        assert_eq!(b.txn(&dup, ANY_LEASE), Err(MvccError::DuplicateKey));
         assert_eq!(
             b.compact(&CompactionRequest {
                 revision: 9,
@@ -403,7 +434,7 @@ mod tests {
         assert_eq!(b.range(&get("")), Err(MvccError::EmptyKey));
         assert!(!b.is_poisoned());
         assert_eq!(
-            rev_of(&b.put(&put("b", "2")).unwrap().header),
+            rev_of(&b.put(&put("b", "2"), ANY_LEASE).unwrap().header),
             4,
             "no revision was lost"
         );
@@ -438,13 +469,13 @@ mod tests {
             vec![],
         );
         let mut b = t.store.begin_write().unwrap();
-        b.put(&put("c", "before")).unwrap();
-        assert_eq!(b.txn(&req), Err(MvccError::KeyNotFound));
+        b.put(&put("c", "before"), ANY_LEASE).unwrap();
+        assert_eq!(b.txn(&req, ANY_LEASE), Err(MvccError::KeyNotFound));
         assert!(!b.is_poisoned());
         assert_eq!(b.current_revision(), 3);
         assert_eq!(b.range(&get("b")).unwrap().kvs[0].value, b"old");
         assert!(b.range(&get("0")).unwrap().kvs.is_empty());
-        b.put(&put("d", "after")).unwrap();
+        b.put(&put("d", "after"), ANY_LEASE).unwrap();
         let committed = b.commit(Durability::None).unwrap();
         assert_eq!(committed.events.len(), 2);
         assert_eq!(t.history_rows(), 3);
@@ -464,8 +495,8 @@ mod tests {
         t.put("a", "1");
         {
             let mut b = t.store.begin_write().unwrap();
-            b.put(&put("a", "2")).unwrap();
-            b.put(&put("new", "1")).unwrap();
+            b.put(&put("a", "2"), ANY_LEASE).unwrap();
+            b.put(&put("new", "1"), ANY_LEASE).unwrap();
             b.delete_range(&DeleteRangeRequest {
                 key: b"a".to_vec(),
                 ..Default::default()
@@ -500,7 +531,7 @@ mod tests {
     fn caller_tables_commit_with_the_batch() {
         let t = test_util::open();
         let mut b = t.store.begin_write().unwrap();
-        b.put(&put("a", "1")).unwrap();
+        b.put(&put("a", "1"), ANY_LEASE).unwrap();
         b.transaction()
             .open_table(OWN)
             .unwrap()
@@ -529,7 +560,7 @@ mod tests {
         let committed = b.commit(Durability::None).unwrap();
         assert_eq!((committed.revision, committed.events.len()), (1, 0));
         let no_change = TxnRequest::default();
-        let (resp, events) = t.batch(|b| b.txn(&no_change));
+        let (resp, events) = t.batch(|b| b.txn(&no_change, ANY_LEASE));
         assert_eq!(rev_of(&resp.unwrap().header), 1);
         assert!(events.is_empty());
     }
@@ -540,7 +571,7 @@ mod tests {
         t.put("a", "1");
         std::thread::scope(|s| {
             let mut b = t.store.begin_write().unwrap();
-            b.put(&put("a", "2")).unwrap();
+            b.put(&put("a", "2"), ANY_LEASE).unwrap();
             // The reader waits for the index lock; whatever it sees must be committed.
             let reader = s.spawn(|| t.range(get("a")).unwrap());
             std::thread::sleep(std::time::Duration::from_millis(20));

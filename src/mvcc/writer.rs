@@ -22,6 +22,21 @@ use super::range::{self, RangeOptions};
 use super::revision::{REVISION_BYTES, Revision};
 use super::view::ReadView;
 
+/// Which leases exist, for puts that attach a key to one (the lessor answers it).
+pub trait LeaseLookup {
+    /// True if lease `id` exists and keys may be attached to it.
+    fn lease_exists(&self, id: i64) -> bool;
+}
+
+impl<F: Fn(i64) -> bool> LeaseLookup for F {
+    fn lease_exists(&self, id: i64) -> bool {
+        self(id)
+    }
+}
+
+/// For requests that attach no keys (deletes): every lease counts as missing.
+pub(crate) const NO_LEASES: &dyn LeaseLookup = &|_: i64| false;
+
 /// The history table as opened inside the batch's write transaction.
 pub type HistoryTable<'t> = Table<'t, [u8; REVISION_BYTES], &'static [u8]>;
 
@@ -30,6 +45,7 @@ pub struct TxnWriter<'w, 't> {
     index: &'w mut TreeIndex,
     table: &'w mut HistoryTable<'t>,
     log: &'w mut ChangeLog,
+    leases: &'w dyn LeaseLookup,
     begin_rev: i64,
     compacted: i64,
     changes: i64,
@@ -43,11 +59,13 @@ pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 impl<'w, 't> TxnWriter<'w, 't> {
-    /// A request starting on a store at `begin_rev`, compacted at `compacted`.
+    /// A request starting on a store at `begin_rev`, compacted at `compacted`; puts may attach
+    /// keys to the leases `leases` knows.
     pub fn new(
         index: &'w mut TreeIndex,
         table: &'w mut HistoryTable<'t>,
         log: &'w mut ChangeLog,
+        leases: &'w dyn LeaseLookup,
         begin_rev: i64,
         compacted: i64,
     ) -> Self {
@@ -55,6 +73,7 @@ impl<'w, 't> TxnWriter<'w, 't> {
             index,
             table,
             log,
+            leases,
             begin_rev,
             compacted,
             changes: 0,
@@ -101,6 +120,9 @@ impl<'w, 't> TxnWriter<'w, 't> {
             Some(p) if req.ignore_lease => p.lease,
             _ => req.lease,
         };
+        if lease != 0 && !self.leases.lease_exists(lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
         let rev = self.next_revision();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -199,6 +221,7 @@ impl ReadView for TxnWriter<'_, '_> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::mvcc::test_util::ANY_LEASE;
 
     use super::super::test_util::{self, keys, put, range, rev_of};
     use super::*;
@@ -406,8 +429,8 @@ mod tests {
     fn put_events_carry_prev_kv() {
         let t = test_util::open();
         let (_, events) = t.batch(|b| {
-            b.put(&put("a", "1"))?;
-            b.put(&put("a", "2"))
+            b.put(&put("a", "1"), ANY_LEASE)?;
+            b.put(&put("a", "2"), ANY_LEASE)
         });
         assert_eq!(events.len(), 2);
         assert!(events.iter().all(|e| e.r#type == EventType::Put as i32));

@@ -32,6 +32,10 @@ impl fmt::Display for Command {
             Some(Request::DeleteRange(_)) => write!(f, "delete_range"),
             Some(Request::Txn(_)) => write!(f, "txn"),
             Some(Request::Compaction(c)) => write!(f, "compaction({})", c.revision),
+            Some(Request::LeaseGrant(g)) => write!(f, "lease_grant({:016x})", g.id),
+            Some(Request::LeaseRevoke(r)) => write!(f, "lease_revoke({:016x})", r.id),
+            Some(Request::LeaseCheckpoints(c)) => write!(f, "lease_checkpoints({})", c.checkpoints.len()),
+            Some(Request::LeaseExpiry(e)) => write!(f, "lease_expiry({})", e.ids.len()),
             None => write!(f, "empty"),
         }
     }

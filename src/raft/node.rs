@@ -23,6 +23,7 @@ use super::state_machine::StateMachine;
 use super::{Raft, TypeConfig};
 use crate::config::{ClusterState, Config, InitialMember};
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
 use crate::watch::WatchHub;
 
@@ -54,6 +55,8 @@ pub struct RaftNode {
     pub raft: Raft,
     /// The MVCC store the state machine applies to; reads go straight to it.
     pub store: Arc<MvccStore>,
+    /// Every lease and its keys.
+    pub lessor: Arc<Lessor>,
     /// Delivers committed changes to watchers.
     pub hub: Arc<WatchHub>,
     /// The state machine's database (for size statistics).
@@ -180,9 +183,15 @@ impl RaftNode {
         let db_path = member_dir.join("db.redb");
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
+        let lessor = Arc::new(Lessor::open(&store)?);
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
-        let state_machine =
-            StateMachine::open(db.clone(), store.clone(), hub.clone(), member_dir.join("snap"))?;
+        let state_machine = StateMachine::open(
+            identity.member_id,
+            store.clone(),
+            lessor.clone(),
+            hub.clone(),
+            member_dir.join("snap"),
+        )?;
 
         let raft = Raft::new(
             identity.member_id,
@@ -209,6 +218,7 @@ impl RaftNode {
         Ok(Self {
             raft,
             store,
+            lessor,
             hub,
             db,
             identity,

@@ -16,6 +16,7 @@ use super::codec::{decode_json, encode_json};
 use super::durable::sync_dir;
 use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
 use super::{SnapshotMeta, TypeConfig};
+use crate::lease;
 use crate::mvcc::{self, MvccStore};
 
 /// The snapshot's own metadata, inside the snapshot file.
@@ -80,6 +81,7 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
         let mut write = snap.begin_write().map_err(storage_err)?;
         write.set_durability(Durability::Immediate).map_err(storage_err)?;
         mvcc::copy_tables(&read, &write).map_err(storage_err)?;
+        lease::table::copy(&read, &write).map_err(storage_err)?;
         write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
         write
             .open_table(SNAPSHOT_META)
@@ -131,12 +133,14 @@ fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
 }
 
 /// Replaces the live state with the snapshot's: the MVCC tables and index swap under the
-/// store's write lock (readers never see a mix), together with the applied state, durably.
+/// store's write lock (readers never see a mix), together with the lease table and the applied
+/// state, durably. The caller reloads the lessor afterwards.
 pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
     let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
     let read = snap.begin_read().map_err(storage_err)?;
     let mut batch = store.begin_write().map_err(storage_err)?;
     batch.replace_with(&read).map_err(storage_err)?;
+    lease::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     write_applied_state(batch.transaction(), &meta.last_log_id, &meta.last_membership)?;
     batch.commit(Durability::Immediate).map_err(storage_err)?;
     Ok(())

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use concord_proto::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader};
 use concord_proto::raftpb::{CommandResponse, command::Request, command_response::Response};
 use futures::StreamExt;
 use openraft::OptionalSend;
@@ -23,6 +24,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use super::codec::{decode_json, encode_json};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::lease::{LeaseState, Lessor};
 use crate::mvcc::{MvccError, MvccStore, WriteBatch};
 use crate::watch::WatchHub;
 
@@ -36,8 +38,11 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// openraft's state machine over the MVCC store.
 pub struct StateMachine {
+    /// This member's ID: a blank entry of its own starts its lease clock.
+    node_id: u64,
     db: Arc<Database>,
     store: Arc<MvccStore>,
+    lessor: Arc<Lessor>,
     hub: Arc<WatchHub>,
     snapshot_dir: PathBuf,
     applied: Option<LogId>,
@@ -46,19 +51,24 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store` (whose database is `db`); committed changes are
-    /// handed to `hub`; snapshots go to `snapshot_dir`.
+    /// Opens member `node_id`'s state machine over `store` (whose database is `db`) and the
+    /// leases in `lessor`; committed changes are handed to `hub`; snapshots go to
+    /// `snapshot_dir`.
     pub fn open(
-        db: Arc<Database>,
+        node_id: u64,
         store: Arc<MvccStore>,
+        lessor: Arc<Lessor>,
         hub: Arc<WatchHub>,
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        let db = store.database().clone();
         let (applied, membership) = read_applied_state(&db)?;
         Ok(Self {
+            node_id,
             db,
             store,
+            lessor,
             hub,
             snapshot_dir,
             applied,
@@ -125,16 +135,47 @@ pub(crate) fn storage_err(err: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine storage: {err}"))
 }
 
-/// Applies one command inside the batch. Store-level rejections are answers, not failures;
-/// only a storage failure aborts the batch.
-fn apply_command(batch: &mut WriteBatch<'_>, cmd: &Command) -> io::Result<CommandResult> {
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Applies one command inside the batch, with the lease table. Store-level rejections are
+/// answers, not failures; only a storage failure aborts the batch (and stops Raft: the lease
+/// table in memory may then be ahead of the database, so the member must restart).
+fn apply_command(
+    batch: &mut WriteBatch<'_>,
+    leases: &mut LeaseState,
+    cmd: &Command,
+) -> io::Result<CommandResult> {
+    let from = batch.event_count();
     let outcome = match &cmd.0.request {
-        Some(Request::Put(req)) => batch.put(req).map(Response::Put),
+        Some(Request::Put(req)) => batch.put(req, &*leases).map(Response::Put),
         Some(Request::DeleteRange(req)) => batch.delete_range(req).map(Response::DeleteRange),
-        Some(Request::Txn(req)) => batch.txn(req).map(Response::Txn),
+        Some(Request::Txn(req)) => batch.txn(req, &*leases).map(Response::Txn),
         Some(Request::Compaction(req)) => batch.compact(req).map(Response::Compaction),
+        Some(Request::LeaseGrant(req)) => leases.grant(batch.transaction(), req.id, req.ttl).map(|()| {
+            Response::LeaseGrant(LeaseGrantResponse {
+                header: header(batch.current_revision()),
+                id: req.id,
+                ttl: req.ttl,
+                error: String::new(),
+            })
+        }),
+        Some(Request::LeaseRevoke(req)) => leases.revoke(batch, req.id).map(|()| {
+            Response::LeaseRevoke(LeaseRevokeResponse {
+                header: header(batch.current_revision()),
+            })
+        }),
+        Some(Request::LeaseCheckpoints(req)) => leases
+            .checkpoint(batch.transaction(), &req.checkpoints)
+            .map(|()| Response::LeaseInternal(ResponseHeader::default())),
+        Some(Request::LeaseExpiry(req)) => expire(batch, leases, &req.ids),
         None => return Ok(CommandResult::Empty),
     };
+    leases.track(batch.events_since(from));
     match outcome {
         Ok(response) => Ok(CommandResult::Applied(CommandResponse {
             response: Some(response),
@@ -142,6 +183,20 @@ fn apply_command(batch: &mut WriteBatch<'_>, cmd: &Command) -> io::Result<Comman
         Err(MvccError::Storage(msg)) => Err(storage_err(msg)),
         Err(err) => Ok(CommandResult::Rejected(err)),
     }
+}
+
+/// Revokes the leases the leader found expired; those already gone are skipped.
+fn expire(batch: &mut WriteBatch<'_>, leases: &mut LeaseState, ids: &[i64]) -> Result<Response, MvccError> {
+    for &id in ids {
+        match leases.revoke(batch, id) {
+            Ok(()) | Err(MvccError::LeaseNotFound) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(Response::LeaseInternal(ResponseHeader {
+        revision: batch.current_revision(),
+        ..Default::default()
+    }))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -165,12 +220,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
+        let mut leases = self.lessor.lock();
+        let mut promoted = false;
         let mut batch = self.store.begin_write().map_err(storage_err)?;
         let mut answers = Vec::with_capacity(pending.len());
         for (entry, responder) in pending {
             let result = match &entry.payload {
-                EntryPayload::Blank => CommandResult::Empty,
-                EntryPayload::Normal(cmd) => apply_command(&mut batch, cmd)?,
+                EntryPayload::Blank => {
+                    // openraft appends a blank entry when a member becomes leader; once it is
+                    // applied, so is everything before it: the lease clock can start.
+                    let leader = entry.log_id().leader_id;
+                    if leader.node_id == self.node_id {
+                        leases.promote(leader.term);
+                        promoted = true;
+                    }
+                    CommandResult::Empty
+                }
+                EntryPayload::Normal(cmd) => apply_command(&mut batch, &mut leases, cmd)?,
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id()), m.clone());
                     CommandResult::Empty
@@ -187,6 +253,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Durability::None
         };
         let committed = batch.commit(durability).map_err(storage_err)?;
+        drop(leases);
+        if promoted {
+            self.lessor.announce_promotion();
+        }
         self.hub.notify(committed.revision, &committed.events);
         if durable {
             self.last_sync = Instant::now();
@@ -216,6 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         snapshot::install(&self.store, meta, &snapshot)?;
+        self.lessor.reload(&self.store).map_err(storage_err)?;
         let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

@@ -314,6 +314,7 @@ impl WatchHub {
 
 #[cfg(test)]
 mod tests {
+    use crate::mvcc::test_util::ANY_LEASE;
     use concord_proto::etcdserverpb::{CompactionRequest, PutRequest};
     use redb::Durability;
 
@@ -342,11 +343,14 @@ mod tests {
         fn put(&self, key: &str) -> i64 {
             let mut batch = self.store.begin_write().unwrap();
             batch
-                .put(&PutRequest {
-                    key: key.as_bytes().to_vec(),
-                    value: b"v".to_vec(),
-                    ..Default::default()
-                })
+                .put(
+                    &PutRequest {
+                        key: key.as_bytes().to_vec(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    },
+                    ANY_LEASE,
+                )
                 .unwrap();
             let committed = batch.commit(Durability::None).unwrap();
             self.hub.notify(committed.revision, &committed.events);

@@ -1,0 +1,233 @@
+//! etcd's `Lease` service: LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive,
+//! LeaseLeases.
+//!
+//! Grants and revokes go through Raft. Keepalives are answered by the leader's clock
+//! ([`Lessor::renew`](crate::lease::Lessor::renew)) without a Raft round trip, except when the
+//! lease's recorded remaining time must first be raised back to its full TTL (see
+//! `crate::lease::lessor`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::lease_server::Lease;
+use concord_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use concord_proto::raftpb::{LeaseCheckpoint, LeaseCheckpoints};
+use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use crate::config::Config;
+use crate::error::Error;
+use crate::lease::{LeaseIdGenerator, MAX_TTL_SECS, Renewal, expiry, min_ttl_secs};
+use crate::mvcc::MvccError;
+
+/// How many times a grant retries with a fresh server-chosen ID that turned out to be taken.
+const GRANT_ATTEMPTS: usize = 3;
+/// Keepalive answers buffered per stream.
+const KEEPALIVE_BUFFER: usize = 16;
+
+/// The Lease service over the shared [`Api`].
+#[derive(Clone)]
+pub struct LeaseService {
+    api: Arc<Api>,
+    ids: Arc<LeaseIdGenerator>,
+    min_ttl: i64,
+    /// How long a keepalive waits for this member's lease clock to start (after an election).
+    promotion_wait: Duration,
+}
+
+impl LeaseService {
+    /// A Lease service for `api`, with the minimum TTL derived from `config`'s Raft timing.
+    pub fn new(api: Arc<Api>, config: &Config) -> Self {
+        let ids = Arc::new(LeaseIdGenerator::new(api.node().identity.member_id));
+        LeaseService {
+            api,
+            ids,
+            min_ttl: min_ttl_secs(config.heartbeat_interval, config.election_timeout),
+            promotion_wait: 3 * config.election_timeout,
+        }
+    }
+
+    fn header_now(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
+        Some(self.api.header(self.api.store().current_revision()))
+    }
+
+    /// Waits until this member's lease clock runs for the term it leads.
+    async fn await_clock(&self) -> Result<(), Error> {
+        let node = self.api.node();
+        let mut promoted = node.lessor.watch_promotion();
+        let wait = async {
+            loop {
+                let term = *promoted.borrow_and_update();
+                if term.is_some() && term == expiry::leader_term(&node.raft) {
+                    return Ok(());
+                }
+                if promoted.changed().await.is_err() {
+                    return Err(Error::Stopped);
+                }
+            }
+        };
+        match tokio::time::timeout(self.promotion_wait, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                let leader_known = node.with_metrics(|m| m.current_leader.is_some());
+                Err(if leader_known {
+                    Error::NotLeader
+                } else {
+                    Error::NoLeader
+                })
+            }
+        }
+    }
+
+    /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist.
+    async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        self.await_clock().await?;
+        let ttl = match self.api.node().lessor.renew(id) {
+            Renewal::NotFound => 0,
+            Renewal::Renewed { ttl, record_full_ttl } => {
+                if record_full_ttl {
+                    let checkpoint = LeaseCheckpoint {
+                        id,
+                        remaining_ms: ttl.saturating_mul(1000),
+                    };
+                    self.api
+                        .propose(Cmd::LeaseCheckpoints(LeaseCheckpoints {
+                            checkpoints: vec![checkpoint],
+                        }))
+                        .await?;
+                }
+                ttl
+            }
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: self.header_now(),
+            id,
+            ttl,
+        })
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("etcdserver: unexpected response to {what}"))
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let req = request.into_inner();
+        if req.ttl > MAX_TTL_SECS {
+            return Err(Error::LeaseTtlTooLarge.into());
+        }
+        let ttl = req.ttl.max(self.min_ttl);
+        let server_chosen = req.id == 0;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let id = if server_chosen { self.ids.next() } else { req.id };
+            match self
+                .api
+                .propose(Cmd::LeaseGrant(LeaseGrantRequest { ttl, id }))
+                .await
+            {
+                Ok(Res::LeaseGrant(mut resp)) => {
+                    self.api.fill_header(&mut resp.header);
+                    return Ok(Response::new(resp));
+                }
+                Ok(_) => return Err(unexpected("lease grant")),
+                Err(Error::Mvcc(MvccError::LeaseExists)) if server_chosen && attempts < GRANT_ATTEMPTS => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let req = request.into_inner();
+        match self.api.propose(Cmd::LeaseRevoke(req)).await? {
+            Res::LeaseRevoke(mut resp) => {
+                self.api.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("lease revoke")),
+        }
+    }
+
+    type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (responses, outbound) = mpsc::channel(KEEPALIVE_BUFFER);
+        let service = self.clone();
+        tokio::spawn(async move {
+            // Ends when the client closes its side, the stream breaks, or a keepalive fails
+            // (the error is the stream's last message, as with etcd).
+            while let Ok(Some(req)) = inbound.message().await {
+                let answer = service.keep_alive_once(req.id).await.map_err(Status::from);
+                let failed = answer.is_err();
+                if responses.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        let resp = match self.api.node().lessor.time_to_live(req.id, req.keys) {
+            Some(found) => LeaseTimeToLiveResponse {
+                header: self.header_now(),
+                id: req.id,
+                ttl: found.remaining,
+                granted_ttl: found.granted,
+                keys: found.keys,
+            },
+            // etcd answers a missing lease with TTL -1 rather than an error.
+            None => LeaseTimeToLiveResponse {
+                header: self.header_now(),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .api
+            .node()
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.header_now(),
+            leases,
+        }))
+    }
+}

@@ -1,0 +1,783 @@
+//! [`Lessor`]: every lease, the keys attached to it, and the leader's expiry clock.
+//!
+//! Two kinds of callers share it:
+//!
+//! - **Apply** (every member, deterministic, no clock reads that change replicated state):
+//!   grants, revokes, expiries and checkpoints arrive as Raft commands and change the lease
+//!   table in the same redb transaction as the keys they delete; every MVCC event of the batch
+//!   moves keys between leases ([`LeaseState::track`]).
+//! - **The leader** (only the member that applied a blank entry of its own term, see
+//!   [`LeaseState::promote`]): keeps a deadline per lease, renews on keepalive, and picks the
+//!   leases to expire and to checkpoint ([`Lessor::take_expired`],
+//!   [`Lessor::take_due_checkpoints`]); the expiry task proposes them through Raft.
+//!
+//! # Remaining TTL across leader changes and restarts
+//!
+//! etcd gives every lease its full TTL again when a new leader takes over (or the cluster
+//! restarts). Concord's leader instead records how much time each lease has left
+//! (`LeaseCheckpoints` commands), and a new leader continues from there:
+//!
+//! - a lease is checkpointed once the recorded remaining time overstates the real one by more
+//!   than its *slack*: half its TTL, at least 1 s, at most 60 s;
+//! - a keepalive of a lease whose recorded remaining time is below its TTL records the full
+//!   TTL before it is answered, so the record never understates a live lease (a new leader
+//!   never expires a lease early);
+//! - so after a leader change or restart a lease expires at most its slack (plus the time
+//!   without a leader, during which nobody can keep leases alive) after its true deadline, and
+//!   never before it.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use concord_proto::mvccpb::Event;
+use concord_proto::mvccpb::event::EventType;
+use concord_proto::raftpb::{LeaseCheckpoint, LeaseRecord};
+use redb::WriteTransaction;
+use tokio::sync::watch;
+
+use super::table;
+use crate::mvcc::{LeaseLookup, MvccError, MvccStore, WriteBatch};
+
+/// The least slack a lease gets (see the module docs).
+const MIN_SLACK: Duration = Duration::from_secs(1);
+/// The most slack a lease gets.
+const MAX_SLACK: Duration = Duration::from_secs(60);
+/// How long an expired lease waits before its revocation is proposed again (the first
+/// proposal was lost, e.g. to a leader change).
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+/// How far a lease's recorded remaining time may drift from the real one.
+fn slack(ttl: Duration) -> Duration {
+    (ttl / 2).clamp(MIN_SLACK, MAX_SLACK)
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One lease.
+#[derive(Debug)]
+struct Lease {
+    /// Granted TTL in seconds.
+    ttl: i64,
+    /// Recorded remaining time in milliseconds at the last checkpoint (0: the full TTL).
+    remaining_ms: i64,
+    /// Keys attached to it.
+    keys: BTreeSet<Vec<u8>>,
+    /// When it expires (meaningful on the leader only).
+    deadline: Instant,
+    /// The remaining time a new leader would give it, as this leader believes it is recorded.
+    recorded: Duration,
+    /// When its revocation was last proposed.
+    revoking_since: Option<Instant>,
+}
+
+impl Lease {
+    fn new(ttl: i64, remaining_ms: i64, now: Instant) -> Self {
+        let mut lease = Lease {
+            ttl,
+            remaining_ms,
+            keys: BTreeSet::new(),
+            deadline: now,
+            recorded: Duration::ZERO,
+            revoking_since: None,
+        };
+        lease.restart_clock(now);
+        lease
+    }
+
+    fn full_ttl(&self) -> Duration {
+        secs(self.ttl)
+    }
+
+    /// The time a member taking over gives this lease: the recorded remaining time.
+    fn recorded_remaining(&self) -> Duration {
+        if self.remaining_ms > 0 {
+            Duration::from_millis(u64::try_from(self.remaining_ms).unwrap_or(0))
+        } else {
+            self.full_ttl()
+        }
+    }
+
+    fn restart_clock(&mut self, now: Instant) {
+        self.recorded = self.recorded_remaining();
+        self.deadline = now + self.recorded;
+        self.revoking_since = None;
+    }
+
+    /// When this lease next needs a checkpoint: once its record overstates the real remaining
+    /// time by more than its slack.
+    fn checkpoint_due(&self) -> Instant {
+        (self.deadline + slack(self.full_ttl()))
+            .checked_sub(self.recorded)
+            .unwrap_or(self.deadline)
+    }
+
+    fn record(&self, id: i64) -> LeaseRecord {
+        LeaseRecord {
+            id,
+            ttl: self.ttl,
+            remaining_ms: self.remaining_ms,
+        }
+    }
+}
+
+/// What a keepalive found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// No such lease, or it has already expired: etcd answers TTL 0.
+    NotFound,
+    /// Renewed to its full TTL (seconds).
+    Renewed {
+        /// The granted TTL in seconds.
+        ttl: i64,
+        /// The recorded remaining time is below the TTL: record the full TTL
+        /// ([`LeaseCheckpoint`]) before answering, or a new leader could expire it early.
+        record_full_ttl: bool,
+    },
+}
+
+/// What `LeaseTimeToLive` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeToLive {
+    /// Seconds left (rounded down, as etcd does).
+    pub remaining: i64,
+    /// The granted TTL in seconds.
+    pub granted: i64,
+    /// The attached keys, in order (only when asked for).
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The lease table and the leader's clock, behind [`Lessor`]'s lock.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    leases: HashMap<i64, Lease>,
+    /// The term this member applied its own blank entry in, if it is (or was) the leader and
+    /// has not noticed otherwise since.
+    promoted_term: Option<u64>,
+    /// (when to look at it next, id) for the leader's expiry check.
+    expiry_queue: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// (when it may need a checkpoint, id).
+    checkpoint_queue: BinaryHeap<Reverse<(Instant, i64)>>,
+}
+
+impl LeaseLookup for LeaseState {
+    fn lease_exists(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+}
+
+impl LeaseState {
+    fn from_records(records: Vec<LeaseRecord>, leased_keys: Vec<(Vec<u8>, i64)>) -> Self {
+        let now = Instant::now();
+        let mut leases: HashMap<i64, Lease> = records
+            .into_iter()
+            .map(|r| (r.id, Lease::new(r.ttl, r.remaining_ms, now)))
+            .collect();
+        for (key, id) in leased_keys {
+            match leases.get_mut(&id) {
+                Some(lease) => {
+                    lease.keys.insert(key);
+                }
+                None => tracing::warn!(
+                    lease = %format!("{id:016x}"),
+                    key = %String::from_utf8_lossy(&key),
+                    "key is attached to a lease that does not exist"
+                ),
+            }
+        }
+        LeaseState {
+            leases,
+            ..LeaseState::default()
+        }
+    }
+
+    fn is_promoted(&self) -> bool {
+        self.promoted_term.is_some()
+    }
+
+    /// Applies a grant: `ttl` is already within bounds. Fails if `id` is taken.
+    pub fn grant(&mut self, txn: &WriteTransaction, id: i64, ttl: i64) -> Result<(), MvccError> {
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let now = Instant::now();
+        let promoted = self.is_promoted();
+        let Entry::Vacant(slot) = self.leases.entry(id) else {
+            return Err(MvccError::LeaseExists);
+        };
+        let lease = Lease::new(ttl, 0, now);
+        table::save(txn, &lease.record(id))?;
+        if promoted {
+            self.expiry_queue.push(Reverse((lease.deadline, id)));
+            self.checkpoint_queue.push(Reverse((lease.checkpoint_due(), id)));
+        }
+        slot.insert(lease);
+        Ok(())
+    }
+
+    /// Applies a revoke: deletes the lease's keys in one revision, then the lease.
+    pub fn revoke(&mut self, batch: &mut WriteBatch<'_>, id: i64) -> Result<(), MvccError> {
+        let keys: Vec<Vec<u8>> = match self.leases.get(&id) {
+            Some(lease) => lease.keys.iter().cloned().collect(),
+            None => return Err(MvccError::LeaseNotFound),
+        };
+        batch.delete_keys(&keys)?;
+        table::remove(batch.transaction(), id)?;
+        // The keys belonged to this lease alone: they leave with it.
+        self.leases.remove(&id);
+        Ok(())
+    }
+
+    /// Applies checkpoints: records how much time each lease had left (leases already gone
+    /// are skipped).
+    pub fn checkpoint(
+        &mut self,
+        txn: &WriteTransaction,
+        checkpoints: &[LeaseCheckpoint],
+    ) -> Result<(), MvccError> {
+        for cp in checkpoints {
+            if let Some(lease) = self.leases.get_mut(&cp.id) {
+                lease.remaining_ms = cp.remaining_ms.max(1);
+                lease.recorded = lease.recorded_remaining();
+                table::save(txn, &lease.record(cp.id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves keys between leases as `events` (put / delete, each with its `prev_kv`) did.
+    pub fn track<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
+        for event in events {
+            let Some(kv) = &event.kv else { continue };
+            let old = event.prev_kv.as_ref().map_or(0, |p| p.lease);
+            let new = if event.r#type == EventType::Put as i32 {
+                kv.lease
+            } else {
+                0
+            };
+            if old == new {
+                continue;
+            }
+            if let Some(lease) = self.leases.get_mut(&old) {
+                lease.keys.remove(&kv.key);
+            }
+            if let Some(lease) = self.leases.get_mut(&new) {
+                lease.keys.insert(kv.key.clone());
+            }
+        }
+    }
+
+    /// This member applied the blank entry it appended on becoming leader in `term`: every
+    /// earlier entry is applied, so every lease's recorded remaining time is final. Restarts
+    /// every lease's clock from it.
+    pub fn promote(&mut self, term: u64) {
+        let now = Instant::now();
+        self.promoted_term = Some(term);
+        self.expiry_queue.clear();
+        self.checkpoint_queue.clear();
+        for (&id, lease) in &mut self.leases {
+            lease.restart_clock(now);
+            self.expiry_queue.push(Reverse((lease.deadline, id)));
+            self.checkpoint_queue.push(Reverse((lease.checkpoint_due(), id)));
+        }
+    }
+}
+
+/// Every lease and its keys; shared by the state machine, the lease service and the expiry
+/// task.
+#[derive(Debug)]
+pub struct Lessor {
+    state: Mutex<LeaseState>,
+    promoted: watch::Sender<Option<u64>>,
+}
+
+impl Lessor {
+    /// Loads the leases stored in `store`'s database and attaches the store's leased keys.
+    pub fn open(store: &MvccStore) -> Result<Self, MvccError> {
+        let state = LeaseState::from_records(table::load(store.database())?, store.leased_keys()?);
+        Ok(Lessor {
+            state: Mutex::new(state),
+            promoted: watch::Sender::new(None),
+        })
+    }
+
+    /// Reloads everything from the store (after a snapshot replaced it). The clock stops until
+    /// the next promotion.
+    pub fn reload(&self, store: &MvccStore) -> Result<(), MvccError> {
+        let fresh = LeaseState::from_records(table::load(store.database())?, store.leased_keys()?);
+        *self.lock() = fresh;
+        self.promoted.send_replace(None);
+        Ok(())
+    }
+
+    /// The lease table, for applying a batch (hold it for the whole batch).
+    pub fn lock(&self) -> MutexGuard<'_, LeaseState> {
+        // A panic while holding the lock leaves the table as it was between two commands,
+        // which is as consistent as it ever is.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tells waiters about a promotion made through [`Lessor::lock`].
+    pub fn announce_promotion(&self) {
+        let term = self.lock().promoted_term;
+        self.promoted.send_replace(term);
+    }
+
+    /// The term this member's clock runs for, if any.
+    pub fn promoted_term(&self) -> Option<u64> {
+        self.lock().promoted_term
+    }
+
+    /// A receiver of the promoted term (to wait for a promotion).
+    pub fn watch_promotion(&self) -> watch::Receiver<Option<u64>> {
+        self.promoted.subscribe()
+    }
+
+    /// This member is no longer the leader of the promoted term: stop the clock.
+    pub fn demote(&self) {
+        {
+            let mut state = self.lock();
+            if state.promoted_term.is_none() {
+                return;
+            }
+            state.promoted_term = None;
+            state.expiry_queue.clear();
+            state.checkpoint_queue.clear();
+        }
+        self.promoted.send_replace(None);
+    }
+
+    /// A keepalive on the leader: pushes the deadline to a full TTL from now.
+    pub fn renew(&self, id: i64) -> Renewal {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let Some(lease) = state.leases.get_mut(&id) else {
+            return Renewal::NotFound;
+        };
+        if lease.deadline <= now {
+            return Renewal::NotFound;
+        }
+        lease.deadline = now + lease.full_ttl();
+        Renewal::Renewed {
+            ttl: lease.ttl,
+            record_full_ttl: lease.recorded < lease.full_ttl(),
+        }
+    }
+
+    /// The lease's remaining and granted TTL, and its keys if `with_keys`.
+    pub fn time_to_live(&self, id: i64, with_keys: bool) -> Option<TimeToLive> {
+        let now = Instant::now();
+        let state = self.lock();
+        let lease = state.leases.get(&id)?;
+        let remaining = if state.is_promoted() {
+            lease.deadline.saturating_duration_since(now)
+        } else {
+            lease.recorded_remaining()
+        };
+        Some(TimeToLive {
+            remaining: i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
+            granted: lease.ttl,
+            keys: if with_keys {
+                lease.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Every lease ID, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// How many leases exist.
+    pub fn len(&self) -> usize {
+        self.lock().leases.len()
+    }
+
+    /// True when there is no lease.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `limit` leases whose deadline has passed and whose revocation is not already
+    /// under way (one retried after [`REVOKE_RETRY`]). Empty unless promoted.
+    pub fn take_expired(&self, limit: usize) -> Vec<i64> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut expired = Vec::new();
+        while expired.len() < limit {
+            match state.expiry_queue.peek() {
+                Some(Reverse((at, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((_, id))) = state.expiry_queue.pop() else {
+                break;
+            };
+            let Some(lease) = state.leases.get_mut(&id) else {
+                continue;
+            };
+            let next = if lease.deadline > now {
+                lease.deadline
+            } else {
+                match lease.revoking_since {
+                    Some(since) if now < since + REVOKE_RETRY => since + REVOKE_RETRY,
+                    _ => {
+                        lease.revoking_since = Some(now);
+                        expired.push(id);
+                        now + REVOKE_RETRY
+                    }
+                }
+            };
+            state.expiry_queue.push(Reverse((next, id)));
+        }
+        expired
+    }
+
+    /// Up to `limit` checkpoints that are due (see the module docs). The leader's view of what
+    /// is recorded is lowered at once, so a checkpoint is not proposed twice; if the proposal
+    /// is lost that view is too low, which only makes the next checkpoint come later.
+    pub fn take_due_checkpoints(&self, limit: usize) -> Vec<LeaseCheckpoint> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut due = Vec::new();
+        while due.len() < limit {
+            match state.checkpoint_queue.peek() {
+                Some(Reverse((at, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((_, id))) = state.checkpoint_queue.pop() else {
+                break;
+            };
+            let Some(lease) = state.leases.get_mut(&id) else {
+                continue;
+            };
+            let next = lease.checkpoint_due();
+            if next > now {
+                state.checkpoint_queue.push(Reverse((next, id)));
+                continue;
+            }
+            let slack = slack(lease.full_ttl());
+            if lease.deadline > now {
+                let remaining = lease.deadline - now;
+                lease.recorded = remaining;
+                due.push(LeaseCheckpoint {
+                    id,
+                    remaining_ms: millis(remaining).max(1),
+                });
+            }
+            state.checkpoint_queue.push(Reverse((now + slack, id)));
+        }
+        due
+    }
+
+    /// Every live lease's remaining time now (a final checkpoint before a clean shutdown).
+    pub fn all_remaining(&self) -> Vec<LeaseCheckpoint> {
+        let now = Instant::now();
+        let state = self.lock();
+        if !state.is_promoted() {
+            return Vec::new();
+        }
+        state
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline > now)
+            .map(|(&id, lease)| LeaseCheckpoint {
+                id,
+                remaining_ms: millis(lease.deadline - now).max(1),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use concord_proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
+    use redb::{Database, Durability};
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: MvccStore,
+        lessor: Lessor,
+    }
+
+    fn open() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("db.redb")).unwrap());
+        let store = MvccStore::open(db).unwrap();
+        let lessor = Lessor::open(&store).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            lessor,
+        }
+    }
+
+    fn put(key: &str, lease: i64) -> PutRequest {
+        PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }
+    }
+
+    impl Fixture {
+        /// Runs `f` on a batch with the lease table, tracking the batch's events, and commits.
+        fn apply<T>(&self, f: impl FnOnce(&mut LeaseState, &mut WriteBatch<'_>) -> T) -> (T, Vec<Event>) {
+            let mut leases = self.lessor.lock();
+            let mut batch = self.store.begin_write().unwrap();
+            let from = batch.event_count();
+            let out = f(&mut leases, &mut batch);
+            let events: Vec<Event> = batch.events_since(from).cloned().collect();
+            leases.track(&events);
+            let committed = batch.commit(Durability::None).unwrap();
+            (out, committed.events)
+        }
+
+        fn grant(&self, id: i64, ttl: i64) -> Result<(), MvccError> {
+            self.apply(|l, b| l.grant(b.transaction(), id, ttl)).0
+        }
+
+        fn put(&self, key: &str, lease: i64) -> Result<(), MvccError> {
+            self.apply(|l, b| b.put(&put(key, lease), &*l).map(|_| ())).0
+        }
+
+        fn keys(&self, id: i64) -> Vec<String> {
+            self.lessor
+                .time_to_live(id, true)
+                .unwrap()
+                .keys
+                .into_iter()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn grant_rejects_taken_ids() {
+        let f = open();
+        f.grant(5, 10).unwrap();
+        assert_eq!(f.grant(5, 20), Err(MvccError::LeaseExists));
+        assert_eq!(f.lessor.time_to_live(5, false).unwrap().granted, 10);
+        assert_eq!(f.lessor.ids(), [5]);
+    }
+
+    #[test]
+    fn puts_attach_move_and_detach_keys() {
+        let f = open();
+        f.grant(1, 10).unwrap();
+        f.grant(2, 10).unwrap();
+        assert_eq!(f.put("a", 9), Err(MvccError::LeaseNotFound));
+        f.put("a", 1).unwrap();
+        f.put("b", 1).unwrap();
+        assert_eq!(f.keys(1), ["a", "b"]);
+        f.put("a", 2).unwrap();
+        assert_eq!(
+            (f.keys(1), f.keys(2)),
+            (vec!["b".to_string()], vec!["a".to_string()])
+        );
+        let keep = PutRequest {
+            ignore_lease: true,
+            ..put("a", 0)
+        };
+        f.apply(|l, b| b.put(&keep, &*l).unwrap());
+        assert_eq!(f.keys(2), ["a"], "ignore_lease keeps the lease");
+        f.put("a", 0).unwrap();
+        assert!(f.keys(2).is_empty(), "a put without a lease detaches");
+        f.apply(|_, b| {
+            b.delete_range(&DeleteRangeRequest {
+                key: b"b".to_vec(),
+                ..Default::default()
+            })
+            .unwrap()
+        });
+        assert!(f.keys(1).is_empty(), "a delete detaches");
+    }
+
+    #[test]
+    fn revoke_deletes_every_key_in_one_revision() {
+        let f = open();
+        f.grant(1, 10).unwrap();
+        for key in ["x", "a", "m"] {
+            f.put(key, 1).unwrap();
+        }
+        f.put("other", 0).unwrap();
+        let before = f.store.current_revision();
+        let (result, events) = f.apply(|l, b| l.revoke(b, 1));
+        result.unwrap();
+        let deleted: Vec<(String, i64)> = events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().unwrap();
+                (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision)
+            })
+            .collect();
+        let rev = before + 1;
+        assert_eq!(deleted, [("a".into(), rev), ("m".into(), rev), ("x".into(), rev)]);
+        assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32));
+        assert_eq!(f.store.current_revision(), rev);
+        assert!(f.lessor.time_to_live(1, false).is_none());
+        assert_eq!(f.apply(|l, b| l.revoke(b, 1)).0, Err(MvccError::LeaseNotFound));
+    }
+
+    #[test]
+    fn revoking_a_lease_without_keys_keeps_the_revision() {
+        let f = open();
+        f.grant(1, 10).unwrap();
+        let before = f.store.current_revision();
+        f.apply(|l, b| l.revoke(b, 1)).0.unwrap();
+        assert_eq!(f.store.current_revision(), before);
+    }
+
+    #[test]
+    fn leases_and_keys_survive_reopening() {
+        let f = open();
+        f.grant(1, 30).unwrap();
+        f.grant(2, 60).unwrap();
+        f.put("k1", 1).unwrap();
+        f.put("k2", 2).unwrap();
+        f.apply(|l, b| {
+            l.checkpoint(
+                b.transaction(),
+                &[LeaseCheckpoint {
+                    id: 2,
+                    remaining_ms: 12_500,
+                }],
+            )
+            .unwrap()
+        });
+        let reopened = Lessor::open(&f.store).unwrap();
+        assert_eq!(reopened.ids(), [1, 2]);
+        let ttl = reopened.time_to_live(2, true).unwrap();
+        assert_eq!((ttl.remaining, ttl.granted), (12, 60), "the checkpoint is kept");
+        assert_eq!(ttl.keys, [b"k2".to_vec()]);
+        assert_eq!(reopened.time_to_live(1, true).unwrap().keys, [b"k1".to_vec()]);
+    }
+
+    #[test]
+    fn the_clock_runs_only_when_promoted() {
+        let f = open();
+        f.grant(1, 1).unwrap();
+        assert!(f.lessor.take_expired(10).is_empty());
+        {
+            let mut state = f.lessor.lock();
+            state.promote(3);
+            // Pretend the lease ran out.
+            let past = Instant::now() - Duration::from_millis(1);
+            state.leases.get_mut(&1).unwrap().deadline = past;
+            state.expiry_queue.clear();
+            state.expiry_queue.push(Reverse((past, 1)));
+        }
+        assert_eq!(f.lessor.promoted_term(), Some(3));
+        assert_eq!(
+            f.lessor.renew(1),
+            Renewal::NotFound,
+            "an expired lease is not renewed"
+        );
+        assert_eq!(f.lessor.take_expired(10), [1]);
+        assert!(
+            f.lessor.take_expired(10).is_empty(),
+            "a revocation under way is not proposed again"
+        );
+        f.lessor.demote();
+        assert!(f.lessor.take_expired(10).is_empty());
+    }
+
+    #[test]
+    fn keepalive_asks_to_record_the_full_ttl_after_a_checkpoint() {
+        let f = open();
+        f.grant(1, 10).unwrap();
+        f.lessor.lock().promote(1);
+        assert_eq!(
+            f.lessor.renew(1),
+            Renewal::Renewed {
+                ttl: 10,
+                record_full_ttl: false
+            }
+        );
+        f.apply(|l, b| {
+            l.checkpoint(
+                b.transaction(),
+                &[LeaseCheckpoint {
+                    id: 1,
+                    remaining_ms: 4_000,
+                }],
+            )
+            .unwrap()
+        });
+        assert_eq!(
+            f.lessor.renew(1),
+            Renewal::Renewed {
+                ttl: 10,
+                record_full_ttl: true
+            }
+        );
+        assert_eq!(f.lessor.renew(99), Renewal::NotFound);
+    }
+
+    #[test]
+    fn checkpoints_come_once_the_record_drifts_by_the_slack() {
+        let f = open();
+        f.grant(1, 4).unwrap(); // slack 2 s
+        f.lessor.lock().promote(1);
+        assert!(f.lessor.take_due_checkpoints(10).is_empty());
+        {
+            // Two and a half seconds later.
+            let mut state = f.lessor.lock();
+            let lease = state.leases.get_mut(&1).unwrap();
+            lease.deadline -= Duration::from_millis(2_500);
+            state.checkpoint_queue.clear();
+            state.checkpoint_queue.push(Reverse((Instant::now(), 1)));
+        }
+        let due = f.lessor.take_due_checkpoints(10);
+        assert_eq!(due.len(), 1);
+        assert!((1_400..=1_500).contains(&due[0].remaining_ms), "{due:?}");
+        assert!(f.lessor.take_due_checkpoints(10).is_empty(), "not twice");
+    }
+
+    #[test]
+    fn promotion_continues_from_the_recorded_time() {
+        let f = open();
+        f.grant(1, 100).unwrap();
+        f.apply(|l, b| {
+            l.checkpoint(
+                b.transaction(),
+                &[LeaseCheckpoint {
+                    id: 1,
+                    remaining_ms: 30_000,
+                }],
+            )
+            .unwrap()
+        });
+        f.lessor.lock().promote(2);
+        let ttl = f.lessor.time_to_live(1, false).unwrap();
+        assert!((29..=30).contains(&ttl.remaining), "{ttl:?}");
+        assert_eq!(ttl.granted, 100);
+    }
+
+    #[test]
+    fn slack_is_half_the_ttl_within_bounds() {
+        assert_eq!(slack(Duration::from_secs(1)), MIN_SLACK);
+        assert_eq!(slack(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(slack(Duration::from_secs(3600)), MAX_SLACK);
+    }
+}
