@@ -21,7 +21,7 @@ if [ $# -gt 0 ]; then
 else
     # The shared scenarios whose features are built (lease, lock-elect and cluster come with
     # their issues), then our own.
-    scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch}.txt tests/compat/*.txt)
+    scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch,lease}.txt tests/compat/*.txt)
 fi
 failed=0
 for scenario in "${scenarios[@]}"; do
