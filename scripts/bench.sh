@@ -5,6 +5,7 @@
 #   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
+#   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
 #   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
 #                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
 #

@@ -19,6 +19,8 @@ enum Workload {
     Get,
     /// `--watchers` watchers on one prefix, one writer doing `--total` puts.
     Watch,
+    /// Lease cycles: grant, put with the lease, one keepalive, revoke.
+    Lease,
 }
 
 #[derive(Debug, Parser)]
@@ -50,12 +52,13 @@ struct Args {
     label: String,
 }
 
+mod lease;
 mod watch;
 
 /// Clients multiplexed on one HTTP/2 connection, as etcd's own benchmark tool does by default.
 const CLIENTS_PER_CONNECTION: usize = 16;
 
-fn key(index: usize, size: usize) -> Vec<u8> {
+pub(crate) fn key(index: usize, size: usize) -> Vec<u8> {
     let mut key = format!("{index:0width$}", width = size).into_bytes();
     key.truncate(size.max(1));
     key
@@ -82,7 +85,7 @@ async fn client_loop(
                 .await
                 .context("put")?;
             }
-            Workload::Watch => unreachable!("the watch workload has its own driver"),
+            Workload::Watch | Workload::Lease => unreachable!("this workload has its own driver"),
             Workload::Get => {
                 kv.range(RangeRequest {
                     key: key(i % 1000, key_size),
@@ -146,10 +149,19 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
-        let kv = KvClient::new(channels[c % connections].clone());
+        let channel = channels[c % connections].clone();
         let ops = c * per_client..(c + 1) * per_client;
+        if let Workload::Lease = args.workload {
+            tasks.push(tokio::spawn(lease::cycle_loop(
+                channel,
+                ops,
+                args.key_size,
+                args.value_size,
+            )));
+            continue;
+        }
         tasks.push(tokio::spawn(client_loop(
-            kv,
+            KvClient::new(channel),
             args.workload,
             ops,
             (args.key_size, args.value_size),

@@ -1,7 +1,7 @@
 //! The leader's lease task: proposes expiries and checkpoints through Raft.
 //!
-//! Every [`TICK`] it checks that this member still leads the term its clock was promoted in
-//! (or stops the clock), then proposes at most [`EXPIRIES_PER_TICK`] expired leases in one
+//! Every [`TICK`] it starts or stops the lease clock as this member gains or loses leadership
+//! (see `Promotion`), then proposes at most [`EXPIRIES_PER_TICK`] expired leases in one
 //! `LeaseExpiry` command and the due checkpoints in one `LeaseCheckpoints` command. At most
 //! [`EXPIRIES_IN_FLIGHT`] expiry commands wait for apply at once, so a wave of expiring leases
 //! is revoked at a bounded rate (5,000 leases per second) and client writes keep flowing
@@ -35,6 +35,71 @@ pub fn leader_term(raft: &Raft) -> Option<u64> {
     m.state.is_leader().then_some(m.current_term)
 }
 
+/// Where this member's leadership stands, from Raft's metrics.
+struct Leadership {
+    /// The term it leads, if it is the leader.
+    term: Option<u64>,
+    /// Index of the last entry in its log.
+    last_log_index: u64,
+    /// Index of the last applied entry.
+    last_applied: u64,
+}
+
+fn leadership(raft: &Raft) -> Leadership {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    Leadership {
+        term: m.state.is_leader().then_some(m.current_term),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        last_applied: m.last_applied.as_ref().map_or(0, |id| id.index),
+    }
+}
+
+/// Starts and stops the lease clock as leadership comes and goes. A new leader's clock starts
+/// once everything its log held when it became leader is applied (so every checkpoint of the
+/// previous leader is in): whether openraft elected it or restored its leadership on restart
+/// without a new entry.
+#[derive(Default)]
+struct Promotion {
+    /// (term, log index to apply first) while waiting to promote.
+    pending: Option<(u64, u64)>,
+}
+
+impl Promotion {
+    /// True if the clock runs for the term this member leads now.
+    fn update(&mut self, lessor: &Lessor, raft: &Raft) -> bool {
+        let now = leadership(raft);
+        let promoted = lessor.promoted_term();
+        let Some(term) = now.term else {
+            self.pending = None;
+            if promoted.is_some() {
+                lessor.demote();
+            }
+            return false;
+        };
+        if promoted == Some(term) {
+            return true;
+        }
+        if promoted.is_some() {
+            lessor.demote();
+        }
+        let target = match self.pending {
+            Some((t, index)) if t == term => index,
+            _ => {
+                self.pending = Some((term, now.last_log_index));
+                now.last_log_index
+            }
+        };
+        if now.last_applied < target {
+            return false;
+        }
+        self.pending = None;
+        tracing::info!(term, "lease clock started");
+        lessor.promote(term);
+        true
+    }
+}
+
 /// Proposes `request` and waits until it is applied.
 pub async fn propose(raft: &Raft, request: Request) -> Result<(), String> {
     raft.client_write(Command::from(request))
@@ -46,6 +111,7 @@ pub async fn propose(raft: &Raft, request: Request) -> Result<(), String> {
 /// Runs the lease task until `shutdown` completes.
 pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output = ()>) {
     let expiries = Arc::new(Semaphore::new(EXPIRIES_IN_FLIGHT));
+    let mut promotion = Promotion::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -54,13 +120,8 @@ pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output =
             _ = &mut shutdown => return,
             _ = ticker.tick() => {}
         }
-        match (lessor.promoted_term(), leader_term(&raft)) {
-            (Some(promoted), Some(term)) if promoted == term => {}
-            (Some(_), _) => {
-                lessor.demote();
-                continue;
-            }
-            (None, _) => continue,
+        if !promotion.update(&lessor, &raft) {
+            continue;
         }
         // One expiry command per tick at most: the rate bound.
         if let Ok(permit) = expiries.clone().try_acquire_owned() {

@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn ids_carry_the_member_prefix_and_increase() {
-        let ids = LeaseIdGenerator::starting_at(0x8e9e_05c5_2164_694d, 0x77aa_9e38_26);
+        let ids = LeaseIdGenerator::starting_at(0x8e9e_05c5_2164_694d, 0x0077_aa9e_3826);
         let first = ids.next();
         assert_eq!(format!("{first:016x}"), "694d77aa9e382601");
         assert_eq!(ids.next(), first + 1);

@@ -6,8 +6,8 @@
 //!   grants, revokes, expiries and checkpoints arrive as Raft commands and change the lease
 //!   table in the same redb transaction as the keys they delete; every MVCC event of the batch
 //!   moves keys between leases ([`LeaseState::track`]).
-//! - **The leader** (only the member that applied a blank entry of its own term, see
-//!   [`LeaseState::promote`]): keeps a deadline per lease, renews on keepalive, and picks the
+//! - **The leader** (once it has applied every entry it had when it became leader, see
+//!   [`Lessor::promote`]): keeps a deadline per lease, renews on keepalive, and picks the
 //!   leases to expire and to checkpoint ([`Lessor::take_expired`],
 //!   [`Lessor::take_due_checkpoints`]); the expiry task proposes them through Raft.
 //!
@@ -71,7 +71,8 @@ struct Lease {
     remaining_ms: i64,
     /// Keys attached to it.
     keys: BTreeSet<Vec<u8>>,
-    /// When it expires (meaningful on the leader only).
+    /// When it expires: the leader's clock; elsewhere an estimate from the last grant or
+    /// checkpoint applied.
     deadline: Instant,
     /// The remaining time a new leader would give it, as this leader believes it is recorded.
     recorded: Duration,
@@ -243,10 +244,16 @@ impl LeaseState {
         txn: &WriteTransaction,
         checkpoints: &[LeaseCheckpoint],
     ) -> Result<(), MvccError> {
+        let now = Instant::now();
+        let promoted = self.is_promoted();
         for cp in checkpoints {
             if let Some(lease) = self.leases.get_mut(&cp.id) {
                 lease.remaining_ms = cp.remaining_ms.max(1);
                 lease.recorded = lease.recorded_remaining();
+                if !promoted {
+                    // Not the clock's owner: follow the leader's countdown approximately.
+                    lease.deadline = now + lease.recorded;
+                }
                 table::save(txn, &lease.record(cp.id))?;
             }
         }
@@ -275,10 +282,8 @@ impl LeaseState {
         }
     }
 
-    /// This member applied the blank entry it appended on becoming leader in `term`: every
-    /// earlier entry is applied, so every lease's recorded remaining time is final. Restarts
-    /// every lease's clock from it.
-    pub fn promote(&mut self, term: u64) {
+    /// Restarts every lease's clock from its recorded remaining time, for leader term `term`.
+    fn promote(&mut self, term: u64) {
         let now = Instant::now();
         self.promoted_term = Some(term);
         self.expiry_queue.clear();
@@ -325,10 +330,11 @@ impl Lessor {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Tells waiters about a promotion made through [`Lessor::lock`].
-    pub fn announce_promotion(&self) {
-        let term = self.lock().promoted_term;
-        self.promoted.send_replace(term);
+    /// This member leads `term` and has applied every entry its log held when it became
+    /// leader, so every lease's recorded remaining time is final: start the clock from it.
+    pub fn promote(&self, term: u64) {
+        self.lock().promote(term);
+        self.promoted.send_replace(Some(term));
     }
 
     /// The term this member's clock runs for, if any.
@@ -377,11 +383,7 @@ impl Lessor {
         let now = Instant::now();
         let state = self.lock();
         let lease = state.leases.get(&id)?;
-        let remaining = if state.is_promoted() {
-            lease.deadline.saturating_duration_since(now)
-        } else {
-            lease.recorded_remaining()
-        };
+        let remaining = lease.deadline.saturating_duration_since(now);
         Some(TimeToLive {
             remaining: i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
             granted: lease.ttl,
@@ -678,9 +680,9 @@ mod tests {
         let f = open();
         f.grant(1, 1).unwrap();
         assert!(f.lessor.take_expired(10).is_empty());
+        f.lessor.promote(3);
         {
             let mut state = f.lessor.lock();
-            state.promote(3);
             // Pretend the lease ran out.
             let past = Instant::now() - Duration::from_millis(1);
             state.leases.get_mut(&1).unwrap().deadline = past;
@@ -706,7 +708,7 @@ mod tests {
     fn keepalive_asks_to_record_the_full_ttl_after_a_checkpoint() {
         let f = open();
         f.grant(1, 10).unwrap();
-        f.lessor.lock().promote(1);
+        f.lessor.promote(1);
         assert_eq!(
             f.lessor.renew(1),
             Renewal::Renewed {
@@ -738,7 +740,7 @@ mod tests {
     fn checkpoints_come_once_the_record_drifts_by_the_slack() {
         let f = open();
         f.grant(1, 4).unwrap(); // slack 2 s
-        f.lessor.lock().promote(1);
+        f.lessor.promote(1);
         assert!(f.lessor.take_due_checkpoints(10).is_empty());
         {
             // Two and a half seconds later.
@@ -768,7 +770,7 @@ mod tests {
             )
             .unwrap()
         });
-        f.lessor.lock().promote(2);
+        f.lessor.promote(2);
         let ttl = f.lessor.time_to_live(1, false).unwrap();
         assert!((29..=30).contains(&ttl.remaining), "{ttl:?}");
         assert_eq!(ttl.granted, 100);

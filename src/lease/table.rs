@@ -76,7 +76,7 @@ mod tests {
         save(&txn, &a).unwrap();
         save(&txn, &b).unwrap();
         txn.commit().unwrap();
-        assert_eq!(load(&db).unwrap(), [b.clone(), a.clone()]);
+        assert_eq!(load(&db).unwrap(), [b, a]);
         let txn = db.begin_write().unwrap();
         remove(&txn, 7).unwrap();
         txn.commit().unwrap();

@@ -186,7 +186,6 @@ impl RaftNode {
         let lessor = Arc::new(Lessor::open(&store)?);
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
         let state_machine = StateMachine::open(
-            identity.member_id,
             store.clone(),
             lessor.clone(),
             hub.clone(),

@@ -38,8 +38,6 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// openraft's state machine over the MVCC store.
 pub struct StateMachine {
-    /// This member's ID: a blank entry of its own starts its lease clock.
-    node_id: u64,
     db: Arc<Database>,
     store: Arc<MvccStore>,
     lessor: Arc<Lessor>,
@@ -51,11 +49,9 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens member `node_id`'s state machine over `store` (whose database is `db`) and the
-    /// leases in `lessor`; committed changes are handed to `hub`; snapshots go to
-    /// `snapshot_dir`.
+    /// Opens the state machine over `store` and the leases in `lessor`; committed changes are
+    /// handed to `hub`; snapshots go to `snapshot_dir`.
     pub fn open(
-        node_id: u64,
         store: Arc<MvccStore>,
         lessor: Arc<Lessor>,
         hub: Arc<WatchHub>,
@@ -65,7 +61,6 @@ impl StateMachine {
         let db = store.database().clone();
         let (applied, membership) = read_applied_state(&db)?;
         Ok(Self {
-            node_id,
             db,
             store,
             lessor,
@@ -221,21 +216,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
         let mut leases = self.lessor.lock();
-        let mut promoted = false;
         let mut batch = self.store.begin_write().map_err(storage_err)?;
         let mut answers = Vec::with_capacity(pending.len());
         for (entry, responder) in pending {
             let result = match &entry.payload {
-                EntryPayload::Blank => {
-                    // openraft appends a blank entry when a member becomes leader; once it is
-                    // applied, so is everything before it: the lease clock can start.
-                    let leader = entry.log_id().leader_id;
-                    if leader.node_id == self.node_id {
-                        leases.promote(leader.term);
-                        promoted = true;
-                    }
-                    CommandResult::Empty
-                }
+                EntryPayload::Blank => CommandResult::Empty,
                 EntryPayload::Normal(cmd) => apply_command(&mut batch, &mut leases, cmd)?,
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id()), m.clone());
@@ -254,9 +239,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let committed = batch.commit(durability).map_err(storage_err)?;
         drop(leases);
-        if promoted {
-            self.lessor.announce_promotion();
-        }
         self.hub.notify(committed.revision, &committed.events);
         if durable {
             self.last_sync = Instant::now();

@@ -9,5 +9,6 @@ mod client_kv;
 mod crash;
 mod etcdctl_kv;
 mod harness;
+mod lease;
 mod watch;
 mod watch_lifecycle;

@@ -1,0 +1,680 @@
+//! Leases, end to end: `etcdctl lease ...` prints what etcd 3.4's etcdctl prints (expected
+//! outputs captured from etcd 3.4.23 running the same commands); expiry deletes every key of a
+//! lease in one revision, on time; keepalives hold a lease; revoke; the `etcd-client` crate's
+//! lease API; and remaining TTLs across a clean stop and across `kill -9`.
+//!
+//! Timing assertions give the server generous upper bounds but never bounds that a wrong
+//! implementation would also meet (e.g. a lease getting its full TTL back after a restart).
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
+};
+use serde_json::{Value, json};
+
+use crate::client_kv::connect;
+use crate::harness::Server;
+
+/// How long any single expected response may take.
+const WAIT: Duration = Duration::from_secs(15);
+/// A lease with the minimum TTL (2 s with the default Raft timing) is gone at most this long
+/// after it was granted or last kept alive.
+const EXPIRY_LIMIT: Duration = Duration::from_secs(3);
+/// ... and not before this (its deadline is 2 s after the grant is applied).
+const EXPIRY_FLOOR: Duration = Duration::from_millis(1900);
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// etcdctl's rendering of a lease ID.
+fn hex(id: i64) -> String {
+    format!("{id:016x}")
+}
+
+/// The ID in `etcdctl lease grant`'s output, which must be exactly
+/// `lease <16 hex digits> granted with TTL(<ttl>s)`.
+fn granted(out: &str, ttl: i64) -> String {
+    let id = out
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a grant: {out:?}"));
+    assert_eq!(out, format!("lease {id} granted with TTL({ttl}s)\n"));
+    assert!(
+        id.len() == 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{id}"
+    );
+    id.to_string()
+}
+
+/// The `remaining(Ns)` of `etcdctl lease timetolive`.
+fn remaining(out: &str) -> i64 {
+    out.split("remaining(")
+        .nth(1)
+        .and_then(|rest| rest.split("s)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no remaining TTL in {out:?}"))
+}
+
+/// Runs an etcdctl command that must fail: its exit code and the last line of its stderr (for
+/// some errors etcdctl logs a client retry warning first, then `Error: ...`).
+fn fails(server: &Server, args: &[&str]) -> (i32, String) {
+    let out = server.etcdctl(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "etcdctl {args:?} should fail but printed {stdout}"
+    );
+    assert_eq!(stdout, "", "etcdctl {args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (out.status.code().expect("exit code"), last)
+}
+
+/// How many keys start with `prefix`.
+async fn count(c: &mut Client, prefix: &str) -> i64 {
+    c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap()
+        .count()
+}
+
+/// Polls until no key starts with `prefix` and returns how long after `since` that was seen;
+/// fails once `limit` has passed.
+async fn gone_after(c: &mut Client, prefix: &str, since: Instant, limit: Duration) -> Duration {
+    loop {
+        let left = count(c, prefix).await;
+        let elapsed = since.elapsed();
+        if left == 0 {
+            return elapsed;
+        }
+        assert!(
+            elapsed < limit,
+            "{left} keys under {prefix:?} still there {elapsed:?} later"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next response on a watch stream, failing the test after [`WAIT`].
+async fn next(stream: &mut WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a watch response in time")
+        .unwrap()
+        .expect("watch stream open")
+}
+
+/// Reads `n` PUT events off `stream` (they may come in several responses).
+async fn skip_puts(stream: &mut WatchStream, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let r = next(stream).await;
+        for e in r.events() {
+            assert_eq!(e.event_type(), EventType::Put, "{r:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n);
+}
+
+/// The next response must delete exactly `keys` (in any order), all at `revision`.
+async fn expect_deletes(stream: &mut WatchStream, keys: &[&str], revision: i64) {
+    let r = next(stream).await;
+    let mut deleted: Vec<(String, i64)> = r
+        .events()
+        .iter()
+        .map(|e| {
+            assert_eq!(e.event_type(), EventType::Delete, "{r:?}");
+            let kv = e.kv().unwrap();
+            (kv.key_str().unwrap().to_string(), kv.mod_revision())
+        })
+        .collect();
+    deleted.sort();
+    let want: Vec<(String, i64)> = keys.iter().map(|k| (k.to_string(), revision)).collect();
+    assert_eq!(
+        deleted, want,
+        "every key of the lease, one revision, one response"
+    );
+    assert_eq!(r.header().unwrap().revision(), revision);
+}
+
+#[test]
+fn etcdctl_lease_commands_print_what_etcd_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let id = granted(&server.ctl(&["lease", "grant", "30"]), 30);
+    // etcd's lease IDs start with the low 16 bits of the member ID (8e9e05c52164694d).
+    assert!(id.starts_with("694d"), "{id}");
+    let lease = format!("--lease={id}");
+    assert_eq!(server.ctl(&["put", "a", "1", &lease]), "OK\n");
+    assert_eq!(server.ctl(&["put", "b", "2", &lease]), "OK\n");
+
+    let ttl = server.ctl(&["lease", "timetolive", &id]);
+    let left = remaining(&ttl);
+    assert!((28..=29).contains(&left), "{ttl}");
+    assert_eq!(
+        ttl,
+        format!("lease {id} granted with TTL(30s), remaining({left}s)\n")
+    );
+    let ttl = server.ctl(&["lease", "timetolive", "--keys", &id]);
+    let left = remaining(&ttl);
+    assert!((28..=29).contains(&left), "{ttl}");
+    assert_eq!(
+        ttl,
+        format!("lease {id} granted with TTL(30s), remaining({left}s), attached keys([a b])\n")
+    );
+    let ttl = json(&server.ctl(&["lease", "timetolive", "--keys", &id, "-w", "json"]));
+    let decimal = i64::from_str_radix(&id, 16).unwrap();
+    assert_eq!(ttl["id"], decimal);
+    assert_eq!(ttl["granted-ttl"], 30);
+    assert!((28..=29).contains(&ttl["ttl"].as_i64().unwrap()), "{ttl}");
+    assert_eq!(ttl["keys"], json!(["YQ==", "Yg=="])); // base64 "a", "b"
+    assert_eq!(ttl["revision"], 3);
+
+    assert_eq!(
+        server.ctl(&["lease", "keep-alive", "--once", &id]),
+        format!("lease {id} keepalived with TTL(30)\n")
+    );
+    let kept = json(&server.ctl(&["lease", "keep-alive", "--once", &id, "-w", "json"]));
+    assert_eq!((&kept["ID"], &kept["TTL"]), (&json!(decimal), &json!(30)));
+
+    // A grant is no revision; JSON carries the header inline, as etcdctl flattens it.
+    let grant = json(&server.ctl(&["lease", "grant", "10", "-w", "json"]));
+    assert_eq!(grant["TTL"], 10);
+    assert_eq!(grant["Error"], "");
+    assert_eq!(grant["revision"], 3);
+    assert_eq!(grant["member_id"].as_u64(), Some(0x8e9e05c52164694d));
+    assert_eq!(grant["cluster_id"].as_u64(), Some(0xcdf818194e3a8c32));
+    let second = hex(grant["ID"].as_i64().unwrap());
+    assert!(second > id, "server-chosen IDs increase: {id} then {second}");
+
+    assert_eq!(
+        server.ctl(&["lease", "list"]),
+        format!("found 2 leases\n{id}\n{second}\n")
+    );
+    let list = json(&server.ctl(&["lease", "list", "-w", "json"]));
+    assert_eq!(
+        list["leases"],
+        json!([{"id": decimal}, {"id": i64::from_str_radix(&second, 16).unwrap()}])
+    );
+
+    assert_eq!(
+        server.ctl(&["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(server.ctl(&["get", "", "--prefix"]), "", "revoke deletes a and b");
+    assert_eq!(
+        server.ctl(&["lease", "timetolive", "--keys", &id]),
+        format!("lease {id} already expired\n")
+    );
+    let gone = json(&server.ctl(&["lease", "timetolive", &id, "-w", "json"]));
+    assert_eq!(
+        (&gone["ttl"], &gone["granted-ttl"], &gone["keys"]),
+        (&json!(-1), &json!(0), &Value::Null)
+    );
+    assert_eq!(
+        server.ctl(&["lease", "timetolive", "1234"]),
+        "lease 0000000000001234 already expired\n"
+    );
+    assert_eq!(
+        server.ctl(&["lease", "list"]),
+        format!("found 1 leases\n{second}\n")
+    );
+
+    // Errors, with etcd's exit codes.
+    let not_found = "Error: etcdserver: requested lease not found";
+    assert_eq!(fails(&server, &["put", "x", "y", &lease]), (1, not_found.into()));
+    assert_eq!(
+        fails(&server, &["put", "x", "y", "--lease=1234"]),
+        (1, not_found.into())
+    );
+    assert_eq!(
+        fails(&server, &["lease", "revoke", &id]),
+        (
+            1,
+            "Error: failed to revoke lease (etcdserver: requested lease not found)".into()
+        )
+    );
+    // etcdctl turns a keepalive answered with TTL 0 into this error itself.
+    assert_eq!(
+        fails(&server, &["lease", "keep-alive", "--once", &id]),
+        (2, not_found.into())
+    );
+    assert_eq!(
+        fails(&server, &["lease", "grant", "9000000001"]),
+        (
+            1,
+            "Error: failed to grant lease (etcdserver: too large lease TTL)".into()
+        )
+    );
+    assert_eq!(server.ctl(&["get", "x"]), "", "failed puts wrote nothing");
+
+    // The longest TTL is accepted; shorter than the minimum is raised to it.
+    granted(&server.ctl(&["lease", "grant", "9000000000"]), 9_000_000_000);
+    let short = granted(&server.ctl(&["lease", "grant", "1"]), 2);
+    let ttl = server.ctl(&["lease", "timetolive", &short]);
+    assert!(
+        ttl.starts_with(&format!("lease {short} granted with TTL(2s), remaining(")),
+        "{ttl}"
+    );
+}
+
+#[test]
+fn etcdctl_put_moves_keys_between_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let first = granted(&server.ctl(&["lease", "grant", "60"]), 60);
+    let second = granted(&server.ctl(&["lease", "grant", "60"]), 60);
+    let keys = |id: &str| {
+        let out = server.ctl(&["lease", "timetolive", "--keys", id]);
+        out.split("attached keys(")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{out}"))
+            .trim_end()
+            .to_string()
+    };
+    server.ctl(&["put", "k", "v1", &format!("--lease={first}")]);
+    server.ctl(&["put", "other", "o", &format!("--lease={first}")]);
+    server.ctl(&["put", "k", "v2", &format!("--lease={second}")]);
+    assert_eq!((keys(&first), keys(&second)), ("[other])".into(), "[k])".into()));
+    // --ignore-lease keeps the key's lease; a plain put detaches it.
+    server.ctl(&["put", "k", "v3", "--ignore-lease"]);
+    assert_eq!(keys(&second), "[k])");
+    let k = json(&server.ctl(&["get", "k", "-w", "json"]));
+    assert_eq!(k["kvs"][0]["lease"], i64::from_str_radix(&second, 16).unwrap());
+    assert_eq!(k["kvs"][0]["value"], "djM="); // base64 "v3"
+    // --ignore-lease on a key that does not exist fails, as in etcd.
+    let (code, err) = fails(&server, &["put", "nosuch", "v", "--ignore-lease"]);
+    assert_eq!((code, err.as_str()), (1, "Error: etcdserver: key not found"));
+
+    // Revoking the first lease leaves k, which moved away.
+    server.ctl(&["lease", "revoke", &first]);
+    assert_eq!(server.ctl(&["get", "", "--prefix", "--keys-only"]), "k\n\n");
+    server.ctl(&["put", "k", "v4"]);
+    assert_eq!(keys(&second), "[])");
+    server.ctl(&["lease", "revoke", &second]);
+    assert_eq!(server.ctl(&["get", "k", "--print-value-only"]), "v4\n");
+
+    // In a txn: a put naming a missing lease fails the whole txn; --ignore-lease works there too.
+    let third = granted(&server.ctl(&["lease", "grant", "60"]), 60);
+    server.ctl(&["put", "t", "v", &format!("--lease={third}")]);
+    let out = server.etcdctl_with_stdin(
+        &["txn", "--interactive=false"],
+        Some("\nput t2 x\nput u v --lease=1234\n\n\n"),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some("Error: etcdserver: requested lease not found"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.ctl(&["get", "t2"]),
+        "",
+        "nothing of the failed txn is applied"
+    );
+    let out = server.etcdctl_with_stdin(
+        &["txn", "--interactive=false"],
+        Some("\nput t w --ignore-lease\nput t2 x\n\n\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n\nOK\n");
+    assert_eq!(keys(&third), "[t])");
+}
+
+/// A 2 s lease with three keys expires on time, and its keys go in one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_deletes_every_key_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let mut watch = c
+        .watch("exp/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(next(&mut watch).await.created());
+    c.put("plain", "stays", None).await.unwrap();
+
+    let since = Instant::now();
+    let lease = c.lease_grant(2, None).await.unwrap();
+    assert_eq!(lease.ttl(), 2);
+    let keys = ["exp/a", "exp/b", "exp/c"];
+    let mut last_put = 0;
+    for key in keys {
+        let put = c
+            .put(key, "v", Some(PutOptions::new().with_lease(lease.id())))
+            .await
+            .unwrap();
+        last_put = put.header().unwrap().revision();
+    }
+    assert_eq!(last_put, 5);
+
+    let gone = gone_after(&mut c, "exp/", since, EXPIRY_LIMIT).await;
+    assert!(gone >= EXPIRY_FLOOR, "expired {gone:?} after the grant");
+    skip_puts(&mut watch, 3).await;
+    expect_deletes(&mut watch, &keys, last_put + 1).await;
+
+    let plain = c.get("plain", None).await.unwrap();
+    assert_eq!(plain.kvs().len(), 1, "keys without the lease stay");
+    assert_eq!(plain.header().unwrap().revision(), last_put + 1);
+    let ttl = c.lease_time_to_live(lease.id(), None).await.unwrap();
+    assert_eq!(ttl.ttl(), -1);
+    assert!(c.leases().await.unwrap().leases().is_empty());
+}
+
+/// A TTL below the minimum is raised to it, and the lease lives that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_ttls_are_raised_to_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let since = Instant::now();
+    let lease = c.lease_grant(1, None).await.unwrap();
+    assert_eq!(lease.ttl(), 2);
+    c.put("short", "v", Some(PutOptions::new().with_lease(lease.id())))
+        .await
+        .unwrap();
+    let ttl = c.lease_time_to_live(lease.id(), None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 2);
+    let gone = gone_after(&mut c, "short", since, EXPIRY_LIMIT).await;
+    assert!(gone >= EXPIRY_FLOOR, "a 1 s request lived only {gone:?}");
+}
+
+/// Keepalives every 500 ms hold a 2 s lease for 5 s; without them it expires on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_hold_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let granted_at = Instant::now();
+    let id = c.lease_grant(2, None).await.unwrap().id();
+    c.put("held", "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    let (mut keeper, mut responses) = c.lease_keep_alive(id).await.unwrap();
+    assert_eq!(keeper.id(), id);
+    let mut last_sent = Instant::now();
+    while granted_at.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last_sent = Instant::now();
+        keeper.keep_alive().await.unwrap();
+        let r = tokio::time::timeout(WAIT, responses.message())
+            .await
+            .expect("a keepalive response in time")
+            .unwrap()
+            .expect("keepalive stream open");
+        assert_eq!((r.id(), r.ttl()), (id, 2));
+    }
+    assert_eq!(count(&mut c, "held").await, 1, "alive after 5 s of a 2 s lease");
+    let ttl = c.lease_time_to_live(id, None).await.unwrap();
+    assert!((1..=2).contains(&ttl.ttl()), "{ttl:?}");
+
+    drop((keeper, responses));
+    let gone = gone_after(&mut c, "held", last_sent, EXPIRY_LIMIT).await;
+    assert!(gone >= EXPIRY_FLOOR, "expired {gone:?} after the last keepalive");
+}
+
+/// Revoke deletes the keys in one revision; a lease without keys goes without a revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_deletes_keys_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let mut watch = c
+        .watch("rv/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(next(&mut watch).await.created());
+    let lease = c.lease_grant(60, None).await.unwrap();
+    assert_eq!(lease.header().unwrap().revision(), 1, "a grant is no revision");
+    let keys = ["rv/1", "rv/2", "rv/3"];
+    for key in keys {
+        c.put(key, "v", Some(PutOptions::new().with_lease(lease.id())))
+            .await
+            .unwrap();
+    }
+    let revoked = c.lease_revoke(lease.id()).await.unwrap();
+    assert_eq!(revoked.header().unwrap().revision(), 5);
+    assert_eq!(count(&mut c, "rv/").await, 0);
+    skip_puts(&mut watch, 3).await;
+    expect_deletes(&mut watch, &keys, 5).await;
+
+    let empty = c.lease_grant(60, None).await.unwrap();
+    let revoked = c.lease_revoke(empty.id()).await.unwrap();
+    assert_eq!(
+        revoked.header().unwrap().revision(),
+        5,
+        "nothing deleted, no revision"
+    );
+    assert_eq!(c.lease_time_to_live(empty.id(), None).await.unwrap().ttl(), -1);
+    let err = c.lease_revoke(empty.id()).await.unwrap_err();
+    let etcd_client::Error::GRpcStatus(status) = err else {
+        panic!("grpc status expected: {err}")
+    };
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "etcdserver: requested lease not found");
+}
+
+/// The lease API as a Rust user of `etcd-client` sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_lease_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+
+    // A client-chosen ID, once.
+    let id = 0x1234_abcd;
+    let mine = c
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(id)))
+        .await
+        .unwrap();
+    assert_eq!((mine.id(), mine.ttl()), (id, 60));
+    let err = c
+        .lease_grant(30, Some(LeaseGrantOptions::new().with_id(id)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("etcdserver: lease already exists"),
+        "{err}"
+    );
+    let etcd_client::Error::GRpcStatus(status) = err else {
+        panic!("grpc status expected")
+    };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let err = c.lease_grant(9_000_000_001, None).await.unwrap_err();
+    let etcd_client::Error::GRpcStatus(status) = err else {
+        panic!("grpc status expected")
+    };
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::OutOfRange, "etcdserver: too large lease TTL")
+    );
+
+    let other = c.lease_grant(30, None).await.unwrap().id();
+    for key in ["m/2", "m/1"] {
+        c.put(key, "v", Some(PutOptions::new().with_lease(id)))
+            .await
+            .unwrap();
+    }
+    let ttl = c
+        .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!((ttl.id(), ttl.granted_ttl()), (id, 60));
+    assert!((58..=59).contains(&ttl.ttl()), "{ttl:?}");
+    assert_eq!(ttl.keys(), [b"m/1".to_vec(), b"m/2".to_vec()]);
+    let without = c.lease_time_to_live(id, None).await.unwrap();
+    assert!(without.keys().is_empty(), "keys only when asked for");
+
+    let mut ids: Vec<i64> = c
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    ids.sort_unstable();
+    let mut want = vec![id, other];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // Keepalive stream: each request answered with the TTL; 0 once the lease is gone.
+    let (mut keeper, mut stream) = c.lease_keep_alive(other).await.unwrap();
+    for _ in 0..2 {
+        keeper.keep_alive().await.unwrap();
+        let r = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.id(), r.ttl()), (other, 30));
+    }
+    c.lease_revoke(other).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let r = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.id(), r.ttl()), (other, 0));
+    let err = c.lease_keep_alive(other).await.unwrap_err();
+    assert!(err.to_string().contains("lease not found"), "{err}");
+
+    // Writes naming a missing lease fail and change nothing, in a txn too.
+    let before = c.get("m/", None).await.unwrap().header().unwrap().revision();
+    let err = c
+        .put("x", "v", Some(PutOptions::new().with_lease(other)))
+        .await
+        .unwrap_err();
+    let etcd_client::Error::GRpcStatus(status) = err else {
+        panic!("grpc status expected")
+    };
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::NotFound, "etcdserver: requested lease not found")
+    );
+    let txn = Txn::new().and_then([
+        TxnOp::put("x", "v", None),
+        TxnOp::put("m/1", "moved", Some(PutOptions::new().with_lease(other))),
+    ]);
+    let err = c.txn(txn).await.unwrap_err();
+    assert!(
+        err.to_string().contains("etcdserver: requested lease not found"),
+        "{err}"
+    );
+    let after = c.get("x", None).await.unwrap();
+    assert!(after.kvs().is_empty());
+    assert_eq!(after.header().unwrap().revision(), before);
+    let m1 = c.get("m/1", None).await.unwrap();
+    assert_eq!((m1.kvs()[0].value(), m1.kvs()[0].lease()), (&b"v"[..], id));
+
+    // ignore_lease keeps the key on its lease; a put without one detaches it.
+    c.put("m/1", "w", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
+    c.put("m/2", "w", None).await.unwrap();
+    let ttl = c
+        .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys(), [b"m/1".to_vec()]);
+}
+
+/// A clean stop records every lease's remaining time: after the restart each lease continues
+/// its countdown with its keys.
+#[test]
+fn leases_continue_after_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let since = Instant::now();
+    let long = granted(&server.ctl(&["lease", "grant", "60"]), 60);
+    let short = granted(&server.ctl(&["lease", "grant", "30"]), 30);
+    server.ctl(&["put", "l1", "v", &format!("--lease={long}")]);
+    server.ctl(&["put", "s1", "v", &format!("--lease={short}")]);
+    server.ctl(&["put", "s2", "v", &format!("--lease={short}")]);
+    server.ctl(&["put", "plain", "v"]);
+    // Without the final checkpoint both leases would come back with their full TTL (their
+    // slack, 30 s and 15 s, is far from used up).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(server.terminate().success());
+    server.restart();
+    let elapsed = i64::try_from(since.elapsed().as_secs()).unwrap();
+
+    assert_eq!(
+        server.ctl(&["lease", "list"]),
+        format!("found 2 leases\n{long}\n{short}\n")
+    );
+    for (id, ttl, keys) in [(&long, 60, "[l1]"), (&short, 30, "[s1 s2]")] {
+        let out = server.ctl(&["lease", "timetolive", "--keys", id]);
+        let left = remaining(&out);
+        assert_eq!(
+            out,
+            format!("lease {id} granted with TTL({ttl}s), remaining({left}s), attached keys({keys})\n")
+        );
+        assert!(
+            (ttl - (elapsed + 2)..=ttl - 2).contains(&left),
+            "{out} ({elapsed} s since the grant)"
+        );
+    }
+    assert_eq!(
+        server.ctl(&["get", "", "--prefix", "--keys-only"]),
+        "l1\n\nplain\n\ns1\n\ns2\n\n"
+    );
+    // The restarted leader's lease clock runs: keepalives are answered and count down from the
+    // full TTL again (a member whose clock does not run answers "not leader", and reports the
+    // recorded time, the full TTL, without counting down).
+    assert_eq!(
+        server.ctl(&["lease", "keep-alive", "--once", &short]),
+        format!("lease {short} keepalived with TTL(30)\n")
+    );
+    let out = server.ctl(&["lease", "timetolive", &short]);
+    assert!((28..=29).contains(&remaining(&out)), "{out}");
+}
+
+/// After `kill -9` a lease continues from its last checkpoint: a 4 s lease (slack 2 s) is
+/// checkpointed 2 s in; killed at 2.6 s it comes back with about 2 s, not 4, and expires then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_continue_from_their_checkpoint_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    let id = c.lease_grant(4, None).await.unwrap().id();
+    c.put("k9", "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    server.kill9();
+    server.restart();
+    let restarted = Instant::now();
+
+    let mut c = connect(&server).await;
+    assert_eq!(
+        count(&mut c, "k9").await,
+        1,
+        "the key survives; the lease is not expired early"
+    );
+    let ttl = c
+        .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 4);
+    assert!(
+        (0..=2).contains(&ttl.ttl()),
+        "recorded about 2 s left, a full TTL would show 3: {ttl:?}"
+    );
+    assert_eq!(ttl.keys(), [b"k9".to_vec()]);
+    let gone = gone_after(&mut c, "k9", restarted, Duration::from_millis(3500)).await;
+    assert!(
+        gone >= Duration::from_millis(500),
+        "expired {gone:?} after the restart"
+    );
+    assert_eq!(c.lease_time_to_live(id, None).await.unwrap().ttl(), -1);
+}
