@@ -10,5 +10,6 @@ mod crash;
 mod etcdctl_kv;
 mod harness;
 mod lease;
+mod lease_wave;
 mod watch;
 mod watch_lifecycle;
