@@ -62,6 +62,17 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A queue of (when to look at a lease next, its ID), earliest first.
+type LeaseQueue = BinaryHeap<Reverse<(Instant, i64)>>;
+
+/// Pops the lease whose time has come by `now`, if any.
+fn pop_due(queue: &mut LeaseQueue, now: Instant) -> Option<i64> {
+    match queue.peek() {
+        Some(Reverse((at, _))) if *at <= now => queue.pop().map(|Reverse((_, id))| id),
+        _ => None,
+    }
+}
+
 /// One lease.
 #[derive(Debug)]
 struct Lease {
@@ -163,10 +174,10 @@ pub struct LeaseState {
     /// The term this member applied its own blank entry in, if it is (or was) the leader and
     /// has not noticed otherwise since.
     promoted_term: Option<u64>,
-    /// (when to look at it next, id) for the leader's expiry check.
-    expiry_queue: BinaryHeap<Reverse<(Instant, i64)>>,
-    /// (when it may need a checkpoint, id).
-    checkpoint_queue: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// When to look at each lease next for the leader's expiry check.
+    expiry_queue: LeaseQueue,
+    /// When each lease may next need a checkpoint.
+    checkpoint_queue: LeaseQueue,
 }
 
 impl LeaseLookup for LeaseState {
@@ -420,11 +431,7 @@ impl Lessor {
         let state = &mut *guard;
         let mut expired = Vec::new();
         while expired.len() < limit {
-            match state.expiry_queue.peek() {
-                Some(Reverse((at, _))) if *at <= now => {}
-                _ => break,
-            }
-            let Some(Reverse((_, id))) = state.expiry_queue.pop() else {
+            let Some(id) = pop_due(&mut state.expiry_queue, now) else {
                 break;
             };
             let Some(lease) = state.leases.get_mut(&id) else {
@@ -456,11 +463,7 @@ impl Lessor {
         let state = &mut *guard;
         let mut due = Vec::new();
         while due.len() < limit {
-            match state.checkpoint_queue.peek() {
-                Some(Reverse((at, _))) if *at <= now => {}
-                _ => break,
-            }
-            let Some(Reverse((_, id))) = state.checkpoint_queue.pop() else {
+            let Some(id) = pop_due(&mut state.checkpoint_queue, now) else {
                 break;
             };
             let Some(lease) = state.leases.get_mut(&id) else {

@@ -168,3 +168,70 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use concord_proto::etcdserverpb::PutRequest;
+
+    use super::*;
+    use crate::lease::Lessor;
+
+    struct Member {
+        _dir: tempfile::TempDir,
+        db: Arc<Database>,
+        store: MvccStore,
+        lessor: Lessor,
+    }
+
+    fn member() -> Member {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("db.redb")).unwrap());
+        let store = MvccStore::open(db.clone()).unwrap();
+        let lessor = Lessor::open(&store).unwrap();
+        Member {
+            _dir: dir,
+            db,
+            store,
+            lessor,
+        }
+    }
+
+    impl Member {
+        fn grant_with_key(&self, id: i64, key: &str) {
+            let mut leases = self.lessor.lock();
+            let mut batch = self.store.begin_write().unwrap();
+            leases.grant(batch.transaction(), id, 30).unwrap();
+            let from = batch.event_count();
+            let put = PutRequest {
+                key: key.into(),
+                lease: id,
+                ..Default::default()
+            };
+            batch.put(&put, &*leases).unwrap();
+            leases.track(batch.events_since(from));
+            batch.commit(Durability::Immediate).unwrap();
+        }
+    }
+
+    #[test]
+    fn snapshots_carry_the_leases_and_their_keys() {
+        let source = member();
+        source.grant_with_key(7, "held");
+        let snap_dir = tempfile::tempdir().unwrap();
+        let snapshot = build(&source.db, snap_dir.path()).unwrap();
+
+        let target = member();
+        target.grant_with_key(9, "replaced");
+        install(&target.store, &snapshot.meta, &snapshot.snapshot).unwrap();
+        target.lessor.reload(&target.store).unwrap();
+        assert_eq!(
+            target.lessor.ids(),
+            [7],
+            "the snapshot's leases replace the old ones"
+        );
+        let ttl = target.lessor.time_to_live(7, true).unwrap();
+        assert_eq!((ttl.granted, ttl.keys), (30, vec![b"held".to_vec()]));
+    }
+}
