@@ -16,7 +16,7 @@ use concord_proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use concord_proto::raftpb::{LeaseCheckpoint, LeaseCheckpoints};
+use concord_proto::raftpb::LeaseCheckpoints;
 use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -93,12 +93,8 @@ impl LeaseService {
         self.await_clock().await?;
         let ttl = match self.api.node().lessor.renew(id) {
             Renewal::NotFound => 0,
-            Renewal::Renewed { ttl, record_full_ttl } => {
-                if record_full_ttl {
-                    let checkpoint = LeaseCheckpoint {
-                        id,
-                        remaining_ms: ttl.saturating_mul(1000),
-                    };
+            Renewal::Renewed { ttl, record } => {
+                if let Some(checkpoint) = record {
                     self.api
                         .propose(Cmd::LeaseCheckpoints(LeaseCheckpoints {
                             checkpoints: vec![checkpoint],

@@ -22,6 +22,9 @@
 //! - a keepalive of a lease whose recorded remaining time is below its TTL records the full
 //!   TTL before it is answered, so the record never understates a live lease (a new leader
 //!   never expires a lease early);
+//! - every keepalive starts a new *generation* of the lease, and a checkpoint carries the
+//!   generation it was computed in: one computed before a keepalive but applied after the
+//!   keepalive's own record is ignored, so it cannot bring back the shorter time;
 //! - so after a leader change or restart a lease expires at most its slack (plus the time
 //!   without a leader, during which nobody can keep leases alive) after its true deadline, and
 //!   never before it.
@@ -80,6 +83,10 @@ struct Lease {
     ttl: i64,
     /// Recorded remaining time in milliseconds at the last checkpoint (0: the full TTL).
     remaining_ms: i64,
+    /// Generation of the last checkpoint applied.
+    recorded_generation: i64,
+    /// Keepalives so far (the leader's count; starts from the recorded generation).
+    generation: i64,
     /// Keys attached to it.
     keys: BTreeSet<Vec<u8>>,
     /// When it expires: the leader's clock; elsewhere an estimate from the last grant or
@@ -92,10 +99,12 @@ struct Lease {
 }
 
 impl Lease {
-    fn new(ttl: i64, remaining_ms: i64, now: Instant) -> Self {
+    fn new(record: &LeaseRecord, now: Instant) -> Self {
         let mut lease = Lease {
-            ttl,
-            remaining_ms,
+            ttl: record.ttl,
+            remaining_ms: record.remaining_ms,
+            recorded_generation: record.generation,
+            generation: record.generation,
             keys: BTreeSet::new(),
             deadline: now,
             recorded: Duration::ZERO,
@@ -121,6 +130,7 @@ impl Lease {
     fn restart_clock(&mut self, now: Instant) {
         self.recorded = self.recorded_remaining();
         self.deadline = now + self.recorded;
+        self.generation = self.recorded_generation;
         self.revoking_since = None;
     }
 
@@ -137,6 +147,16 @@ impl Lease {
             id,
             ttl: self.ttl,
             remaining_ms: self.remaining_ms,
+            generation: self.recorded_generation,
+        }
+    }
+
+    /// A checkpoint of `remaining` in the current generation.
+    fn checkpoint(&self, id: i64, remaining: Duration) -> LeaseCheckpoint {
+        LeaseCheckpoint {
+            id,
+            remaining_ms: millis(remaining).max(1),
+            generation: self.generation,
         }
     }
 }
@@ -150,9 +170,9 @@ pub enum Renewal {
     Renewed {
         /// The granted TTL in seconds.
         ttl: i64,
-        /// The recorded remaining time is below the TTL: record the full TTL
-        /// ([`LeaseCheckpoint`]) before answering, or a new leader could expire it early.
-        record_full_ttl: bool,
+        /// Set when the recorded remaining time is below the TTL: propose this checkpoint of
+        /// the full TTL before answering, or a new leader could expire the lease early.
+        record: Option<LeaseCheckpoint>,
     },
 }
 
@@ -189,10 +209,8 @@ impl LeaseLookup for LeaseState {
 impl LeaseState {
     fn from_records(records: Vec<LeaseRecord>, leased_keys: Vec<(Vec<u8>, i64)>) -> Self {
         let now = Instant::now();
-        let mut leases: HashMap<i64, Lease> = records
-            .into_iter()
-            .map(|r| (r.id, Lease::new(r.ttl, r.remaining_ms, now)))
-            .collect();
+        let mut leases: HashMap<i64, Lease> =
+            records.into_iter().map(|r| (r.id, Lease::new(&r, now))).collect();
         for (key, id) in leased_keys {
             match leases.get_mut(&id) {
                 Some(lease) => {
@@ -225,7 +243,12 @@ impl LeaseState {
         let Entry::Vacant(slot) = self.leases.entry(id) else {
             return Err(MvccError::LeaseExists);
         };
-        let lease = Lease::new(ttl, 0, now);
+        let record = LeaseRecord {
+            id,
+            ttl,
+            ..LeaseRecord::default()
+        };
+        let lease = Lease::new(&record, now);
         table::save(txn, &lease.record(id))?;
         if promoted {
             self.expiry_queue.push(Reverse((lease.deadline, id)));
@@ -248,8 +271,8 @@ impl LeaseState {
         Ok(())
     }
 
-    /// Applies checkpoints: records how much time each lease had left (leases already gone
-    /// are skipped).
+    /// Applies checkpoints: records how much time each lease had left (leases already gone,
+    /// and checkpoints older than the recorded generation, are skipped).
     pub fn checkpoint(
         &mut self,
         txn: &WriteTransaction,
@@ -258,8 +281,12 @@ impl LeaseState {
         let now = Instant::now();
         let promoted = self.is_promoted();
         for cp in checkpoints {
-            if let Some(lease) = self.leases.get_mut(&cp.id) {
+            if let Some(lease) = self.leases.get_mut(&cp.id)
+                && cp.generation >= lease.recorded_generation
+            {
                 lease.remaining_ms = cp.remaining_ms.max(1);
+                lease.recorded_generation = cp.generation;
+                lease.generation = lease.generation.max(cp.generation);
                 lease.recorded = lease.recorded_remaining();
                 if !promoted {
                     // Not the clock's owner: follow the leader's countdown approximately.
@@ -383,9 +410,11 @@ impl Lessor {
             return Renewal::NotFound;
         }
         lease.deadline = now + lease.full_ttl();
+        lease.generation += 1;
+        let record = (lease.recorded < lease.full_ttl()).then(|| lease.checkpoint(id, lease.full_ttl()));
         Renewal::Renewed {
             ttl: lease.ttl,
-            record_full_ttl: lease.recorded < lease.full_ttl(),
+            record,
         }
     }
 
@@ -478,10 +507,7 @@ impl Lessor {
             if lease.deadline > now {
                 let remaining = lease.deadline - now;
                 lease.recorded = remaining;
-                due.push(LeaseCheckpoint {
-                    id,
-                    remaining_ms: millis(remaining).max(1),
-                });
+                due.push(lease.checkpoint(id, remaining));
             }
             state.checkpoint_queue.push(Reverse((now + slack, id)));
         }
@@ -499,10 +525,7 @@ impl Lessor {
             .leases
             .iter()
             .filter(|(_, lease)| lease.deadline > now)
-            .map(|(&id, lease)| LeaseCheckpoint {
-                id,
-                remaining_ms: millis(lease.deadline - now).max(1),
-            })
+            .map(|(&id, lease)| lease.checkpoint(id, lease.deadline - now))
             .collect()
     }
 }
@@ -666,6 +689,7 @@ mod tests {
                 &[LeaseCheckpoint {
                     id: 2,
                     remaining_ms: 12_500,
+                    generation: 0,
                 }],
             )
             .unwrap()
@@ -707,6 +731,10 @@ mod tests {
         assert!(f.lessor.take_expired(10).is_empty());
     }
 
+    fn checkpoint(f: &Fixture, cp: LeaseCheckpoint) {
+        f.apply(|l, b| l.checkpoint(b.transaction(), &[cp]).unwrap());
+    }
+
     #[test]
     fn keepalive_asks_to_record_the_full_ttl_after_a_checkpoint() {
         let f = open();
@@ -716,27 +744,47 @@ mod tests {
             f.lessor.renew(1),
             Renewal::Renewed {
                 ttl: 10,
-                record_full_ttl: false
+                record: None
             }
         );
-        f.apply(|l, b| {
-            l.checkpoint(
-                b.transaction(),
-                &[LeaseCheckpoint {
-                    id: 1,
-                    remaining_ms: 4_000,
-                }],
-            )
-            .unwrap()
-        });
-        assert_eq!(
-            f.lessor.renew(1),
-            Renewal::Renewed {
-                ttl: 10,
-                record_full_ttl: true
-            }
-        );
+        let four_seconds = LeaseCheckpoint {
+            id: 1,
+            remaining_ms: 4_000,
+            generation: 1,
+        };
+        checkpoint(&f, four_seconds);
+        let Renewal::Renewed {
+            ttl: 10,
+            record: Some(full),
+        } = f.lessor.renew(1)
+        else {
+            panic!("the full TTL must be recorded");
+        };
+        assert_eq!((full.remaining_ms, full.generation), (10_000, 2));
         assert_eq!(f.lessor.renew(99), Renewal::NotFound);
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_a_keepalive_cannot_shorten_the_record() {
+        let f = open();
+        f.grant(1, 10).unwrap();
+        f.lessor.promote(1);
+        // The clock checkpoints 3 s in generation 0; before that is applied, a keepalive
+        // records the full TTL in generation 1, and its record is applied first.
+        let early = f.lessor.lock().leases[&1].checkpoint(1, Duration::from_secs(3));
+        f.lessor.lock().leases.get_mut(&1).unwrap().recorded = Duration::from_secs(3);
+        let Renewal::Renewed {
+            record: Some(full), ..
+        } = f.lessor.renew(1)
+        else {
+            panic!("the full TTL must be recorded");
+        };
+        checkpoint(&f, full);
+        checkpoint(&f, early);
+        let reopened = Lessor::open(&f.store).unwrap();
+        reopened.promote(2);
+        let ttl = reopened.time_to_live(1, false).unwrap();
+        assert!(ttl.remaining >= 9, "the stale checkpoint was ignored: {ttl:?}");
     }
 
     #[test]
@@ -769,6 +817,7 @@ mod tests {
                 &[LeaseCheckpoint {
                     id: 1,
                     remaining_ms: 30_000,
+                    generation: 0,
                 }],
             )
             .unwrap()

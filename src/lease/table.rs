@@ -66,11 +66,13 @@ mod tests {
             id: 7,
             ttl: 10,
             remaining_ms: 0,
+            generation: 0,
         };
         let b = LeaseRecord {
             id: -3,
             ttl: 60,
             remaining_ms: 1500,
+            generation: 4,
         };
         let txn = db.begin_write().unwrap();
         save(&txn, &a).unwrap();
