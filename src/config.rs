@@ -173,11 +173,6 @@ impl Config {
                 )));
             }
         }
-        if initial_cluster.len() > 1 {
-            return Err(Error::Config(
-                "multi-member clusters are not supported yet: the peer transport is not built".into(),
-            ));
-        }
         if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
             return Err(Error::Config(format!(
                 "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",

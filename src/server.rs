@@ -7,6 +7,7 @@ use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
+use concord_proto::raftpb::raft_peer_server::RaftPeerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -20,6 +21,8 @@ use crate::error::Error;
 use crate::lease::expiry;
 use crate::net::CoalescingStream;
 use crate::raft::RaftNode;
+use crate::raft::network::PEER_MESSAGE_BYTES;
+use crate::raft::peer_service::PeerService;
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
 /// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
@@ -41,6 +44,10 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let mut peer_listeners = Vec::new();
+    for addr in &config.peer_addrs {
+        peer_listeners.push(TcpListener::bind(addr).await?);
+    }
     let node = RaftNode::start(&config).await?;
     tracing::info!(
         name = %node.identity.name,
@@ -65,6 +72,24 @@ pub async fn run(
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
+    let peer_service = PeerService::new(
+        api.node().raft.clone(),
+        api.node().snapshot_dir.clone(),
+        api.request_timeout(),
+    );
+    for listener in peer_listeners {
+        tracing::info!(addr = %listener.local_addr()?, "serving peer requests");
+        let mut stop = stop_tx.subscribe();
+        let service = RaftPeerServer::new(peer_service.clone())
+            .max_decoding_message_size(PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES);
+        let server = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming(listener), async move {
+                let _ = stop.recv().await;
+            });
+        servers.push(tokio::spawn(server));
+    }
     for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, "serving client requests");
         let mut stop = stop_tx.subscribe();

@@ -80,25 +80,42 @@ impl Api {
         Ok(())
     }
 
+    /// How long a request may wait for Raft.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// The most operations a txn may carry.
     pub fn max_txn_ops(&self) -> usize {
         self.max_txn_ops
     }
 
-    /// Proposes a write through Raft and waits for it to be applied.
+    /// Proposes a write through Raft and waits for it to be applied. On a follower the
+    /// command is forwarded to the leader, which proposes it and relays the answer (stock etcd
+    /// clients do not follow redirects).
     pub async fn propose(&self, request: Request) -> Result<Response, Error> {
-        let write = self.node.raft.client_write(Command::from(request));
+        let command = Command::from(request);
+        let write = async {
+            match self.node.raft.client_write(command.clone()).await {
+                Ok(applied) => Ok(applied.data),
+                Err(err) => match err.forward_to_leader() {
+                    Some(forward) => match &forward.leader_node {
+                        Some(leader) => self
+                            .node
+                            .peers
+                            .forward(leader, &command)
+                            .await
+                            .map_err(peer_error),
+                        None => Err(Error::NoLeader),
+                    },
+                    None => Err(Error::Raft(err.to_string())),
+                },
+            }
+        };
         let result = tokio::time::timeout(self.request_timeout, write)
             .await
-            .map_err(|_| Error::Timeout)?;
-        let applied = result.map_err(|err| {
-            if err.forward_to_leader().is_some() {
-                Error::NoLeader
-            } else {
-                Error::Raft(err.to_string())
-            }
-        })?;
-        match applied.data {
+            .map_err(|_| Error::Timeout)??;
+        match result {
             CommandResult::Applied(response) => response
                 .response
                 .ok_or_else(|| Error::Raft("state machine returned an empty response".into())),
@@ -107,19 +124,39 @@ impl Api {
         }
     }
 
-    /// Waits until this member may serve a linearizable read: leadership confirmed by a read
-    /// index, and the state machine applied up to it.
+    /// Waits until this member may serve a linearizable read: on the leader, leadership
+    /// confirmed by a read index and the state machine applied up to it; on a follower, the
+    /// leader's read index, then the same wait for the local state machine.
     pub async fn linearizable_read(&self) -> Result<(), Error> {
-        let read = self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-        let result = tokio::time::timeout(self.request_timeout, read)
+        let raft = &self.node.raft;
+        let read = async {
+            let index = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => return Ok(()),
+                Err(err) => match err.forward_to_leader() {
+                    Some(forward) => match &forward.leader_node {
+                        Some(leader) => self.node.peers.read_index(leader).await.map_err(peer_error)?,
+                        None => return Err(Error::NoLeader),
+                    },
+                    None => return Err(Error::Raft(err.to_string())),
+                },
+            };
+            raft.wait(None)
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map(|_| ())
+                .map_err(|err| Error::Raft(err.to_string()))
+        };
+        tokio::time::timeout(self.request_timeout, read)
             .await
-            .map_err(|_| Error::Timeout)?;
-        result.map(|_| ()).map_err(|err| {
-            if err.forward_to_leader().is_some() {
-                Error::NoLeader
-            } else {
-                Error::Raft(err.to_string())
-            }
-        })
+            .map_err(|_| Error::Timeout)?
+    }
+}
+
+/// A failure reported by (or reaching) the leader, as the client should see it.
+fn peer_error(text: String) -> Error {
+    match text.as_str() {
+        crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => Error::NoLeader,
+        crate::error::ERR_TIMEOUT => Error::Timeout,
+        _ => Error::Raft(format!("forwarding to the leader: {text}")),
     }
 }

@@ -9,7 +9,7 @@
 //! - [`durable`]: directory fsync and atomic file replacement.
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
 //!   applied log id, and builds/installs snapshots.
-//! - [`network`]: the peer transport.
+//! - [`network`] and [`peer_service`]: the peer transport (client and server sides) over gRPC.
 //! - [`node`]: starting a Raft node on a data directory.
 
 pub mod codec;
@@ -19,6 +19,7 @@ pub mod log_cache;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer_service;
 pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]

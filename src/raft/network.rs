@@ -1,47 +1,165 @@
-//! The peer transport between Raft members.
+//! The peer transport, client side: openraft's RPCs to other members over gRPC
+//! (`concordraftpb.RaftPeer` on their peer URLs), plus the two calls a follower makes to the
+//! leader on a client's behalf (forwarded writes, read indexes).
 //!
-//! Concord runs single-member clusters today: this network has no peers to reach, so every RPC
-//! reports the target unreachable (openraft then retries with backoff). Configuration refuses a
-//! multi-member `--initial-cluster` until the gRPC peer transport lands, so no cluster can rely
-//! on this placeholder.
+//! One lazily connected tonic channel per peer URL is cached in [`Peers`] and shared by every
+//! replication stream and forwarder. openraft's request and response types travel as JSON
+//! (they are small); log entries travel in the WAL's protobuf encoding; snapshots are streamed
+//! from their file in chunks, never loaded whole.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
+use concord_proto::raftpb::{AppendEntriesMessage, JsonMessage, ReadIndexRequest, SnapshotChunk};
 use openraft::OptionalSend;
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
 
+use super::codec::encode_entry;
 use super::snapshot::SnapshotFile;
-use super::{MemberNode, TypeConfig, Vote};
+use super::{Command, CommandResult, MemberNode, TypeConfig, Vote};
 
-/// Creates [`PeerClient`]s.
-#[derive(Debug, Default, Clone)]
-pub struct PeerNetwork;
+/// Largest gRPC message between members (a batch of log entries, a snapshot chunk).
+pub const PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Size of one streamed snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A connection to one peer.
+/// The cached channels to other members, by peer URL.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A client for the member reachable at `node`'s first peer URL.
+    pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(url.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES))
+    }
+
+    /// Hands `command` to the leader at `leader` and returns what its state machine answered.
+    pub async fn forward(&self, leader: &MemberNode, command: &Command) -> Result<CommandResult, String> {
+        let mut client = self.client(leader)?;
+        let answer = client
+            .forward(command.0.clone())
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if !answer.error.is_empty() {
+            return Err(answer.error);
+        }
+        serde_json::from_slice(&answer.result_json).map_err(|e| e.to_string())
+    }
+
+    /// Asks the leader at `leader` for a read index.
+    pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, String> {
+        let mut client = self.client(leader)?;
+        let answer = client
+            .read_index(ReadIndexRequest {})
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if !answer.error.is_empty() {
+            return Err(answer.error);
+        }
+        Ok(answer.index)
+    }
+}
+
+/// Creates [`PeerClient`]s for openraft.
+#[derive(Debug, Clone, Default)]
+pub struct PeerNetwork {
+    peers: Peers,
+}
+
+impl PeerNetwork {
+    /// A network over the shared channel cache.
+    pub fn new(peers: Peers) -> Self {
+        PeerNetwork { peers }
+    }
+}
+
+/// openraft's connection to one peer.
 #[derive(Debug)]
 pub struct PeerClient {
     target: u64,
-}
-
-impl PeerClient {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        let msg = format!(
-            "member {:x}: no peer transport (single-member cluster)",
-            self.target
-        );
-        Unreachable::new(&std::io::Error::other(msg))
-    }
+    client: Result<RaftPeerClient<Channel>, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _node: &MemberNode) -> Self::Network {
-        PeerClient { target }
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
+        PeerClient {
+            target,
+            client: self.peers.client(node),
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // openraft's messages always serialise; an empty body would be refused by the peer.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn io(err: impl ToString) -> std::io::Error {
+    std::io::Error::other(err.to_string())
+}
+
+/// What a failed call to a peer means to openraft: a transport failure (connection refused,
+/// peer down) is `Unreachable` (back off), anything else a retryable network error.
+fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+            RPCError::Unreachable(Unreachable::new(&io(status.message())))
+        }
+        _ => RPCError::Network(NetworkError::new(&io(status.message()))),
+    }
+}
+
+/// Decodes a peer's JSON answer: `Result<T, RaftError>`.
+fn decode<T: DeserializeOwned>(answer: JsonMessage) -> Result<T, RPCError<TypeConfig>> {
+    let result: Result<T, RaftError<TypeConfig>> = serde_json::from_slice(&answer.json)
+        .map_err(|e| RPCError::Network(NetworkError::new(&io(format!("bad answer from peer: {e}")))))?;
+    result.map_err(|e| RPCError::Network(NetworkError::new(&io(format!("peer failed: {e}")))))
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&io(format!("member {:x}: {e}", self.target))))
+        })
     }
 }
 
@@ -50,27 +168,110 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let mut entries = Vec::with_capacity(rpc.entries.len());
+        for entry in &rpc.entries {
+            entries.push(encode_entry(entry).map_err(|e| RPCError::Network(NetworkError::new(&e)))?);
+        }
+        let mut request = tonic::Request::new(AppendEntriesMessage {
+            vote_json: json(&rpc.vote),
+            prev_log_id_json: json(&rpc.prev_log_id),
+            leader_commit_json: json(&rpc.leader_commit),
+            entries,
+        });
+        request.set_timeout(option.hard_ttl());
+        let answer = self
+            .client()?
+            .append_entries(request)
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(answer.into_inner())
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let mut request = tonic::Request::new(JsonMessage { json: json(&rpc) });
+        request.set_timeout(option.hard_ttl());
+        let answer = self.client()?.vote(request).await.map_err(|s| rpc_error(&s))?;
+        decode(answer.into_inner())
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut request = tonic::Request::new(JsonMessage { json: json(&req) });
+        request.set_timeout(option.hard_ttl());
+        let answer = self
+            .client()?
+            .transfer_leader(request)
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(answer.into_inner())
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let unreachable = |e: String| StreamingError::Unreachable(Unreachable::new(&io(e)));
+        let mut client = self.client.clone().map_err(unreachable)?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| unreachable(format!("open snapshot: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let header = SnapshotChunk {
+            vote_json: json(&vote),
+            meta_json: json(&snapshot.meta),
+            data: Vec::new(),
+        };
+        // Reads the file chunk by chunk while the call sends them.
+        let reader = async move {
+            if tx.send(header).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let n = file.read(&mut data).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                data.truncate(n);
+                let chunk = SnapshotChunk {
+                    data,
+                    ..Default::default()
+                };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let reader = tokio::spawn(reader);
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let answer = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            answer = call => answer,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unreachable(format!("read snapshot: {e}"))),
+            Err(e) => return Err(unreachable(format!("snapshot reader: {e}"))),
+        }
+        let answer = answer.map_err(|s| unreachable(s.message().to_string()))?;
+        let result: Result<SnapshotResponse<TypeConfig>, String> =
+            serde_json::from_slice(&answer.into_inner().json).map_err(|e| unreachable(e.to_string()))?;
+        result.map_err(unreachable)
     }
 }

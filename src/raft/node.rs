@@ -18,7 +18,7 @@ use sha1::{Digest, Sha1};
 
 use super::durable::{sync_dir, write_atomically};
 use super::log_store::LogStore;
-use super::network::PeerNetwork;
+use super::network::{PEER_MESSAGE_BYTES, PeerNetwork, Peers};
 use super::state_machine::StateMachine;
 use super::{Raft, TypeConfig};
 use crate::config::{ClusterState, Config, InitialMember};
@@ -65,6 +65,10 @@ pub struct RaftNode {
     pub identity: Identity,
     /// Path of the state machine's database file.
     pub db_path: std::path::PathBuf,
+    /// Directory of snapshots (incoming ones are received there too).
+    pub snapshot_dir: std::path::PathBuf,
+    /// Channels to the other members.
+    pub peers: Peers,
 }
 
 /// etcd's member ID: the first 8 bytes of SHA-1 over the sorted peer URLs and the token.
@@ -145,7 +149,11 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
 
 fn raft_config(config: &Config) -> Result<RaftConfig, Error> {
     let election = config.election_timeout.as_millis() as u64;
+    // A batch of entries, each at most a request's size, must fit in one peer message.
+    let entry_bytes = config.max_request_bytes.max(1) + 4096;
+    let max_payload_entries = (PEER_MESSAGE_BYTES / entry_bytes).clamp(1, 300) as u64;
     RaftConfig {
+        max_payload_entries,
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
         election_timeout_min: election,
@@ -184,18 +192,20 @@ impl RaftNode {
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
         let lessor = Arc::new(Lessor::open(&store)?);
+        let snapshot_dir = member_dir.join("snap");
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
         let state_machine = StateMachine::open(
             store.clone(),
             lessor.clone(),
             hub.clone(),
-            member_dir.join("snap"),
+            snapshot_dir.clone(),
         )?;
+        let peers = Peers::default();
 
         let raft = Raft::new(
             identity.member_id,
             Arc::new(raft_config(config)?),
-            PeerNetwork,
+            PeerNetwork::new(peers.clone()),
             log_store,
             state_machine,
         )
@@ -222,6 +232,8 @@ impl RaftNode {
             db,
             identity,
             db_path,
+            snapshot_dir,
+            peers,
         })
     }
 
