@@ -41,6 +41,18 @@ pub enum Error {
     /// A leader-only request reached a follower.
     #[error("{ERR_NOT_LEADER}")]
     NotLeader,
+    /// etcd's `etcdserver: member not found`.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// etcd's `etcdserver: Peer URLs already exists`.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// etcd's `etcdserver: can only promote a learner member`.
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    /// etcd's `etcdserver: can only promote a learner member which is in sync with leader`.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     /// No leader is known (quorum lost, or an election is under way).
     #[error("{ERR_NO_LEADER}")]
     NoLeader,
@@ -65,6 +77,8 @@ impl From<Error> for Status {
             Error::Mvcc(e) => mvcc_code(e),
             Error::RequestTooLarge | Error::TooManyOps => Code::InvalidArgument,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::MemberNotFound => Code::NotFound,
+            Error::PeerUrlExists | Error::NotLearner | Error::LearnerNotReady => Code::FailedPrecondition,
             Error::NoLeader | Error::NotLeader | Error::Stopped => Code::Unavailable,
             Error::Timeout => Code::Unavailable,
             Error::Raft(_) | Error::Io(_) => Code::Unavailable,

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -13,8 +14,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::api::{
-    Api, health, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, metrics,
-    watch::WatchService,
+    Api, cluster, cluster::ClusterService, health, kv::KvService, lease::LeaseService,
+    maintenance::MaintenanceService, metrics, watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -61,6 +62,16 @@ pub async fn run(
     let catch_up = tokio::spawn(api.node().hub.clone().run_catch_up(async move {
         let _ = catch_up_stopped.await;
     }));
+    let (stop_publish, publish_stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = {
+        let (api, config) = (api.clone(), config.clone());
+        tokio::spawn(async move {
+            cluster::publish(api, &config, async move {
+                let _ = publish_stopped.await;
+            })
+            .await;
+        })
+    };
     let (stop_leases, leases_stopped) = tokio::sync::oneshot::channel::<()>();
     let lease_clock = tokio::spawn(expiry::run(
         api.node().lessor.clone(),
@@ -114,6 +125,8 @@ pub async fn run(
             Err(err) => tracing::warn!(error = %err, "client server task failed"),
         }
     }
+    let _ = stop_publish.send(());
+    let _ = publisher.await;
     expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;
     let _ = stop_leases.send(());
     let _ = lease_clock.await;
@@ -146,7 +159,11 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let lease = LeaseServer::new(LeaseService::new(api.clone(), config))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
+    let cluster = ClusterServer::new(ClusterService::new(api.clone(), config))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
     let mut routes = Routes::new(kv)
+        .add_service(cluster)
         .add_service(maintenance)
         .add_service(watch)
         .add_service(lease);

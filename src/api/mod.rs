@@ -4,6 +4,7 @@
 //! to Raft; a read waits for a read index (linearizable) or reads locally (serializable). Errors
 //! become `tonic::Status` in exactly one place, `crate::error`.
 
+pub mod cluster;
 pub mod health;
 pub mod kv;
 pub mod lease;
@@ -17,12 +18,15 @@ use std::time::Duration;
 use concord_proto::etcdserverpb::ResponseHeader;
 use concord_proto::raftpb::{command::Request, command_response::Response};
 use openraft::ReadPolicy;
+use openraft::errors::ForwardToLeader;
 use prost::Message;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::mvcc::MvccStore;
+use crate::raft::membership::{self, MembershipChange};
 use crate::raft::{Command, CommandResult, RaftNode};
+use openraft::async_runtime::WatchReceiver;
 
 /// What every service needs: the Raft member, its store and the request limits.
 pub struct Api {
@@ -96,20 +100,24 @@ impl Api {
     pub async fn propose(&self, request: Request) -> Result<Response, Error> {
         let command = Command::from(request);
         let write = async {
-            match self.node.raft.client_write(command.clone()).await {
-                Ok(applied) => Ok(applied.data),
-                Err(err) => match err.forward_to_leader() {
-                    Some(forward) => match &forward.leader_node {
-                        Some(leader) => self
-                            .node
-                            .peers
-                            .forward(leader, &command)
-                            .await
-                            .map_err(peer_error),
-                        None => Err(Error::NoLeader),
+            loop {
+                let leader = match self.node.raft.client_write(command.clone()).await {
+                    Ok(applied) => return Ok(applied.data),
+                    Err(err) => match err.forward_to_leader() {
+                        Some(ForwardToLeader {
+                            leader_node: Some(leader),
+                            ..
+                        }) => leader.clone(),
+                        Some(_) => return Err(Error::NoLeader),
+                        None => return Err(Error::Raft(err.to_string())),
                     },
-                    None => Err(Error::Raft(err.to_string())),
-                },
+                };
+                match self.node.peers.forward(&leader, &command).await {
+                    // The leader we know of is gone; nothing was sent, so asking again (a
+                    // new leader, maybe) is safe until the request times out.
+                    Err(text) if is_connect_failure(&text) => tokio::time::sleep(RETRY_PAUSE).await,
+                    result => return result.map_err(peer_error),
+                }
             }
         };
         let result = tokio::time::timeout(self.request_timeout, write)
@@ -130,15 +138,22 @@ impl Api {
     pub async fn linearizable_read(&self) -> Result<(), Error> {
         let raft = &self.node.raft;
         let read = async {
-            let index = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                Ok(_) => return Ok(()),
-                Err(err) => match err.forward_to_leader() {
-                    Some(forward) => match &forward.leader_node {
-                        Some(leader) => self.node.peers.read_index(leader).await.map_err(peer_error)?,
-                        None => return Err(Error::NoLeader),
+            let index = loop {
+                let leader = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(_) => return Ok(()),
+                    Err(err) => match err.forward_to_leader() {
+                        Some(ForwardToLeader {
+                            leader_node: Some(leader),
+                            ..
+                        }) => leader.clone(),
+                        Some(_) => return Err(Error::NoLeader),
+                        None => return Err(Error::Raft(err.to_string())),
                     },
-                    None => return Err(Error::Raft(err.to_string())),
-                },
+                };
+                match self.node.peers.read_index(&leader).await {
+                    Err(text) if is_connect_failure(&text) => tokio::time::sleep(RETRY_PAUSE).await,
+                    result => break result.map_err(peer_error)?,
+                }
             };
             raft.wait(None)
                 .applied_index_at_least(Some(index), "linearizable read")
@@ -150,6 +165,56 @@ impl Api {
             .await
             .map_err(|_| Error::Timeout)?
     }
+}
+
+impl Api {
+    /// Runs a membership change on the leader (forwarding it there from a follower).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Error> {
+        let raft = &self.node.raft;
+        let run = async {
+            let is_leader = raft.metrics().borrow_watched().state.is_leader();
+            if is_leader {
+                return membership::apply(raft, change).await.map_err(membership_error);
+            }
+            let leader = raft
+                .metrics()
+                .borrow_watched()
+                .current_leader
+                .and_then(|id| {
+                    membership::members(raft)
+                        .into_iter()
+                        .find(|(m, _, _)| *m == id)
+                        .map(|(_, node, _)| node)
+                })
+                .ok_or(Error::NoLeader)?;
+            self.node
+                .peers
+                .change_membership(&leader, &change)
+                .await
+                .map_err(membership_error)
+        };
+        tokio::time::timeout(self.request_timeout, run)
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+}
+
+fn membership_error(text: String) -> Error {
+    match text.as_str() {
+        membership::ERR_MEMBER_NOT_FOUND => Error::MemberNotFound,
+        membership::ERR_PEER_URL_EXISTS => Error::PeerUrlExists,
+        membership::ERR_NOT_LEARNER => Error::NotLearner,
+        membership::ERR_LEARNER_NOT_READY => Error::LearnerNotReady,
+        _ => peer_error(text),
+    }
+}
+
+/// How long a follower waits before asking again for a leader it could not reach.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// True if the leader could not be connected to at all (so the request was never sent).
+fn is_connect_failure(text: &str) -> bool {
+    text.contains("tcp connect error") || text.contains("Connection refused")
 }
 
 /// A failure reported by (or reaching) the leader, as the client should see it.

@@ -10,6 +10,7 @@
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
 //!   applied log id, and builds/installs snapshots.
 //! - [`network`] and [`peer_service`]: the peer transport (client and server sides) over gRPC.
+//! - [`membership`]: member add/remove/update/promote and publishing client URLs.
 //! - [`node`]: starting a Raft node on a data directory.
 
 pub mod codec;
@@ -17,6 +18,7 @@ pub mod command;
 pub mod durable;
 pub mod log_cache;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_service;

@@ -27,6 +27,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec::encode_entry;
+use super::membership::MembershipChange;
 use super::snapshot::SnapshotFile;
 use super::{Command, CommandResult, MemberNode, TypeConfig, Vote};
 
@@ -80,6 +81,21 @@ impl Peers {
             return Err(answer.error);
         }
         serde_json::from_slice(&answer.result_json).map_err(|e| e.to_string())
+    }
+
+    /// Hands a membership change to the leader at `leader`.
+    pub async fn change_membership(
+        &self,
+        leader: &MemberNode,
+        change: &MembershipChange,
+    ) -> Result<(), String> {
+        let mut client = self.client(leader)?;
+        let answer = client
+            .change_membership(JsonMessage { json: json(change) })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        serde_json::from_slice::<Result<(), String>>(&answer.json).map_err(|e| e.to_string())?
     }
 
     /// Asks the leader at `leader` for a read index.

@@ -194,12 +194,8 @@ impl RaftNode {
         let lessor = Arc::new(Lessor::open(&store)?);
         let snapshot_dir = member_dir.join("snap");
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
-        let state_machine = StateMachine::open(
-            store.clone(),
-            lessor.clone(),
-            hub.clone(),
-            snapshot_dir.clone(),
-        )?;
+        let state_machine =
+            StateMachine::open(store.clone(), lessor.clone(), hub.clone(), snapshot_dir.clone())?;
         let peers = Peers::default();
 
         let raft = Raft::new(

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::decode_entry;
+use super::membership;
 use super::snapshot::SnapshotFile;
 use super::{Command, Raft, SnapshotMeta, Vote};
 use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
@@ -53,7 +54,12 @@ fn answer<T: Serialize>(value: &T) -> Result<Response<JsonMessage>, Status> {
 
 /// etcd's text for a request this member cannot serve because it does not lead.
 fn not_leader(leader_known: bool) -> String {
-    if leader_known { ERR_NOT_LEADER } else { ERR_NO_LEADER }.to_string()
+    if leader_known {
+        ERR_NOT_LEADER
+    } else {
+        ERR_NO_LEADER
+    }
+    .to_string()
 }
 
 #[tonic::async_trait]
@@ -139,11 +145,23 @@ impl RaftPeer for PeerService {
                 ..Default::default()
             },
             Ok(Ok(applied)) => ForwardResponse {
-                result_json: serde_json::to_vec(&applied.data).map_err(|e| Status::internal(e.to_string()))?,
+                result_json: serde_json::to_vec(&applied.data)
+                    .map_err(|e| Status::internal(e.to_string()))?,
                 error: String::new(),
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<JsonMessage>,
+    ) -> Result<Response<JsonMessage>, Status> {
+        let change = decode("membership change", &request.into_inner().json)?;
+        let applied = tokio::time::timeout(self.request_timeout, membership::apply(&self.raft, change))
+            .await
+            .unwrap_or_else(|_| Err(ERR_TIMEOUT.to_string()));
+        answer(&applied)
     }
 
     async fn read_index(

@@ -1,14 +1,18 @@
 //! Starts the real `concord` binary on ephemeral ports and drives it like a user would.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start and elect itself.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many of a server's last stderr lines are kept for failure messages.
+const LOG_TAIL_LINES: usize = 40;
 
 /// A running `concord` process with its own data directory.
 pub struct Server {
@@ -16,7 +20,23 @@ pub struct Server {
     /// `127.0.0.1:PORT` of the client listener.
     pub endpoint: String,
     data_dir: PathBuf,
-    extra_args: Vec<String>,
+    /// Every flag but `--data-dir`, as passed at launch (reused by [`Server::restart`]).
+    args: Vec<String>,
+    /// Whether (re)starting waits for `/health` (a lone member elects itself; a cluster member
+    /// cannot be healthy until a quorum is up).
+    await_health: bool,
+    log_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// A `concord` process that was spawned but has not reported its client address yet.
+pub struct Spawned {
+    /// `None` once handed over to a [`Server`]; killed on drop otherwise.
+    child: Option<Child>,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    await_health: bool,
+    listening: mpsc::Receiver<Result<String, ()>>,
+    log_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Server {
@@ -27,13 +47,40 @@ impl Server {
     }
 
     fn start_on(data_dir: PathBuf, extra_args: Vec<String>) -> Server {
+        let mut args: Vec<String> = [
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+            "--advertise-client-urls",
+            "http://127.0.0.1:0",
+            // A lone member needs no peers: listen anywhere, keep the default advertised URL
+            // (and with it etcd's default member ID).
+            "--listen-peer-urls",
+            "http://127.0.0.1:0",
+            "--log-level",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra_args);
+        Self::spawn(data_dir, args, true).listening()
+    }
+
+    /// Spawns `concord --data-dir <data_dir> <args...>` (the caller names every other flag,
+    /// client URLs included) and returns at once, so several members can boot together; call
+    /// [`Spawned::listening`] to wait for its client listener (and, with `await_health`, for
+    /// `/health`).
+    pub fn spawn(data_dir: PathBuf, args: Vec<String>, await_health: bool) -> Spawned {
+        let label = args
+            .iter()
+            .position(|a| a == "--name")
+            .and_then(|i| args.get(i + 1))
+            .map(|name| format!("concord {name}"))
+            .unwrap_or_else(|| "concord".to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
-            .args(["--advertise-client-urls", "http://127.0.0.1:0"])
-            .args(["--log-level", "info"])
-            .args(&extra_args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -41,38 +88,51 @@ impl Server {
             .expect("spawn concord");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel();
+        let log_tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let tail = log_tail.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("CONCORD_TEST_LOG").is_some() {
-                    eprintln!("[concord] {line}");
+                    eprintln!("[{label}] {line}");
                 }
                 if !sent
                     && line.contains("serving client requests")
                     && let Some(addr) = line.split("addr=").nth(1)
                 {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                    let _ = tx.send(Ok(addr.split_whitespace().next().unwrap_or("").to_string()));
                     sent = true;
                 }
+                let mut tail = tail.lock().unwrap();
+                if tail.len() == LOG_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            // stderr closed: the process exited (or closed it) before it ever listened.
+            if !sent {
+                let _ = tx.send(Err(()));
             }
         });
-        let endpoint = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!("concord did not start listening within {START_TIMEOUT:?} (exit: {status:?})");
-            }
-        };
-        let server = Server {
-            child,
-            endpoint,
+        Spawned {
+            child: Some(child),
             data_dir,
-            extra_args,
-        };
-        server.wait_healthy();
-        server
+            args,
+            await_health,
+            listening: rx,
+            log_tail,
+        }
+    }
+
+    /// The last lines the server wrote to stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        join_tail(&self.log_tail)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Blocks until `GET /health` answers `{"health":"true"}`.
@@ -194,13 +254,71 @@ impl Server {
         }
     }
 
-    /// Starts the server again on the same data directory (new port).
+    /// Starts the server again on the same data directory with the same flags (a new port when
+    /// it was started on port 0, the same URLs when they were given explicitly).
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let next = Server::start_on(self.data_dir.clone(), self.extra_args.clone());
+        let next = Server::spawn(self.data_dir.clone(), self.args.clone(), self.await_health).listening();
         *self = next;
     }
+}
+
+impl Spawned {
+    /// Waits until the server logs its client address; then, for a lone server, until it is
+    /// healthy. Panics with the server's last log lines if it exits first.
+    pub fn listening(mut self) -> Server {
+        let endpoint = match self.listening.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(addr)) => addr,
+            outcome => {
+                let status = self.child.take().and_then(|mut child| {
+                    let _ = child.kill();
+                    child.wait().ok()
+                });
+                // The reader thread may still be draining the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let why = match outcome {
+                    Err(_) => format!("did not start listening within {START_TIMEOUT:?}"),
+                    Ok(_) => "exited before listening".to_string(),
+                };
+                panic!(
+                    "concord {:?} {why} (exit: {status:?}); its log ends:\n{}",
+                    self.args,
+                    join_tail(&self.log_tail)
+                );
+            }
+        };
+        let server = Server {
+            child: self.child.take().expect("not handed over yet"),
+            endpoint,
+            data_dir: std::mem::take(&mut self.data_dir),
+            args: std::mem::take(&mut self.args),
+            await_health: self.await_health,
+            log_tail: self.log_tail.clone(),
+        };
+        if server.await_health {
+            server.wait_healthy();
+        }
+        server
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn join_tail(tail: &Mutex<VecDeque<String>>) -> String {
+    tail.lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Drop for Server {

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod client_kv;
+mod cluster;
 mod crash;
 mod etcdctl_kv;
 mod harness;

@@ -1,0 +1,182 @@
+//! etcd's `Cluster` service: MemberList, MemberAdd (voters and learners), MemberRemove,
+//! MemberUpdate, MemberPromote. Changes run on the leader (see `crate::raft::membership`).
+
+use std::sync::Arc;
+
+use concord_proto::etcdserverpb::cluster_server::Cluster;
+use concord_proto::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, ResponseHeader,
+};
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::config::Config;
+use crate::raft::MemberNode;
+use crate::raft::membership::{self, MembershipChange};
+use crate::raft::node::member_id;
+
+/// The Cluster service over the shared [`Api`].
+#[derive(Clone)]
+pub struct ClusterService {
+    api: Arc<Api>,
+    token: String,
+}
+
+impl ClusterService {
+    /// A Cluster service for `api`; added members get IDs derived with `config`'s cluster token.
+    pub fn new(api: Arc<Api>, config: &Config) -> Self {
+        ClusterService {
+            api,
+            token: config.initial_cluster_token.clone(),
+        }
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.api.header(self.api.store().current_revision()))
+    }
+
+    /// Every member, in ID order.
+    fn members(&self) -> Vec<Member> {
+        membership::members(&self.api.node().raft)
+            .into_iter()
+            .map(|(id, node, is_learner)| member(id, node, is_learner))
+            .collect()
+    }
+}
+
+fn member(id: u64, node: MemberNode, is_learner: bool) -> Member {
+    Member {
+        id,
+        name: node.name,
+        peer_ur_ls: node.peer_urls,
+        client_ur_ls: node.client_urls,
+        is_learner,
+    }
+}
+
+fn bad_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() {
+        return Err(Status::invalid_argument(
+            "etcdserver: member peer URLs are not provided",
+        ));
+    }
+    for url in urls {
+        let ok = url.starts_with("http://") || url.starts_with("https://");
+        if !ok {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: invalid peer URL {url}: URLs must start with http:// or https://"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        bad_urls(&req.peer_ur_ls)?;
+        let id = member_id(&req.peer_ur_ls, &self.token);
+        let node = MemberNode {
+            name: String::new(),
+            peer_urls: req.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+        };
+        let change = MembershipChange::Add {
+            id,
+            node: node.clone(),
+            learner: req.is_learner,
+        };
+        self.api.change_membership(change).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member(id, node, req.is_learner)),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        self.api.change_membership(MembershipChange::Remove(id)).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = request.into_inner();
+        bad_urls(&req.peer_ur_ls)?;
+        let change = MembershipChange::UpdatePeerUrls(req.id, req.peer_ur_ls);
+        self.api.change_membership(change).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        if request.into_inner().linearizable {
+            self.api.linearizable_read().await?;
+        }
+        Ok(Response::new(MemberListResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = request.into_inner().id;
+        self.api.change_membership(MembershipChange::Promote(id)).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
+    }
+}
+
+/// Publishes this member's name and client URLs to the cluster whenever they differ from
+/// what the membership records (every member but the bootstrapping one starts without them;
+/// a membership change racing with another can lose them). Runs until `stop` completes.
+pub async fn publish(api: Arc<Api>, config: &Config, stop: impl std::future::Future<Output = ()>) {
+    let me = api.node().identity.member_id;
+    let want = (config.name.clone(), config.advertise_client_urls.clone());
+    tokio::pin!(stop);
+    loop {
+        let known = membership::members(&api.node().raft)
+            .into_iter()
+            .find(|(id, _, _)| *id == me)
+            .map(|(_, node, _)| (node.name, node.client_urls));
+        let pause = if known.is_none() || known.as_ref() == Some(&want) {
+            std::time::Duration::from_secs(1)
+        } else {
+            let change = MembershipChange::Publish(me, want.0.clone(), want.1.clone());
+            match api.change_membership(change).await {
+                Ok(()) => tracing::info!(client_urls = ?want.1, "published this member's client URLs"),
+                Err(err) => tracing::debug!(error = %err, "publishing client URLs"),
+            }
+            std::time::Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

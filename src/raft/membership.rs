@@ -1,0 +1,152 @@
+//! Membership changes (etcd's `member add/remove/update/promote`, and each member publishing
+//! its client URLs), run by the leader through openraft's joint consensus.
+//!
+//! A follower hands a [`MembershipChange`] to the leader (`RaftPeer.ChangeMembership`); the
+//! leader checks it with etcd's rules and proposes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use serde::{Deserialize, Serialize};
+
+use super::{MemberNode, Raft};
+use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER};
+
+/// etcd's `etcdserver: member not found`.
+pub const ERR_MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+/// etcd's `etcdserver: Peer URLs already exists`.
+pub const ERR_PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+/// etcd's `etcdserver: can only promote a learner member`.
+pub const ERR_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+/// etcd's `etcdserver: can only promote a learner member which is in sync with leader`.
+pub const ERR_LEARNER_NOT_READY: &str =
+    "etcdserver: can only promote a learner member which is in sync with leader";
+
+/// A learner is in sync when it has at least this share of the leader's log (etcd's rule).
+const READY_PERCENT: u64 = 90;
+
+/// One change to the cluster's members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// A new member (a learner first; a voter too unless `learner`).
+    Add {
+        /// Its ID.
+        id: u64,
+        /// What is known of it.
+        node: MemberNode,
+        /// Stay a learner.
+        learner: bool,
+    },
+    /// Remove a member.
+    Remove(u64),
+    /// Replace a member's peer URLs.
+    UpdatePeerUrls(u64, Vec<String>),
+    /// A member's name and client URLs, published by the member itself when it starts.
+    Publish(u64, String, Vec<String>),
+    /// Make a learner that has caught up a voter.
+    Promote(u64),
+}
+
+/// Why a change was refused: an etcd error text.
+pub type ChangeError = String;
+
+/// The membership as this member sees it: (id, node, is learner), by id.
+pub fn members(raft: &Raft) -> Vec<(u64, MemberNode, bool)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| (*id, node.clone(), !voters.contains(id)))
+        .collect()
+}
+
+fn node_of(raft: &Raft, id: u64) -> Result<(MemberNode, bool), ChangeError> {
+    members(raft)
+        .into_iter()
+        .find(|(m, _, _)| *m == id)
+        .map(|(_, node, learner)| (node, learner))
+        .ok_or_else(|| ERR_MEMBER_NOT_FOUND.to_string())
+}
+
+/// True if learner `id` has replicated at least [`READY_PERCENT`] of the leader's log.
+fn in_sync(raft: &Raft, id: u64) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |log_id| log_id.index);
+    matched * 100 >= last * READY_PERCENT
+}
+
+/// One membership change at a time: openraft computes a change from the membership committed
+/// so far, so two changes in flight at once could lose one of them.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `change` on this member, which must be the leader.
+pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeError> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let changes: Vec<ChangeMembers<u64, MemberNode>> = match change {
+        MembershipChange::Add { id, node, learner } => {
+            let taken = members(raft)
+                .iter()
+                .any(|(_, n, _)| n.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
+            if taken {
+                return Err(ERR_PEER_URL_EXISTS.into());
+            }
+            let mut changes = vec![ChangeMembers::AddNodes(BTreeMap::from([(id, node)]))];
+            if !learner {
+                changes.push(ChangeMembers::AddVoterIds(BTreeSet::from([id])));
+            }
+            changes
+        }
+        MembershipChange::Remove(id) => {
+            let (_, learner) = node_of(raft, id)?;
+            let mut changes = Vec::new();
+            if !learner {
+                changes.push(ChangeMembers::RemoveVoters(BTreeSet::from([id])));
+            }
+            changes.push(ChangeMembers::RemoveNodes(BTreeSet::from([id])));
+            changes
+        }
+        MembershipChange::UpdatePeerUrls(id, peer_urls) => {
+            let (node, _) = node_of(raft, id)?;
+            let node = MemberNode { peer_urls, ..node };
+            vec![ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))]
+        }
+        MembershipChange::Publish(id, name, client_urls) => {
+            let (node, _) = node_of(raft, id)?;
+            let node = MemberNode {
+                name,
+                client_urls,
+                ..node
+            };
+            vec![ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))]
+        }
+        MembershipChange::Promote(id) => {
+            let (_, learner) = node_of(raft, id)?;
+            if !learner {
+                return Err(ERR_NOT_LEARNER.into());
+            }
+            if !in_sync(raft, id) {
+                return Err(ERR_LEARNER_NOT_READY.into());
+            }
+            vec![ChangeMembers::AddVoterIds(BTreeSet::from([id]))]
+        }
+    };
+    for change in changes {
+        raft.change_membership(change, false)
+            .await
+            .map_err(|err| match err.forward_to_leader() {
+                Some(f) if f.leader_id.is_some() => ERR_NOT_LEADER.to_string(),
+                Some(_) => ERR_NO_LEADER.to_string(),
+                None => format!("etcdserver: {err}"),
+            })?;
+    }
+    Ok(())
+}
