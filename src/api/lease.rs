@@ -4,12 +4,14 @@
 //! Grants and revokes go through Raft. Keepalives are answered by the leader's clock
 //! ([`Lessor::renew`](crate::lease::Lessor::renew)) without a Raft round trip, except when the
 //! lease's recorded remaining time must first be raised back to its full TTL (see
-//! `crate::lease::lessor`).
+//! `crate::lease::lessor`). A follower relays keepalives, TimeToLive and Leases to the leader's
+//! client API, as etcd does.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::lease_server::Lease;
 use concord_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -21,6 +23,7 @@ use concord_proto::raftpb::{command::Request as Cmd, command_response::Response 
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
@@ -28,6 +31,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::{LeaseIdGenerator, MAX_TTL_SECS, Renewal, expiry, min_ttl_secs};
 use crate::mvcc::MvccError;
+use crate::raft::membership;
 
 /// How many times a grant retries with a fresh server-chosen ID that turned out to be taken.
 const GRANT_ATTEMPTS: usize = 3;
@@ -60,6 +64,23 @@ impl LeaseService {
         Some(self.api.header(self.api.store().current_revision()))
     }
 
+    /// Where requests that need the leader's clock go: here, or the leader's client API.
+    fn clock(&self) -> Result<Clock, Error> {
+        let node = self.api.node();
+        let (is_leader, leader) = node.with_metrics(|m| (m.state.is_leader(), m.current_leader));
+        if is_leader {
+            return Ok(Clock::Here);
+        }
+        let leader = leader.ok_or(Error::NoLeader)?;
+        let url = membership::members(&node.raft)
+            .into_iter()
+            .find(|(id, _, _)| *id == leader)
+            .and_then(|(_, member, _)| member.client_urls.first().cloned())
+            .ok_or(Error::NoLeader)?;
+        let channel = node.peers.channel(&url).map_err(Error::Raft)?;
+        Ok(Clock::Leader(LeaseClient::new(channel)))
+    }
+
     /// Waits until this member's lease clock runs for the term it leads.
     async fn await_clock(&self) -> Result<(), Error> {
         let node = self.api.node();
@@ -88,8 +109,22 @@ impl LeaseService {
         }
     }
 
-    /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist.
+    /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist. A follower
+    /// relays it to the leader, whose clock it is.
     async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        if let Clock::Leader(mut leader) = self.clock()? {
+            let request = LeaseKeepAliveRequest { id };
+            let mut answers = leader
+                .lease_keep_alive(tokio_stream::iter([request]))
+                .await
+                .map_err(relay_error)?
+                .into_inner();
+            return answers
+                .message()
+                .await
+                .map_err(relay_error)?
+                .ok_or_else(|| Error::Raft("the leader closed the keepalive stream".into()));
+        }
         self.await_clock().await?;
         let ttl = match self.api.node().lessor.renew(id) {
             Renewal::NotFound => 0,
@@ -109,6 +144,22 @@ impl LeaseService {
             id,
             ttl,
         })
+    }
+}
+
+/// Where lease requests that need the leader's clock are served.
+enum Clock {
+    /// This member leads.
+    Here,
+    /// Another member leads: relay to its client API.
+    Leader(LeaseClient<Channel>),
+}
+
+/// A relayed request's failure, as this member's client should see it.
+fn relay_error(status: Status) -> Error {
+    match status.code() {
+        tonic::Code::Unavailable => Error::NoLeader,
+        _ => Error::Raft(format!("relaying to the leader: {}", status.message())),
     }
 }
 
@@ -190,6 +241,12 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
+        if let Clock::Leader(mut leader) = self.clock()? {
+            return leader
+                .lease_time_to_live(req)
+                .await
+                .map_err(|s| relay_error(s).into());
+        }
         let resp = match self.api.node().lessor.time_to_live(req.id, req.keys) {
             Some(found) => LeaseTimeToLiveResponse {
                 header: self.header_now(),
@@ -211,8 +268,14 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        if let Clock::Leader(mut leader) = self.clock()? {
+            return leader
+                .lease_leases(request.into_inner())
+                .await
+                .map_err(|s| relay_error(s).into());
+        }
         let leases = self
             .api
             .node()

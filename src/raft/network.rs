@@ -38,33 +38,36 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The cached channels to other members, by peer URL.
+/// The cached channels to other members, by URL (peer URLs for Raft, client URLs for
+/// requests a follower relays to the leader's client API).
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Peers {
+    /// The cached channel to `url` (created, lazily connecting, on first use).
+    pub fn channel(&self, url: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(url) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad URL {url}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+
     /// A client for the member reachable at `node`'s first peer URL.
     pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
         let url = node
             .peer_urls
             .first()
             .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match channels.get(url) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(url.clone(), channel.clone());
-                channel
-            }
-        };
-        Ok(RaftPeerClient::new(channel)
+        Ok(RaftPeerClient::new(self.channel(url)?)
             .max_decoding_message_size(PEER_MESSAGE_BYTES)
             .max_encoding_message_size(PEER_MESSAGE_BYTES))
     }
