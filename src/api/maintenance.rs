@@ -13,6 +13,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::error::Error;
+use crate::raft::membership;
 
 /// The etcd API version Concord implements, reported by Status.
 pub const SERVER_VERSION: &str = "3.5.0";
@@ -29,6 +31,9 @@ impl MaintenanceService {
         Self { api }
     }
 }
+
+/// etcd's `etcdserver: bad leader transferee`.
+const ERR_BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not implemented by concord yet"))
@@ -58,6 +63,10 @@ impl Maintenance for MaintenanceService {
                 m.last_applied.as_ref().map_or(0, |id| id.index),
             )
         });
+        let me = node.identity.member_id;
+        let is_learner = membership::members(&node.raft)
+            .iter()
+            .any(|(id, _, learner)| *id == me && *learner);
         let db_size = std::fs::metadata(&node.db_path)
             .map(|m| m.len() as i64)
             .unwrap_or(0);
@@ -74,7 +83,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: applied,
             errors: Vec::new(),
             db_size_in_use,
-            is_learner: false,
+            is_learner,
         }))
     }
 
@@ -102,11 +111,37 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Snapshot"))
     }
 
+    /// etcd's MoveLeader: sent to the leader (etcdctl finds it), hands leadership to a voter
+    /// and waits until it has taken over.
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = request.into_inner().target_id;
+        let raft = &self.api.node().raft;
+        if !self.api.node().with_metrics(|m| m.state.is_leader()) {
+            return Err(Error::NotLeader.into());
+        }
+        let voter = membership::members(raft)
+            .iter()
+            .any(|(id, _, learner)| *id == target && !learner);
+        if !voter {
+            return Err(Status::failed_precondition(ERR_BAD_TRANSFEREE));
+        }
+        if target != self.api.node().identity.member_id {
+            raft.trigger()
+                .transfer_leader(target)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+            let moved = raft
+                .wait(Some(self.api.request_timeout()))
+                .current_leader(target, "move leader")
+                .await;
+            moved.map_err(|_| Error::Timeout)?;
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.api.header(self.api.store().current_revision())),
+        }))
     }
 
     async fn downgrade(
