@@ -14,6 +14,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many of a server's last stderr lines are kept for failure messages.
 const LOG_TAIL_LINES: usize = 40;
 
+/// How many stderr lines of one run are kept whole for [`Server::log_contains`] (later ones
+/// only reach the tail).
+const LOG_KEEP_LINES: usize = 100_000;
+
 /// A running `concord` process with its own data directory.
 pub struct Server {
     child: Child,
@@ -26,6 +30,8 @@ pub struct Server {
     /// cannot be healthy until a quorum is up).
     await_health: bool,
     log_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Every line of this run's stderr (up to [`LOG_KEEP_LINES`]).
+    log_all: Arc<Mutex<Vec<String>>>,
 }
 
 /// A `concord` process that was spawned but has not reported its client address yet.
@@ -37,6 +43,7 @@ pub struct Spawned {
     await_health: bool,
     listening: mpsc::Receiver<Result<String, ()>>,
     log_tail: Arc<Mutex<VecDeque<String>>>,
+    log_all: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -90,6 +97,8 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let log_tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let tail = log_tail.clone();
+        let log_all: Arc<Mutex<Vec<String>>> = Arc::default();
+        let all = log_all.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
@@ -103,6 +112,12 @@ impl Server {
                 {
                     let _ = tx.send(Ok(addr.split_whitespace().next().unwrap_or("").to_string()));
                     sent = true;
+                }
+                {
+                    let mut all = all.lock().unwrap();
+                    if all.len() < LOG_KEEP_LINES {
+                        all.push(line.clone());
+                    }
                 }
                 let mut tail = tail.lock().unwrap();
                 if tail.len() == LOG_TAIL_LINES {
@@ -122,12 +137,24 @@ impl Server {
             await_health,
             listening: rx,
             log_tail,
+            log_all,
         }
     }
 
     /// The last lines the server wrote to stderr, for failure messages.
     pub fn log_tail(&self) -> String {
         join_tail(&self.log_tail)
+    }
+
+    /// The lines of this run's stderr (since the last start or restart) that contain `needle`.
+    pub fn log_lines_containing(&self, needle: &str) -> Vec<String> {
+        self.log_all
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// Whether the process is still running.
@@ -295,6 +322,7 @@ impl Spawned {
             args: std::mem::take(&mut self.args),
             await_health: self.await_health,
             log_tail: self.log_tail.clone(),
+            log_all: self.log_all.clone(),
         };
         if server.await_health {
             server.wait_healthy();
