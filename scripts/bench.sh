@@ -5,6 +5,7 @@
 #   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
+#   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
 #   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
 #   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
 #                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
@@ -17,6 +18,7 @@ WORKLOAD=${WORKLOAD:-put}
 CLIENTS=${CLIENTS:-"1 64"}
 TOTAL=${TOTAL:-40000}
 WATCHERS=${WATCHERS:-1000}
+MEMBERS=${MEMBERS:-1}       # 3: a 3-member cluster of each; clients spread over the members
 if [ "$WORKLOAD" = watch ]; then CLIENTS=1; TOTAL_1=${TOTAL_WATCH:-2000}; fi
 TOTAL_1=${TOTAL_1:-5000}   # a lone client is slow: fewer ops keep the run short
 
@@ -36,21 +38,30 @@ wait_port() { # host:port
     echo "nothing listens on $1" >&2; return 1
 }
 
-start() { # name -> sets ENDPOINT
-    local name=$1 port=$2 peer=$3
-    local common=(--name default --data-dir "$WORK/$name"
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port"
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer"
-        --initial-cluster "default=http://127.0.0.1:$peer")
-    if [ "$name" = etcd ]; then
-        etcd "${common[@]}" >"$WORK/$name.log" 2>&1 &
-    else
-        target/release/concord "${common[@]}" >"$WORK/$name.log" 2>&1 &
-    fi
-    PIDS+=($!)
-    wait_port "127.0.0.1:$port"
-    sleep 1   # let it elect itself
-    ENDPOINT="http://127.0.0.1:$port"
+start() { # name client-port peer-port -> sets ENDPOINT (MEMBERS members, ports +10 apart)
+    local name=$1 port=$2 peer=$3 cluster="" endpoints=""
+    for m in $(seq 0 $((MEMBERS - 1))); do
+        cluster+="${cluster:+,}m$m=http://127.0.0.1:$((peer + 10 * m))"
+    done
+    ROUND_PIDS=()
+    for m in $(seq 0 $((MEMBERS - 1))); do
+        local cp=$((port + 10 * m)) pp=$((peer + 10 * m))
+        local common=(--name "m$m" --data-dir "$WORK/$name/m$m"
+            --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp"
+            --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp"
+            --initial-cluster "$cluster")
+        if [ "$name" = etcd ]; then
+            etcd "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
+        else
+            target/release/concord "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
+        fi
+        PIDS+=($!)
+        ROUND_PIDS+=($!)
+        endpoints+="${endpoints:+,}http://127.0.0.1:$cp"
+    done
+    for m in $(seq 0 $((MEMBERS - 1))); do wait_port "127.0.0.1:$((port + 10 * m))"; done
+    sleep $((MEMBERS == 1 ? 1 : 3))   # let them elect a leader
+    ENDPOINT=$endpoints
 }
 
 # Rounds alternate etcd and Concord so that the machine's drift (this disk's fsync rate varies
@@ -67,7 +78,7 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "$line"
             RATES[$server-$c]+="$(sed -n 's/.*_per_sec=\([0-9]*\).*/\1/p' <<<"$line") "
         done
-        kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+        kill "${ROUND_PIDS[@]}"; wait "${ROUND_PIDS[@]}" 2>/dev/null || true
         rm -rf "${WORK:?}/$server"
     done
 done

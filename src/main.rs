@@ -9,15 +9,14 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     // Concord's own logs at --log-level; dependencies (openraft is chatty) only warnings.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| {
-            // openraft warns on every failed heartbeat (every 50-100 ms while a peer is down);
-            // the replication warnings say the same with backoff.
-            EnvFilter::new(format!(
-                "warn,openraft::core::heartbeat=error,concord={}",
-                flags.log_level
-            ))
-        });
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // openraft warns on every failed heartbeat (every 50-100 ms while a peer is down);
+        // the replication warnings say the same with backoff.
+        EnvFilter::new(format!(
+            "warn,openraft::core::heartbeat=error,concord={}",
+            flags.log_level
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

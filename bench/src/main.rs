@@ -26,7 +26,7 @@ enum Workload {
 #[derive(Debug, Parser)]
 #[command(about = "Load an etcd-compatible endpoint and report throughput and latency")]
 struct Args {
-    /// Endpoint, e.g. http://127.0.0.1:2379.
+    /// Endpoint, e.g. http://127.0.0.1:2379, or several separated by commas.
     #[arg(long)]
     endpoint: String,
     /// The operation every client repeats.
@@ -112,26 +112,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Workload::Watch = args.workload {
-        return watch::run(
-            &args.endpoint,
-            args.watchers,
-            args.total,
-            args.value_size,
-            &args.label,
-        )
-        .await;
+        let first = args.endpoint.split(',').next().unwrap_or_default();
+        return watch::run(first, args.watchers, args.total, args.value_size, &args.label).await;
     }
     anyhow::ensure!(
         args.clients > 0 && args.total >= args.clients,
         "need 0 < clients <= total"
     );
-    let connections = args.clients.div_ceil(CLIENTS_PER_CONNECTION);
+    // Several comma-separated endpoints (the members of a cluster): connections go round-robin.
+    let endpoints: Vec<&str> = args.endpoint.split(',').collect();
+    let connections = args.clients.div_ceil(CLIENTS_PER_CONNECTION).max(endpoints.len());
     let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let channel = Channel::from_shared(args.endpoint.clone())?
+    for c in 0..connections {
+        let endpoint = endpoints[c % endpoints.len()];
+        let channel = Channel::from_shared(endpoint.to_string())?
             .connect()
             .await
-            .with_context(|| format!("connect to {}", args.endpoint))?;
+            .with_context(|| format!("connect to {endpoint}"))?;
         channels.push(channel);
     }
     if let Workload::Get = args.workload {
