@@ -26,7 +26,6 @@ use crate::error::Error;
 use crate::mvcc::MvccStore;
 use crate::raft::membership::{self, MembershipChange};
 use crate::raft::{Command, CommandResult, RaftNode};
-use openraft::async_runtime::WatchReceiver;
 
 /// What every service needs: the Raft member, its store and the request limits.
 pub struct Api {
@@ -165,21 +164,20 @@ impl Api {
             .await
             .map_err(|_| Error::Timeout)?
     }
-}
 
-impl Api {
     /// Runs a membership change on the leader (forwarding it there from a follower).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Error> {
         let raft = &self.node.raft;
         let run = async {
-            let is_leader = raft.metrics().borrow_watched().state.is_leader();
+            // Copy what is needed: `members` reads the metrics again, and nesting two reads
+            // of the metrics channel could deadlock against Raft publishing new metrics.
+            let (is_leader, leader_id) = self
+                .node
+                .with_metrics(|m| (m.state.is_leader(), m.current_leader));
             if is_leader {
                 return membership::apply(raft, change).await.map_err(membership_error);
             }
-            let leader = raft
-                .metrics()
-                .borrow_watched()
-                .current_leader
+            let leader = leader_id
                 .and_then(|id| {
                     membership::members(raft)
                         .into_iter()
