@@ -85,6 +85,7 @@ pub async fn run(
     let mut servers = Vec::new();
     let peer_service = PeerService::new(
         api.node().raft.clone(),
+        api.node().identity.cluster_id,
         api.node().snapshot_dir.clone(),
         api.request_timeout(),
     );

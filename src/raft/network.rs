@@ -101,6 +101,18 @@ impl Peers {
         serde_json::from_slice::<Result<(), String>>(&answer.json).map_err(|e| e.to_string())?
     }
 
+    /// Asks the member at `node` for the cluster's ID.
+    pub async fn cluster_id(&self, node: &MemberNode) -> Result<u64, String> {
+        let mut client = self.client(node)?;
+        let mut request = tonic::Request::new(concord_proto::raftpb::ClusterInfoRequest {});
+        request.set_timeout(CONNECT_TIMEOUT);
+        let answer = client
+            .cluster_info(request)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        Ok(answer.into_inner().cluster_id)
+    }
+
     /// Asks the leader at `leader` for a read index.
     pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, String> {
         let mut client = self.client(leader)?;

@@ -104,8 +104,13 @@ fn storage(err: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(err.to_string()))
 }
 
+/// How long a joining member keeps asking the existing members for the cluster's ID.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads the stored identity, or derives and stores it (atomically, durably) on first start.
-fn load_identity(path: &Path, config: &Config) -> Result<Identity, Error> {
+/// A new cluster's ID comes from its initial members; a member joining an existing cluster
+/// asks the others for it (etcd's rule: members added later do not change the cluster's ID).
+async fn load_identity(path: &Path, config: &Config, peers: &Peers) -> Result<Identity, Error> {
     match std::fs::read(path) {
         Ok(bytes) => {
             return serde_json::from_slice(&bytes).map_err(|e| storage(format!("{}: {e}", path.display())));
@@ -113,18 +118,57 @@ fn load_identity(path: &Path, config: &Config) -> Result<Identity, Error> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(storage(format!("{}: {err}", path.display()))),
     }
-    let ids: Vec<u64> = config
-        .initial_cluster
-        .iter()
-        .map(|m| member_id(&m.peer_urls, &config.initial_cluster_token))
-        .collect();
+    let member_id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+    let cluster_id = match config.initial_cluster_state {
+        ClusterState::New => {
+            let ids: Vec<u64> = config
+                .initial_cluster
+                .iter()
+                .map(|m| self::member_id(&m.peer_urls, &config.initial_cluster_token))
+                .collect();
+            cluster_id(&ids)
+        }
+        ClusterState::Existing => existing_cluster_id(config, member_id, peers).await?,
+    };
     let identity = Identity {
-        member_id: member_id(&config.advertise_peer_urls, &config.initial_cluster_token),
-        cluster_id: cluster_id(&ids),
+        member_id,
+        cluster_id,
         name: config.name.clone(),
     };
     write_atomically(path, &serde_json::to_vec(&identity).map_err(storage)?)?;
     Ok(identity)
+}
+
+/// Asks the other members in `--initial-cluster` for the cluster's ID until one answers.
+async fn existing_cluster_id(config: &Config, me: u64, peers: &Peers) -> Result<u64, Error> {
+    let others: Vec<MemberNode> = initial_members(config)
+        .into_iter()
+        .filter(|(id, _)| *id != me)
+        .map(|(_, node)| node)
+        .collect();
+    if others.is_empty() {
+        return Err(Error::Config(
+            "--initial-cluster-state existing needs the existing members in --initial-cluster".into(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        for node in &others {
+            match peers.cluster_id(node).await {
+                Ok(id) => {
+                    tracing::info!(cluster = %format!("{id:x}"), from = %node.name, "joining an existing cluster");
+                    return Ok(id);
+                }
+                Err(err) => tracing::debug!(member = %node.name, error = %err, "asking for the cluster ID"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Config(format!(
+                "no existing member in --initial-cluster answered within {JOIN_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
@@ -185,7 +229,8 @@ impl RaftNode {
                 old_wal.display()
             )));
         }
-        let identity = load_identity(&member_dir.join("identity.json"), config)?;
+        let peers = Peers::default();
+        let identity = load_identity(&member_dir.join("identity.json"), config, &peers).await?;
         let log_store = LogStore::open(&member_dir.join("wal"))?;
 
         let db_path = member_dir.join("db.redb");

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use concord_proto::raftpb::raft_peer_server::RaftPeer;
 use concord_proto::raftpb::{
-    self, AppendEntriesMessage, ForwardResponse, JsonMessage, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk,
+    self, AppendEntriesMessage, ClusterInfoRequest, ClusterInfoResponse, ForwardResponse, JsonMessage,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::ReadPolicy;
 use openraft::raft::AppendEntriesRequest;
@@ -27,16 +27,18 @@ use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    cluster_id: u64,
     snapshot_dir: PathBuf,
     request_timeout: Duration,
 }
 
 impl PeerService {
-    /// A peer service over `raft`; incoming snapshots are written into `snapshot_dir`; forwarded
-    /// requests give up after `request_timeout`.
-    pub fn new(raft: Raft, snapshot_dir: PathBuf, request_timeout: Duration) -> Self {
+    /// A peer service over `raft` in cluster `cluster_id`; incoming snapshots are written into
+    /// `snapshot_dir`; forwarded requests give up after `request_timeout`.
+    pub fn new(raft: Raft, cluster_id: u64, snapshot_dir: PathBuf, request_timeout: Duration) -> Self {
         PeerService {
             raft,
+            cluster_id,
             snapshot_dir,
             request_timeout,
         }
@@ -162,6 +164,15 @@ impl RaftPeer for PeerService {
             .await
             .unwrap_or_else(|_| Err(ERR_TIMEOUT.to_string()));
         answer(&applied)
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: self.cluster_id,
+        }))
     }
 
     async fn read_index(

@@ -226,6 +226,17 @@ async fn learner_joins_catches_up_and_is_promoted() {
     }
     await_voters(&cluster, &[0, 1, 2, new], Duration::from_secs(10)).await;
 
+    // The joined member belongs to the same cluster (members added later do not change the
+    // cluster's ID, as with etcd).
+    let cluster_ids: Vec<u64> = [0, 1, 2, new]
+        .iter()
+        .map(|&i| cluster.status(i).expect("status").cluster_id)
+        .collect();
+    assert!(
+        cluster_ids.iter().all(|&c| c == cluster_ids[0]),
+        "cluster IDs {cluster_ids:x?}"
+    );
+
     // A voter cannot be promoted again.
     let stderr = cluster.member(new).ctl_err(&["member", "promote", &id]);
     assert!(
