@@ -6,4 +6,5 @@
 mod basic;
 pub mod harness;
 mod lease;
+mod linearizable;
 mod membership;
