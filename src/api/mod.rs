@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::mvcc::MvccStore;
 use crate::raft::membership::{self, MembershipChange};
-use crate::raft::{Command, CommandResult, RaftNode};
+use crate::raft::{Command, CommandResult, MemberNode, RaftNode};
 
 /// What every service needs: the Raft member, its store and the request limits.
 pub struct Api {
@@ -102,14 +102,7 @@ impl Api {
             loop {
                 let leader = match self.node.raft.client_write(command.clone()).await {
                     Ok(applied) => return Ok(applied.data),
-                    Err(err) => match err.forward_to_leader() {
-                        Some(ForwardToLeader {
-                            leader_node: Some(leader),
-                            ..
-                        }) => leader.clone(),
-                        Some(_) => return Err(Error::NoLeader),
-                        None => return Err(Error::Raft(err.to_string())),
-                    },
+                    Err(err) => leader_to_ask(err.forward_to_leader(), &err)?,
                 };
                 match self.node.peers.forward(&leader, &command).await {
                     // The leader we know of is gone; nothing was sent, so asking again (a
@@ -140,14 +133,7 @@ impl Api {
             let index = loop {
                 let leader = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                     Ok(_) => return Ok(()),
-                    Err(err) => match err.forward_to_leader() {
-                        Some(ForwardToLeader {
-                            leader_node: Some(leader),
-                            ..
-                        }) => leader.clone(),
-                        Some(_) => return Err(Error::NoLeader),
-                        None => return Err(Error::Raft(err.to_string())),
-                    },
+                    Err(err) => leader_to_ask(err.forward_to_leader(), &err)?,
                 };
                 match self.node.peers.read_index(&leader).await {
                     Err(text) if is_connect_failure(&text) => tokio::time::sleep(RETRY_PAUSE).await,
@@ -204,6 +190,21 @@ fn membership_error(text: String) -> Error {
         membership::ERR_NOT_LEARNER => Error::NotLearner,
         membership::ERR_LEARNER_NOT_READY => Error::LearnerNotReady,
         _ => peer_error(text),
+    }
+}
+
+/// The leader to hand a request to, after Raft refused it here with `err`.
+fn leader_to_ask(
+    forward: Option<&ForwardToLeader<crate::raft::TypeConfig>>,
+    err: &impl std::fmt::Display,
+) -> Result<MemberNode, Error> {
+    match forward {
+        Some(ForwardToLeader {
+            leader_node: Some(leader),
+            ..
+        }) => Ok(leader.clone()),
+        Some(_) => Err(Error::NoLeader),
+        None => Err(Error::Raft(err.to_string())),
     }
 }
 

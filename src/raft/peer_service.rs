@@ -11,6 +11,7 @@ use concord_proto::raftpb::{
     ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::ReadPolicy;
+use openraft::errors::ForwardToLeader;
 use openraft::raft::AppendEntriesRequest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec::decode_entry;
 use super::membership;
 use super::snapshot::SnapshotFile;
-use super::{Command, Raft, SnapshotMeta, Vote};
+use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
 
 /// Serves other members.
@@ -54,14 +55,14 @@ fn answer<T: Serialize>(value: &T) -> Result<Response<JsonMessage>, Status> {
     Ok(Response::new(JsonMessage { json }))
 }
 
-/// etcd's text for a request this member cannot serve because it does not lead.
-fn not_leader(leader_known: bool) -> String {
-    if leader_known {
-        ERR_NOT_LEADER
-    } else {
-        ERR_NO_LEADER
+/// etcd's text for a request Raft refused here with `err`: `not leader` / `no leader` when
+/// this member does not lead.
+fn refusal(forward: Option<&ForwardToLeader<TypeConfig>>, err: &impl std::fmt::Display) -> String {
+    match forward {
+        Some(forward) if forward.leader_id.is_some() => ERR_NOT_LEADER.to_string(),
+        Some(_) => ERR_NO_LEADER.to_string(),
+        None => format!("etcdserver: raft: {err}"),
     }
-    .to_string()
 }
 
 #[tonic::async_trait]
@@ -140,10 +141,7 @@ impl RaftPeer for PeerService {
                 ..Default::default()
             },
             Ok(Err(err)) => ForwardResponse {
-                error: match err.forward_to_leader() {
-                    Some(forward) => not_leader(forward.leader_id.is_some()),
-                    None => format!("etcdserver: raft: {err}"),
-                },
+                error: refusal(err.forward_to_leader(), &err),
                 ..Default::default()
             },
             Ok(Ok(applied)) => ForwardResponse {
@@ -189,10 +187,7 @@ impl RaftPeer for PeerService {
                 ..Default::default()
             },
             Ok(Err(err)) => ReadIndexResponse {
-                error: match err.forward_to_leader() {
-                    Some(forward) => not_leader(forward.leader_id.is_some()),
-                    None => format!("etcdserver: raft: {err}"),
-                },
+                error: refusal(err.forward_to_leader(), &err),
                 ..Default::default()
             },
             Ok(Ok(read_log_id)) => ReadIndexResponse {
