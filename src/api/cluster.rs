@@ -1,6 +1,7 @@
 //! etcd's `Cluster` service: MemberList, MemberAdd (voters and learners), MemberRemove,
 //! MemberUpdate, MemberPromote. Changes run on the leader (see `crate::raft::membership`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use concord_proto::etcdserverpb::cluster_server::Cluster;
@@ -35,6 +36,31 @@ impl ClusterService {
 
     fn header(&self) -> Option<ResponseHeader> {
         Some(self.api.header(self.api.store().current_revision()))
+    }
+
+    /// Waits (bounded) until this member's view of the membership satisfies `applied`: a
+    /// change forwarded to the leader reaches a follower a moment after the leader answers, and
+    /// the response lists the members as they are after the change (as etcd's does).
+    async fn await_view(&self, applied: impl Fn(&BTreeMap<u64, (MemberNode, bool)>) -> bool + Send + Sync) {
+        let view = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
+            let membership = m.membership_config.membership();
+            let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+            let members: BTreeMap<u64, (MemberNode, bool)> = membership
+                .nodes()
+                .map(|(id, node)| (*id, (node.clone(), !voters.contains(id))))
+                .collect();
+            applied(&members)
+        };
+        let waited = self
+            .api
+            .node()
+            .raft
+            .wait(Some(self.api.request_timeout()))
+            .metrics(view, "membership change applied here")
+            .await;
+        if waited.is_err() {
+            tracing::warn!("membership change not visible on this member yet");
+        }
     }
 
     /// Every member, in ID order.
@@ -93,6 +119,7 @@ impl Cluster for ClusterService {
             learner: req.is_learner,
         };
         self.api.change_membership(change).await?;
+        self.await_view(|m| m.contains_key(&id)).await;
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(member(id, node, req.is_learner)),
@@ -106,6 +133,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         self.api.change_membership(MembershipChange::Remove(id)).await?;
+        self.await_view(|m| !m.contains_key(&id)).await;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members(),
@@ -118,8 +146,11 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let req = request.into_inner();
         bad_urls(&req.peer_ur_ls)?;
+        let (id, urls) = (req.id, req.peer_ur_ls.clone());
         let change = MembershipChange::UpdatePeerUrls(req.id, req.peer_ur_ls);
         self.api.change_membership(change).await?;
+        self.await_view(|m| m.get(&id).is_some_and(|(node, _)| node.peer_urls == urls))
+            .await;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: self.members(),
@@ -145,6 +176,8 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
         self.api.change_membership(MembershipChange::Promote(id)).await?;
+        self.await_view(|m| m.get(&id).is_some_and(|(_, learner)| !learner))
+            .await;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members(),
