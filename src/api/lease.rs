@@ -65,13 +65,27 @@ impl LeaseService {
     }
 
     /// Where requests that need the leader's clock go: here, or the leader's client API.
-    fn clock(&self) -> Result<Clock, Error> {
+    /// A leader that has just started may not have published its client URLs yet: this waits
+    /// for them up to `promotion_wait`.
+    async fn clock(&self) -> Result<Clock, Error> {
         let node = self.api.node();
         let (is_leader, leader) = node.with_metrics(|m| (m.state.is_leader(), m.current_leader));
         if is_leader {
             return Ok(Clock::Here);
         }
         let leader = leader.ok_or(Error::NoLeader)?;
+        let published = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
+            m.current_leader != Some(leader)
+                || m.membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(id, n)| *id == leader && !n.client_urls.is_empty())
+        };
+        let _ = node
+            .raft
+            .wait(Some(self.promotion_wait))
+            .metrics(published, "the leader's client URLs")
+            .await;
         let url = membership::members(&node.raft)
             .into_iter()
             .find(|(id, _, _)| *id == leader)
@@ -112,7 +126,7 @@ impl LeaseService {
     /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist. A follower
     /// relays it to the leader, whose clock it is.
     async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
-        if let Clock::Leader(mut leader) = self.clock()? {
+        if let Clock::Leader(mut leader) = self.clock().await? {
             let request = LeaseKeepAliveRequest { id };
             let mut answers = leader
                 .lease_keep_alive(tokio_stream::iter([request]))
@@ -241,7 +255,7 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
-        if let Clock::Leader(mut leader) = self.clock()? {
+        if let Clock::Leader(mut leader) = self.clock().await? {
             return leader
                 .lease_time_to_live(req)
                 .await
@@ -270,7 +284,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        if let Clock::Leader(mut leader) = self.clock()? {
+        if let Clock::Leader(mut leader) = self.clock().await? {
             return leader
                 .lease_leases(request.into_inner())
                 .await

@@ -171,20 +171,18 @@ async fn existing_cluster_id(config: &Config, me: u64, peers: &Peers) -> Result<
     }
 }
 
+/// The bootstrap membership. Every member must initialize with exactly the same one (its
+/// entry at log index 0 is never replicated), so it holds only what `--initial-cluster` says;
+/// each member then publishes its client URLs through Raft (`api::cluster::publish`).
 fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
     config
         .initial_cluster
         .iter()
         .map(|InitialMember { name, peer_urls }| {
-            let client_urls = if *name == config.name {
-                config.advertise_client_urls.clone()
-            } else {
-                Vec::new()
-            };
             let node = MemberNode {
                 name: name.clone(),
                 peer_urls: peer_urls.clone(),
-                client_urls,
+                client_urls: Vec::new(),
             };
             (member_id(peer_urls, &config.initial_cluster_token), node)
         })
