@@ -8,7 +8,7 @@ use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, ResponseHeader,
+    MemberUpdateResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -34,20 +34,14 @@ impl ClusterService {
         }
     }
 
-    fn header(&self) -> Option<ResponseHeader> {
-        Some(self.api.header(self.api.store().current_revision()))
-    }
-
     /// Waits (bounded) until this member's view of the membership satisfies `applied`: a
     /// change forwarded to the leader reaches a follower a moment after the leader answers, and
     /// the response lists the members as they are after the change (as etcd's does).
     async fn await_view(&self, applied: impl Fn(&BTreeMap<u64, (MemberNode, bool)>) -> bool + Send + Sync) {
         let view = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
-            let membership = m.membership_config.membership();
-            let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-            let members: BTreeMap<u64, (MemberNode, bool)> = membership
-                .nodes()
-                .map(|(id, node)| (*id, (node.clone(), !voters.contains(id))))
+            let members: BTreeMap<u64, (MemberNode, bool)> = membership::members_in(m)
+                .into_iter()
+                .map(|(id, node, learner)| (id, (node, learner)))
                 .collect();
             applied(&members)
         };
@@ -121,7 +115,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(change).await?;
         self.await_view(|m| m.contains_key(&id)).await;
         Ok(Response::new(MemberAddResponse {
-            header: self.header(),
+            header: self.api.current_header(),
             member: Some(member(id, node, req.is_learner)),
             members: self.members(),
         }))
@@ -135,7 +129,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(MembershipChange::Remove(id)).await?;
         self.await_view(|m| !m.contains_key(&id)).await;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.header(),
+            header: self.api.current_header(),
             members: self.members(),
         }))
     }
@@ -152,7 +146,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(node, _)| node.peer_urls == urls))
             .await;
         Ok(Response::new(MemberUpdateResponse {
-            header: self.header(),
+            header: self.api.current_header(),
             members: self.members(),
         }))
     }
@@ -165,7 +159,7 @@ impl Cluster for ClusterService {
             self.api.linearizable_read().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.header(),
+            header: self.api.current_header(),
             members: self.members(),
         }))
     }
@@ -179,7 +173,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(_, learner)| !learner))
             .await;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.header(),
+            header: self.api.current_header(),
             members: self.members(),
         }))
     }
@@ -193,10 +187,7 @@ pub async fn publish(api: Arc<Api>, config: &Config, stop: impl std::future::Fut
     let want = (config.name.clone(), config.advertise_client_urls.clone());
     tokio::pin!(stop);
     loop {
-        let known = membership::members(&api.node().raft)
-            .into_iter()
-            .find(|(id, _, _)| *id == me)
-            .map(|(_, node, _)| (node.name, node.client_urls));
+        let known = membership::member(&api.node().raft, me).map(|(node, _)| (node.name, node.client_urls));
         let pause = if known.is_none() || known.as_ref() == Some(&want) {
             std::time::Duration::from_secs(1)
         } else {

@@ -60,10 +60,6 @@ impl LeaseService {
         }
     }
 
-    fn header_now(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
-        Some(self.api.header(self.api.store().current_revision()))
-    }
-
     /// Where requests that need the leader's clock go: here, or the leader's client API.
     /// A leader that has just started may not have published its client URLs yet: this waits
     /// for them up to `promotion_wait`.
@@ -76,20 +72,17 @@ impl LeaseService {
         let leader = leader.ok_or(Error::NoLeader)?;
         let published = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
             m.current_leader != Some(leader)
-                || m.membership_config
-                    .membership()
-                    .nodes()
-                    .any(|(id, n)| *id == leader && !n.client_urls.is_empty())
+                || membership::members_in(m)
+                    .iter()
+                    .any(|(id, n, _)| *id == leader && !n.client_urls.is_empty())
         };
         let _ = node
             .raft
             .wait(Some(self.promotion_wait))
             .metrics(published, "the leader's client URLs")
             .await;
-        let url = membership::members(&node.raft)
-            .into_iter()
-            .find(|(id, _, _)| *id == leader)
-            .and_then(|(_, member, _)| member.client_urls.first().cloned())
+        let url = membership::member(&node.raft, leader)
+            .and_then(|(member, _)| member.client_urls.first().cloned())
             .ok_or(Error::NoLeader)?;
         let channel = node.peers.channel(&url).map_err(Error::Raft)?;
         Ok(Clock::Leader(LeaseClient::new(channel)))
@@ -154,7 +147,7 @@ impl LeaseService {
             }
         };
         Ok(LeaseKeepAliveResponse {
-            header: self.header_now(),
+            header: self.api.current_header(),
             id,
             ttl,
         })
@@ -263,7 +256,7 @@ impl Lease for LeaseService {
         }
         let resp = match self.api.node().lessor.time_to_live(req.id, req.keys) {
             Some(found) => LeaseTimeToLiveResponse {
-                header: self.header_now(),
+                header: self.api.current_header(),
                 id: req.id,
                 ttl: found.remaining,
                 granted_ttl: found.granted,
@@ -271,7 +264,7 @@ impl Lease for LeaseService {
             },
             // etcd answers a missing lease with TTL -1 rather than an error.
             None => LeaseTimeToLiveResponse {
-                header: self.header_now(),
+                header: self.api.current_header(),
                 id: req.id,
                 ttl: -1,
                 ..Default::default()
@@ -299,7 +292,7 @@ impl Lease for LeaseService {
             .map(|id| LeaseStatus { id })
             .collect();
         Ok(Response::new(LeaseLeasesResponse {
-            header: self.header_now(),
+            header: self.api.current_header(),
             leases,
         }))
     }

@@ -48,7 +48,7 @@ impl Maintenance for MaintenanceService {
             return Err(not_yet("raising an alarm"));
         }
         Ok(Response::new(AlarmResponse {
-            header: Some(self.api.header(self.api.store().current_revision())),
+            header: self.api.current_header(),
             alarms: Vec::new(),
         }))
     }
@@ -64,9 +64,7 @@ impl Maintenance for MaintenanceService {
             )
         });
         let me = node.identity.member_id;
-        let is_learner = membership::members(&node.raft)
-            .iter()
-            .any(|(id, _, learner)| *id == me && *learner);
+        let is_learner = membership::member(&node.raft, me).is_some_and(|(_, learner)| learner);
         let db_size = std::fs::metadata(&node.db_path)
             .map(|m| m.len() as i64)
             .unwrap_or(0);
@@ -74,7 +72,7 @@ impl Maintenance for MaintenanceService {
         // writers for a status call, report the file size for both.
         let db_size_in_use = db_size;
         Ok(Response::new(StatusResponse {
-            header: Some(self.api.header(self.api.store().current_revision())),
+            header: self.api.current_header(),
             version: SERVER_VERSION.to_string(),
             db_size,
             leader,
@@ -122,9 +120,7 @@ impl Maintenance for MaintenanceService {
         if !self.api.node().with_metrics(|m| m.state.is_leader()) {
             return Err(Error::NotLeader.into());
         }
-        let voter = membership::members(raft)
-            .iter()
-            .any(|(id, _, learner)| *id == target && !learner);
+        let voter = membership::member(raft, target).is_some_and(|(_, learner)| !learner);
         if !voter {
             return Err(Status::failed_precondition(ERR_BAD_TRANSFEREE));
         }
@@ -140,7 +136,7 @@ impl Maintenance for MaintenanceService {
             moved.map_err(|_| Error::Timeout)?;
         }
         Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.api.header(self.api.store().current_revision())),
+            header: self.api.current_header(),
         }))
     }
 

@@ -67,6 +67,11 @@ impl Api {
         }
     }
 
+    /// A response header at the store's current revision.
+    pub fn current_header(&self) -> Option<ResponseHeader> {
+        Some(self.header(self.store().current_revision()))
+    }
+
     /// Fills the ids and term into a header the store produced (keeping its revision).
     pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
         let revision = header
@@ -155,7 +160,7 @@ impl Api {
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Error> {
         let raft = &self.node.raft;
         let run = async {
-            // Copy what is needed: `members` reads the metrics again, and nesting two reads
+            // Copy what is needed: `member` reads the metrics again, and nesting two reads
             // of the metrics channel could deadlock against Raft publishing new metrics.
             let (is_leader, leader_id) = self
                 .node
@@ -163,13 +168,8 @@ impl Api {
             if is_leader {
                 return membership::apply(raft, change).await.map_err(membership_error);
             }
-            let leader = leader_id
-                .and_then(|id| {
-                    membership::members(raft)
-                        .into_iter()
-                        .find(|(m, _, _)| *m == id)
-                        .map(|(_, node, _)| node)
-                })
+            let (leader, _) = leader_id
+                .and_then(|id| membership::member(raft, id))
                 .ok_or(Error::NoLeader)?;
             self.node
                 .peers

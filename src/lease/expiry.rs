@@ -30,9 +30,7 @@ pub const CHECKPOINTS_PER_COMMAND: usize = 1000;
 
 /// The term this member leads, if it is the leader.
 pub fn leader_term(raft: &Raft) -> Option<u64> {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    m.state.is_leader().then_some(m.current_term)
+    leadership(raft).term
 }
 
 /// Where this member's leadership stands, from Raft's metrics.

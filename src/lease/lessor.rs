@@ -207,6 +207,18 @@ impl LeaseLookup for LeaseState {
 }
 
 impl LeaseState {
+    /// The leases stored in `store`'s database with the keys attached to them. Reading the
+    /// keys means reading every live key's row, so a store without leases skips it.
+    fn load(store: &MvccStore) -> Result<Self, MvccError> {
+        let records = table::load(store.database())?;
+        let leased_keys = if records.is_empty() {
+            Vec::new()
+        } else {
+            store.leased_keys()?
+        };
+        Ok(LeaseState::from_records(records, leased_keys))
+    }
+
     fn from_records(records: Vec<LeaseRecord>, leased_keys: Vec<(Vec<u8>, i64)>) -> Self {
         let now = Instant::now();
         let mut leases: HashMap<i64, Lease> =
@@ -345,7 +357,7 @@ pub struct Lessor {
 impl Lessor {
     /// Loads the leases stored in `store`'s database and attaches the store's leased keys.
     pub fn open(store: &MvccStore) -> Result<Self, MvccError> {
-        let state = LeaseState::from_records(table::load(store.database())?, store.leased_keys()?);
+        let state = LeaseState::load(store)?;
         Ok(Lessor {
             state: Mutex::new(state),
             promoted: watch::Sender::new(None),
@@ -355,7 +367,7 @@ impl Lessor {
     /// Reloads everything from the store (after a snapshot replaced it). The clock stops until
     /// the next promotion.
     pub fn reload(&self, store: &MvccStore) -> Result<(), MvccError> {
-        let fresh = LeaseState::from_records(table::load(store.database())?, store.leased_keys()?);
+        let fresh = LeaseState::load(store)?;
         *self.lock() = fresh;
         self.promoted.send_replace(None);
         Ok(())
@@ -440,16 +452,6 @@ impl Lessor {
         let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();
         ids.sort_unstable();
         ids
-    }
-
-    /// How many leases exist.
-    pub fn len(&self) -> usize {
-        self.lock().leases.len()
-    }
-
-    /// True when there is no lease.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Up to `limit` leases whose deadline has passed and whose revocation is not already

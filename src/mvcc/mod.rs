@@ -60,3 +60,4 @@ pub use store::{INITIAL_REVISION, MvccStore, NEVER_COMPACTED};
 pub use txn::is_txn_readonly;
 pub use write_batch::{Committed, WriteBatch};
 pub use writer::LeaseLookup;
+pub(crate) use writer::header as response_header;

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
 
-use super::{MemberNode, Raft};
+use super::{MemberNode, Raft, TypeConfig};
 use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER};
 
 /// etcd's `etcdserver: member not found`.
@@ -51,11 +51,9 @@ pub enum MembershipChange {
 /// Why a change was refused: an etcd error text.
 pub type ChangeError = String;
 
-/// The membership as this member sees it: (id, node, is learner), by id.
-pub fn members(raft: &Raft) -> Vec<(u64, MemberNode, bool)> {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    let membership = m.membership_config.membership();
+/// The membership in `metrics`: (id, node, is learner), by id.
+pub fn members_in(metrics: &RaftMetrics<TypeConfig>) -> Vec<(u64, MemberNode, bool)> {
+    let membership = metrics.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     membership
         .nodes()
@@ -63,12 +61,21 @@ pub fn members(raft: &Raft) -> Vec<(u64, MemberNode, bool)> {
         .collect()
 }
 
-fn node_of(raft: &Raft, id: u64) -> Result<(MemberNode, bool), ChangeError> {
+/// The membership as this member sees it: (id, node, is learner), by id.
+pub fn members(raft: &Raft) -> Vec<(u64, MemberNode, bool)> {
+    members_in(&raft.metrics().borrow_watched())
+}
+
+/// Member `id` as this member sees it: its node and whether it is a learner.
+pub fn member(raft: &Raft, id: u64) -> Option<(MemberNode, bool)> {
     members(raft)
         .into_iter()
         .find(|(m, _, _)| *m == id)
         .map(|(_, node, learner)| (node, learner))
-        .ok_or_else(|| ERR_MEMBER_NOT_FOUND.to_string())
+}
+
+fn node_of(raft: &Raft, id: u64) -> Result<(MemberNode, bool), ChangeError> {
+    member(raft, id).ok_or_else(|| ERR_MEMBER_NOT_FOUND.to_string())
 }
 
 /// True if learner `id` has replicated at least [`READY_PERCENT`] of the leader's log.

@@ -120,14 +120,7 @@ async fn load_identity(path: &Path, config: &Config, peers: &Peers) -> Result<Id
     }
     let member_id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
     let cluster_id = match config.initial_cluster_state {
-        ClusterState::New => {
-            let ids: Vec<u64> = config
-                .initial_cluster
-                .iter()
-                .map(|m| self::member_id(&m.peer_urls, &config.initial_cluster_token))
-                .collect();
-            cluster_id(&ids)
-        }
+        ClusterState::New => cluster_id(&initial_members(config).into_keys().collect::<Vec<_>>()),
         ClusterState::Existing => existing_cluster_id(config, member_id, peers).await?,
     };
     let identity = Identity {
@@ -239,7 +232,6 @@ impl RaftNode {
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
         let state_machine =
             StateMachine::open(store.clone(), lessor.clone(), hub.clone(), snapshot_dir.clone())?;
-        let peers = Peers::default();
 
         let raft = Raft::new(
             identity.member_id,

@@ -25,7 +25,7 @@ use super::codec::{decode_json, encode_json};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::lease::{LeaseState, Lessor};
-use crate::mvcc::{MvccError, MvccStore, WriteBatch};
+use crate::mvcc::{MvccError, MvccStore, WriteBatch, response_header};
 use crate::watch::WatchHub;
 
 /// The state machine's own records, in the same database as the MVCC tables.
@@ -130,13 +130,6 @@ pub(crate) fn storage_err(err: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine storage: {err}"))
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
-}
-
 /// Applies one command inside the batch, with the lease table. Store-level rejections are
 /// answers, not failures; only a storage failure aborts the batch (and stops Raft: the lease
 /// table in memory may then be ahead of the database, so the member must restart).
@@ -153,7 +146,7 @@ fn apply_command(
         Some(Request::Compaction(req)) => batch.compact(req).map(Response::Compaction),
         Some(Request::LeaseGrant(req)) => leases.grant(batch.transaction(), req.id, req.ttl).map(|()| {
             Response::LeaseGrant(LeaseGrantResponse {
-                header: header(batch.current_revision()),
+                header: response_header(batch.current_revision()),
                 id: req.id,
                 ttl: req.ttl,
                 error: String::new(),
@@ -161,7 +154,7 @@ fn apply_command(
         }),
         Some(Request::LeaseRevoke(req)) => leases.revoke(batch, req.id).map(|()| {
             Response::LeaseRevoke(LeaseRevokeResponse {
-                header: header(batch.current_revision()),
+                header: response_header(batch.current_revision()),
             })
         }),
         Some(Request::LeaseCheckpoints(req)) => leases
