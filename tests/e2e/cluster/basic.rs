@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
 
-use super::harness::Cluster;
+use super::harness::{Cluster, XorShift};
 
 /// How long a fresh (or healed) cluster may take to agree on a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
@@ -113,18 +113,6 @@ struct Ack {
     sent: Instant,
     /// When its response arrived.
     acked: Instant,
-}
-
-/// A tiny xorshift generator: enough to spread puts over members without a `rand` dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -497,3 +497,16 @@ fn free_ports(count: usize) -> Vec<u16> {
         .map(|l| l.local_addr().expect("local address").port())
         .collect()
 }
+
+/// A tiny xorshift generator, for the tests' random choices without a `rand` dependency.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
-use super::harness::Cluster;
+use super::harness::{Cluster, XorShift};
 
 /// A register value. Every put and CAS of a history writes a value no other operation writes.
 type Value = u64;
@@ -221,18 +221,6 @@ fn check(history: &[Entry]) -> Result<(), Violation> {
     }
     let stuck = search.candidates();
     Err(Violation { prefix, state, stuck })
-}
-
-/// A tiny xorshift generator (no `rand` dependency).
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// The checker on hand-written histories (and one generated linearizable history).
