@@ -16,16 +16,30 @@ fi
 cargo build -q -p concord
 export CONCORD_BIN=target/debug/concord
 
+# etcd 3.4 lists a lease's attached keys in Go map order, which changes from run to run
+# (`Lease.Keys` ranges over a map), while Concord lists them sorted. So the shared lease
+# scenario runs with that one step compared by exit code only (`@loose`); tests/e2e/lease.rs
+# checks the listed keys themselves.
+lease_scenario() {
+    mkdir -p target/compat
+    sed 's/^lease timetolive --keys /@loose lease timetolive --keys /' \
+        "$COMPAT/scenarios/lease.txt" >target/compat/lease.txt
+    echo target/compat/lease.txt
+}
+
 if [ $# -gt 0 ]; then
     scenarios=("$@")
 else
-    # The shared scenarios whose features are built (lease, lock-elect and cluster come with
-    # their issues), then our own.
-    scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch,lease}.txt tests/compat/*.txt)
+    # The shared scenarios whose features are built (lock-elect comes with its issue), then
+    # our own.
+    scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch}.txt "$(lease_scenario)" \
+        "$COMPAT"/scenarios/cluster.txt tests/compat/*.txt)
 fi
 failed=0
 for scenario in "${scenarios[@]}"; do
-    echo "compat: $scenario"
-    python3 "$COMPAT/difftest.py" "$scenario" || failed=1
+    # A multi-member scenario says so on its first line ("Run with --size 3").
+    size=$(head -n 1 "$scenario" | sed -n 's/.*--size \([0-9]\+\).*/\1/p')
+    echo "compat: $scenario${size:+ (--size $size)}"
+    python3 "$COMPAT/difftest.py" "$scenario" --size "${size:-1}" || failed=1
 done
 exit $failed

@@ -29,6 +29,10 @@ use crate::raft::peer_service::PeerService;
 /// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// How long a starting member waits for its client URLs to be published before it serves
+/// clients regardless.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds every `--listen-client-urls` address.
 pub async fn bind_client_listeners(config: &Config) -> Result<Vec<TcpListener>, Error> {
     let mut listeners = Vec::new();
@@ -63,10 +67,11 @@ pub async fn run(
         let _ = catch_up_stopped.await;
     }));
     let (stop_publish, publish_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (published_tx, mut published) = tokio::sync::watch::channel(false);
     let publisher = {
         let (api, config) = (api.clone(), config.clone());
         tokio::spawn(async move {
-            cluster::publish(api, &config, async move {
+            cluster::publish(api, &config, published_tx, async move {
                 let _ = publish_stopped.await;
             })
             .await;
@@ -102,7 +107,24 @@ pub async fn run(
             });
         servers.push(tokio::spawn(server));
     }
-    for listener in listeners {
+    // Like etcd, serve clients once this member's name and client URLs are in the membership,
+    // so that MemberList, asked anywhere, shows them. Without quorum that may never happen: serve
+    // anyway after a bound, and let requests fail with etcd's errors.
+    tokio::pin!(shutdown);
+    let publishing = tokio::time::timeout(PUBLISH_WAIT, published.wait_for(|done| *done));
+    let stopping_early = tokio::select! {
+        waited = publishing => {
+            if waited.is_err() {
+                tracing::warn!(
+                    waited = ?PUBLISH_WAIT,
+                    "client URLs not yet published (no quorum?); serving clients anyway"
+                );
+            }
+            false
+        }
+        () = &mut shutdown => true,
+    };
+    for listener in listeners.into_iter().filter(|_| !stopping_early) {
         tracing::info!(addr = %listener.local_addr()?, "serving client requests");
         let mut stop = stop_tx.subscribe();
         let server = tonic::transport::Server::builder()
@@ -116,7 +138,9 @@ pub async fn run(
         servers.push(tokio::spawn(server));
     }
 
-    shutdown.await;
+    if !stopping_early {
+        shutdown.await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     for server in servers {

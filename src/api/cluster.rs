@@ -181,13 +181,22 @@ impl Cluster for ClusterService {
 
 /// Publishes this member's name and client URLs to the cluster whenever they differ from
 /// what the membership records (every member but the bootstrapping one starts without them;
-/// a membership change racing with another can lose them). Runs until `stop` completes.
-pub async fn publish(api: Arc<Api>, config: &Config, stop: impl std::future::Future<Output = ()>) {
+/// a membership change racing with another can lose them). Sets `published` once the
+/// membership shows them. Runs until `stop` completes.
+pub async fn publish(
+    api: Arc<Api>,
+    config: &Config,
+    published: tokio::sync::watch::Sender<bool>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let me = api.node().identity.member_id;
     let want = (config.name.clone(), config.advertise_client_urls.clone());
     tokio::pin!(stop);
     loop {
         let known = membership::member(&api.node().raft, me).map(|(node, _)| (node.name, node.client_urls));
+        if known.as_ref() == Some(&want) {
+            published.send_if_modified(|done| !std::mem::replace(done, true));
+        }
         let pause = if known.is_none() || known.as_ref() == Some(&want) {
             std::time::Duration::from_secs(1)
         } else {

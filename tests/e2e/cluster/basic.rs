@@ -378,7 +378,8 @@ async fn member_list_shows_every_member() {
     assert!(ids.iter().all(|&id| id != 0), "member IDs {ids:?}");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 3, "member IDs {ids:?}");
 
-    // A member publishes its client URLs once it has joined, so they may show up a little later.
+    // Each member serves clients only once its own client URLs are published, but it may apply
+    // another member's publication a moment after that.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut cluster_ids = HashSet::new();
     for asked in 0..3 {
