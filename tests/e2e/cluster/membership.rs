@@ -504,9 +504,8 @@ fn check_status_table(out: &str, endpoints: &[String], leader: &str) {
 
 /// `endpoint status --cluster` finds every member through member list's client URLs and dials
 /// each as `http://127.0.0.1:PORT`: etcdctl 3.4 then sends that as the HTTP/2 `:authority`,
-/// which the `h2` crate refuses. Known gap (README, "Clusters").
+/// which the `h2` crate refuses unless `crate::net`'s authority filter repairs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: h2 refuses etcdctl 3.4's http:// :authority"]
 async fn endpoint_status_cluster_dials_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 3);

@@ -7,6 +7,11 @@
 //! the streams woken together can add their frames; the next flush writes them in one go. It
 //! adds one scheduler round (microseconds), no timer, and never holds data past a flush that
 //! follows a yield.
+//!
+//! Its read side runs what the client sends through [`authority::AuthorityFilter`], which
+//! repairs the scheme-qualified `:authority` etcdctl 3.4 sends in some commands.
+
+mod authority;
 
 use std::io;
 use std::pin::Pin;
@@ -16,14 +21,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use authority::AuthorityFilter;
+
 /// Past this many buffered bytes a write goes out without waiting for a flush.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// Bytes read from the socket at a time while the authority filter is still looking.
+const FILTER_READ_BYTES: usize = 16 * 1024;
 
 /// A TCP connection whose writes are coalesced until a flush; see the module docs.
 pub struct CoalescingStream {
     inner: TcpStream,
     buf: Vec<u8>,
     yielded: bool,
+    filter: AuthorityFilter,
+    /// Filtered bytes the server has not read yet.
+    filtered: Vec<u8>,
 }
 
 impl CoalescingStream {
@@ -34,6 +47,8 @@ impl CoalescingStream {
             inner,
             buf: Vec::with_capacity(16 * 1024),
             yielded: false,
+            filter: AuthorityFilter::default(),
+            filtered: Vec::new(),
         })
     }
 
@@ -55,7 +70,30 @@ impl AsyncRead for CoalescingStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if !this.filtered.is_empty() {
+                let n = this.filtered.len().min(buf.remaining());
+                buf.put_slice(&this.filtered[..n]);
+                this.filtered.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.filter.is_pass_through() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut raw = [0u8; FILTER_READ_BYTES];
+            let mut read = ReadBuf::new(&mut raw);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // End of stream: hand over whatever the filter still holds, then the end.
+                this.filter.finish(&mut this.filtered);
+                if this.filtered.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+            } else {
+                this.filter.feed(read.filled(), &mut this.filtered);
+            }
+        }
     }
 }
 
