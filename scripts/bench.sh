@@ -7,6 +7,9 @@
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
 #   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
+#   MEMBERS=3 WORKLOAD=failover CLIENTS=8 scripts/bench.sh
+#                                    # kill -9 the leader under 8 writers: ms from the kill to the
+#                                    # first acknowledged put sent after it (lower is better)
 #   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
 #                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
 #
@@ -74,11 +77,13 @@ for round in $(seq 1 "$ROUNDS"); do
         for c in $CLIENTS; do
             total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
             line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" \
-                --watchers "$WATCHERS" --label "round=$round $server")
+                --watchers "$WATCHERS" --pids "$(IFS=,; echo "${ROUND_PIDS[*]}")" \
+                --label "round=$round $server")
             echo "$line"
-            RATES[$server-$c]+="$(sed -n 's/.*_per_sec=\([0-9]*\).*/\1/p' <<<"$line") "
+            RATES[$server-$c]+="$(sed -n 's/.*\(_per_sec\|failover_ms\)=\([0-9]*\).*/\2/p' <<<"$line") "
         done
-        kill "${ROUND_PIDS[@]}"; wait "${ROUND_PIDS[@]}" 2>/dev/null || true
+        # (failover already killed one; bash would report it as "Killed")
+        { kill "${ROUND_PIDS[@]}"; wait "${ROUND_PIDS[@]}"; } 2>/dev/null || true
         rm -rf "${WORK:?}/$server"
     done
 done
@@ -86,5 +91,6 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { prin
 for c in $CLIENTS; do
     a=$(median <<<"${RATES[concord-$c]}"); b=$(median <<<"${RATES[etcd-$c]}")
     awk -v c="$c" -v a="$a" -v b="$b" -v w="$WORKLOAD" \
-        'BEGIN { printf "%s clients=%s median concord/etcd=%.2f (concord %d/s, etcd %d/s)\n", w, c, a / b, a, b }'
+        -v unit="$([ "$WORKLOAD" = failover ] && echo ms || echo /s)" \
+        'BEGIN { printf "%s clients=%s median concord/etcd=%.2f (concord %d%s, etcd %d%s)\n", w, c, a / b, a, unit, b, unit }'
 done

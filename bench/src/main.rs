@@ -21,6 +21,8 @@ enum Workload {
     Watch,
     /// Lease cycles: grant, put with the lease, one keepalive, revoke.
     Lease,
+    /// Kill the leader (`--pids`) under `--clients` writers; time to the first write after.
+    Failover,
 }
 
 #[derive(Debug, Parser)]
@@ -47,11 +49,15 @@ struct Args {
     /// Watchers for the watch workload.
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
+    /// For the failover workload: the process ID serving each endpoint, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
     /// A label printed with the result line.
     #[arg(long, default_value = "")]
     label: String,
 }
 
+mod failover;
 mod lease;
 mod watch;
 
@@ -85,7 +91,7 @@ async fn client_loop(
                 .await
                 .context("put")?;
             }
-            Workload::Watch | Workload::Lease => unreachable!("this workload has its own driver"),
+            Workload::Watch | Workload::Lease | Workload::Failover => unreachable!("this workload has its own driver"),
             Workload::Get => {
                 kv.range(RangeRequest {
                     key: key(i % 1000, key_size),
@@ -114,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
     if let Workload::Watch = args.workload {
         let first = args.endpoint.split(',').next().unwrap_or_default();
         return watch::run(first, args.watchers, args.total, args.value_size, &args.label).await;
+    }
+    if let Workload::Failover = args.workload {
+        let endpoints: Vec<&str> = args.endpoint.split(',').collect();
+        return failover::run(&endpoints, &args.pids, args.clients, &args.label).await;
     }
     anyhow::ensure!(
         args.clients > 0 && args.total >= args.clients,

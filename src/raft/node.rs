@@ -182,6 +182,17 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
         .collect()
 }
 
+/// openraft's timers for etcd's flags.
+///
+/// etcd's follower campaigns after a random `[E, 2E)` without hearing from the leader, where
+/// `E` is `--election-timeout`. An openraft follower waits out the leader's lease
+/// (`election_timeout_max` since the last heartbeat, during which it also refuses to vote for
+/// anyone else) and then a random `[election_timeout_min, election_timeout_max)`. Mapping `E`
+/// onto `election_timeout_min` as etcd's flag reads would put the first campaign at
+/// `[3E, 4E)`. With `max = E/2` and `min = E/4` a follower campaigns `[0.75E, E)` after the
+/// last heartbeat, so a dead leader is replaced within `--election-timeout`, as the flag
+/// promises, while the randomised spread that keeps votes from splitting stays `E/4`. etcd's
+/// rule `E >= 5 × heartbeat` keeps `min` above the heartbeat interval, as openraft requires.
 fn raft_config(config: &Config) -> Result<RaftConfig, Error> {
     let election = config.election_timeout.as_millis() as u64;
     // A batch of entries, each at most a request's size, must fit in one peer message.
@@ -191,8 +202,8 @@ fn raft_config(config: &Config) -> Result<RaftConfig, Error> {
         max_payload_entries,
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
+        election_timeout_min: election / 4,
+        election_timeout_max: election / 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         ..Default::default()
     }
