@@ -102,24 +102,22 @@ impl Api {
     /// command is forwarded to the leader, which proposes it and relays the answer (stock etcd
     /// clients do not follow redirects).
     pub async fn propose(&self, request: Request) -> Result<Response, Error> {
-        let command = Command::from(request);
-        let write = async {
-            loop {
+        let command = &Command::from(request);
+        let result = self
+            .until_leader_answers(move || async move {
                 let leader = match self.node.raft.client_write(command.clone()).await {
-                    Ok(applied) => return Ok(applied.data),
-                    Err(err) => leader_to_ask(err.forward_to_leader(), &err)?,
+                    Ok(applied) => return Attempt::Done(Ok(applied.data)),
+                    Err(err) => match Attempt::leader(err.forward_to_leader(), &err) {
+                        Ok(leader) => leader,
+                        Err(again_or_done) => return again_or_done,
+                    },
                 };
                 match self.node.peers.forward(&leader, &command).await {
-                    // The leader we know of is gone; nothing was sent, so asking again (a
-                    // new leader, maybe) is safe until the request times out.
-                    Err(text) if is_connect_failure(&text) => tokio::time::sleep(RETRY_PAUSE).await,
-                    result => return result.map_err(peer_error),
+                    Ok(result) => Attempt::Done(Ok(result)),
+                    Err(text) => Attempt::after_peer_failure(text),
                 }
-            }
-        };
-        let result = tokio::time::timeout(self.request_timeout, write)
-            .await
-            .map_err(|_| Error::Timeout)??;
+            })
+            .await?;
         match result {
             CommandResult::Applied(response) => response
                 .response
@@ -133,27 +131,61 @@ impl Api {
     /// confirmed by a read index and the state machine applied up to it; on a follower, the
     /// leader's read index, then the same wait for the local state machine.
     pub async fn linearizable_read(&self) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let raft = &self.node.raft;
-        let read = async {
-            let index = loop {
+        let index = self
+            .until_leader_answers(move || async move {
                 let leader = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    Ok(_) => return Ok(()),
-                    Err(err) => leader_to_ask(err.forward_to_leader(), &err)?,
+                    Ok(_) => return Attempt::Done(Ok(None)),
+                    Err(err) => match Attempt::leader(err.forward_to_leader(), &err) {
+                        Ok(leader) => leader,
+                        Err(again_or_done) => return again_or_done,
+                    },
                 };
                 match self.node.peers.read_index(&leader).await {
-                    Err(text) if is_connect_failure(&text) => tokio::time::sleep(RETRY_PAUSE).await,
-                    result => break result.map_err(peer_error)?,
+                    Ok(index) => Attempt::Done(Ok(Some(index))),
+                    Err(text) => Attempt::after_peer_failure(text),
                 }
-            };
-            raft.wait(None)
-                .applied_index_at_least(Some(index), "linearizable read")
-                .await
-                .map(|_| ())
-                .map_err(|err| Error::Raft(err.to_string()))
+            })
+            .await?;
+        let Some(index) = index else {
+            return Ok(()); // the leader itself: ensure_linearizable waited for apply
         };
-        tokio::time::timeout(self.request_timeout, read)
-            .await
-            .map_err(|_| Error::Timeout)?
+        let applied = raft
+            .wait(Some(self.request_timeout.saturating_sub(started.elapsed())))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await;
+        match applied {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(Error::Timeout),
+            Err(err) => Err(Error::Raft(err.to_string())),
+        }
+    }
+
+    /// Runs `attempt` until it is done, pausing between attempts that reached no leader,
+    /// within the request timeout. A request that timed out while no leader was known fails
+    /// with etcd's `no leader`, otherwise with `request timed out`.
+    async fn until_leader_answers<T, F>(&self, mut attempt: impl FnMut() -> F) -> Result<T, Error>
+    where
+        F: Future<Output = Attempt<T>>,
+    {
+        let mut no_leader = false;
+        let attempts = async {
+            loop {
+                match attempt().await {
+                    Attempt::Done(result) => return result,
+                    Attempt::Again { no_leader: none } => {
+                        no_leader = none;
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, attempts).await {
+            Ok(result) => result,
+            Err(_) if no_leader => Err(Error::NoLeader),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// Runs a membership change on the leader (forwarding it there from a follower).
@@ -193,22 +225,50 @@ fn membership_error(text: String) -> Error {
     }
 }
 
-/// The leader to hand a request to, after Raft refused it here with `err`.
-fn leader_to_ask(
-    forward: Option<&ForwardToLeader<crate::raft::TypeConfig>>,
-    err: &impl std::fmt::Display,
-) -> Result<MemberNode, Error> {
-    match forward {
-        Some(ForwardToLeader {
-            leader_node: Some(leader),
-            ..
-        }) => Ok(leader.clone()),
-        Some(_) => Err(Error::NoLeader),
-        None => Err(Error::Raft(err.to_string())),
+/// What one attempt to have the leader do something came to.
+enum Attempt<T> {
+    /// Done, or failed for good.
+    Done(Result<T, Error>),
+    /// Nothing happened anywhere (the request was refused before it entered any log): try
+    /// again after a pause. `no_leader`: because no leader is known at the moment.
+    Again {
+        /// No member is known to lead (an election is under way, or quorum is lost).
+        no_leader: bool,
+    },
+}
+
+impl<T> Attempt<T> {
+    /// The leader to hand a request to, after Raft refused it here with `err`; otherwise what
+    /// the attempt came to.
+    fn leader(
+        forward: Option<&ForwardToLeader<crate::raft::TypeConfig>>,
+        err: &impl std::fmt::Display,
+    ) -> Result<MemberNode, Self> {
+        match forward {
+            Some(ForwardToLeader {
+                leader_node: Some(leader),
+                ..
+            }) => Ok(leader.clone()),
+            Some(_) => Err(Attempt::Again { no_leader: true }),
+            None => Err(Attempt::Done(Err(Error::Raft(err.to_string())))),
+        }
+    }
+
+    /// What a request handed to the leader came to when it failed with `text`. A leader that
+    /// could not be connected to never saw the request, and one that is no longer leader
+    /// refused it before its log took it: both are safe to ask again.
+    fn after_peer_failure(text: String) -> Self {
+        match text.as_str() {
+            _ if is_connect_failure(&text) => Attempt::Again { no_leader: false },
+            crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => {
+                Attempt::Again { no_leader: true }
+            }
+            _ => Attempt::Done(Err(peer_error(text))),
+        }
     }
 }
 
-/// How long a follower waits before asking again for a leader it could not reach.
+/// How long a member waits before asking again for a leader it could not reach.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// True if the leader could not be connected to at all (so the request was never sent).
