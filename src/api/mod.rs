@@ -112,7 +112,7 @@ impl Api {
                         Err(again_or_done) => return again_or_done,
                     },
                 };
-                match self.node.peers.forward(&leader, &command).await {
+                match self.node.peers.forward(&leader, command).await {
                     Ok(result) => Attempt::Done(Ok(result)),
                     Err(text) => Attempt::after_peer_failure(text),
                 }
