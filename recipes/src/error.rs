@@ -1,0 +1,49 @@
+//! The recipes' one error type.
+
+/// What can go wrong in a recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store refused or failed a request; the status carries etcd's code and text
+    /// (`etcdserver: requested lease not found`, ...), passed on unchanged.
+    #[error("{}", .0.message())]
+    Store(#[from] tonic::Status),
+    /// A watch ended before the recipe saw what it waited for.
+    #[error("watch ended: {0}")]
+    WatchEnded(String),
+    /// The session's lease expired or was revoked: whatever the recipe held with it is gone.
+    #[error("session expired")]
+    SessionExpired,
+    /// Proclaim or resign by a campaigner that no longer leads (etcd's text).
+    #[error("election: not leader")]
+    NotLeader,
+    /// Leader asked of an election nobody leads (etcd's text).
+    #[error("election: no leader")]
+    NoLeader,
+    /// A lock or semaphore was not acquired because another holds it (`try_lock`).
+    #[error("mutex: Locked by another session")]
+    Locked,
+    /// Unlock or release of something this handle does not hold.
+    #[error("{0}")]
+    NotHeld(&'static str),
+    /// The caller's input cannot be used (an empty name, a zero-sized semaphore, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// The gRPC status a service answers with for this error.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            Error::Store(status) => status.clone(),
+            Error::WatchEnded(_) => tonic::Status::unavailable(self.to_string()),
+            Error::SessionExpired => tonic::Status::not_found("etcdserver: requested lease not found"),
+            Error::NotLeader | Error::NoLeader | Error::Locked | Error::NotHeld(_) => {
+                tonic::Status::unknown(self.to_string())
+            }
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(self.to_string()),
+        }
+    }
+}
+
+/// Results of recipes.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
