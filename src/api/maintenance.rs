@@ -55,9 +55,9 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let node = self.api.node();
-        let (leader, raft_index, raft_term, applied) = node.with_metrics(|m| {
+        let leader = node.leader().unwrap_or(0);
+        let (raft_index, raft_term, applied) = node.with_metrics(|m| {
             (
-                m.current_leader.unwrap_or(0),
                 m.last_log_index.unwrap_or(0),
                 m.current_term,
                 m.last_applied.as_ref().map_or(0, |id| id.index),

@@ -33,7 +33,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display
 fn render(api: &Api) -> String {
     let hub = &api.node().hub;
     let (synced, unsynced) = hub.watcher_counts();
-    let has_leader = api.node().with_metrics(|m| m.current_leader.is_some());
+    let has_leader = api.node().leader().is_some();
     let mut out = String::new();
     gauge(
         &mut out,

@@ -114,12 +114,13 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeEr
         }
         MembershipChange::Remove(id) => {
             let (_, learner) = node_of(raft, id)?;
-            let mut changes = Vec::new();
-            if !learner {
-                changes.push(ChangeMembers::RemoveVoters(BTreeSet::from([id])));
+            // Without `retain`, removing a voter drops its node too. A second change would
+            // run on a leader that may have just removed itself (openraft asserts against it).
+            if learner {
+                vec![ChangeMembers::RemoveNodes(BTreeSet::from([id]))]
+            } else {
+                vec![ChangeMembers::RemoveVoters(BTreeSet::from([id]))]
             }
-            changes.push(ChangeMembers::RemoveNodes(BTreeSet::from([id])));
-            changes
         }
         MembershipChange::UpdatePeerUrls(id, peer_urls) => {
             let (node, _) = node_of(raft, id)?;

@@ -286,6 +286,16 @@ impl RaftNode {
         read(&current)
     }
 
+    /// The leader this member knows of. None once this member has been removed from the
+    /// cluster: a removed leader's Raft goes on naming itself, and nothing newer reaches it.
+    pub fn leader(&self) -> Option<u64> {
+        let me = self.identity.member_id;
+        self.with_metrics(|m| {
+            let member = m.membership_config.membership().get_node(&me).is_some();
+            m.current_leader.filter(|_| member)
+        })
+    }
+
     /// Stops Raft; the databases close when the last handle drops.
     pub async fn shutdown(&self) {
         if let Err(err) = self.raft.shutdown().await {

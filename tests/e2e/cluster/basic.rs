@@ -1,7 +1,7 @@
 //! A three-member cluster: one leader, writes through every member, a killed leader, a lost
 //! quorum, and the member list.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,31 +9,10 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
 
-use super::harness::{Cluster, XorShift};
+use super::harness::{Cluster, XorShift, read_prefix};
 
 /// How long a fresh (or healed) cluster may take to agree on a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
-
-/// `(value, mod_revision)` of every key under `prefix`, read from one member.
-async fn read_prefix(
-    client: &mut Client,
-    prefix: &str,
-    options: GetOptions,
-) -> BTreeMap<String, (String, i64)> {
-    let resp = client
-        .get(prefix, Some(options.with_prefix()))
-        .await
-        .unwrap_or_else(|e| panic!("get prefix {prefix:?}: {e}"));
-    resp.kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key_str().unwrap().to_string(),
-                (kv.value_str().unwrap().to_string(), kv.mod_revision()),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_one_leader_and_replicate() {
