@@ -7,6 +7,8 @@
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
 #   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
+#   WORKLOAD=lock CLIENTS=16 scripts/bench.sh  # 16 contenders on one lock (Lock service):
+#                                    # lock+unlock cycles/s
 #   MEMBERS=3 WORKLOAD=failover CLIENTS=8 scripts/bench.sh
 #                                    # kill -9 the leader under 8 writers: ms from the kill to the
 #                                    # first acknowledged put sent after it (lower is better)

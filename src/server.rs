@@ -9,13 +9,16 @@ use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
 use concord_proto::raftpb::raft_peer_server::RaftPeerServer;
+use concord_proto::v3electionpb::election_server::ElectionServer;
+use concord_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::api::{
-    Api, cluster, cluster::ClusterService, health, kv::KvService, lease::LeaseService,
-    maintenance::MaintenanceService, metrics, watch::WatchService,
+    Api, cluster, cluster::ClusterService, election::ElectionService, health, kv::KvService,
+    lease::LeaseService, local_kv::LocalKv, lock::LockService, maintenance::MaintenanceService, metrics,
+    watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -169,7 +172,10 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
 
 fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let kv = KvServer::new(KvService::new(api.clone()))
+    let kv_service = KvService::new(api.clone());
+    let lease_service = LeaseService::new(api.clone(), config);
+    let recipes_kv = LocalKv::new(api, kv_service.clone(), lease_service.clone());
+    let kv = KvServer::new(kv_service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
@@ -181,17 +187,25 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(usize::MAX);
-    let lease = LeaseServer::new(LeaseService::new(api.clone(), config))
+    let lease = LeaseServer::new(lease_service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     let cluster = ClusterServer::new(ClusterService::new(api.clone(), config))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let lock = LockServer::new(LockService::new(recipes_kv.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let election = ElectionServer::new(ElectionService::new(recipes_kv))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     let mut routes = Routes::new(kv)
         .add_service(cluster)
         .add_service(maintenance)
         .add_service(watch)
-        .add_service(lease);
+        .add_service(lease)
+        .add_service(lock)
+        .add_service(election);
     let router = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = router
         .merge(health::router(api.clone()))

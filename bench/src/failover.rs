@@ -46,8 +46,12 @@ pub async fn run(endpoints: &[&str], pids: &[u32], writers: usize, label: &str) 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (channels, killed_at, first_after, stop) =
-            (channels.clone(), killed_at.clone(), first_after.clone(), stop.clone());
+        let (channels, killed_at, first_after, stop) = (
+            channels.clone(),
+            killed_at.clone(),
+            first_after.clone(),
+            stop.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut member = w % channels.len();
             let mut seq = 0u64;
@@ -89,7 +93,10 @@ pub async fn run(endpoints: &[&str], pids: &[u32], writers: usize, label: &str) 
         if let Some(first) = *first_after.lock().await {
             break first - kill_started;
         }
-        anyhow::ensure!(kill_started.elapsed() < GIVE_UP, "no put got through within {GIVE_UP:?}");
+        anyhow::ensure!(
+            kill_started.elapsed() < GIVE_UP,
+            "no put got through within {GIVE_UP:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     stop.store(true, Ordering::Relaxed);
@@ -111,7 +118,10 @@ async fn leader_index(channels: &[Channel]) -> anyhow::Result<usize> {
         let mut ids = Vec::new();
         let mut leaders = Vec::new();
         for channel in channels {
-            match MaintenanceClient::new(channel.clone()).status(StatusRequest {}).await {
+            match MaintenanceClient::new(channel.clone())
+                .status(StatusRequest {})
+                .await
+            {
                 Ok(status) => {
                     let status = status.into_inner();
                     ids.push(status.header.map_or(0, |h| h.member_id));
@@ -123,7 +133,10 @@ async fn leader_index(channels: &[Channel]) -> anyhow::Result<usize> {
                 }
             }
         }
-        let agreed = leaders.first().copied().filter(|&l| l != 0 && leaders.iter().all(|&x| x == l));
+        let agreed = leaders
+            .first()
+            .copied()
+            .filter(|&l| l != 0 && leaders.iter().all(|&x| x == l));
         if let Some(position) = agreed.and_then(|l| ids.iter().position(|&id| id == l)) {
             return Ok(position);
         }

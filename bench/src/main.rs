@@ -21,6 +21,8 @@ enum Workload {
     Watch,
     /// Lease cycles: grant, put with the lease, one keepalive, revoke.
     Lease,
+    /// `--clients` contenders on one lock (Lock service): lock, unlock.
+    Lock,
     /// Kill the leader (`--pids`) under `--clients` writers; time to the first write after.
     Failover,
 }
@@ -59,6 +61,7 @@ struct Args {
 
 mod failover;
 mod lease;
+mod lock;
 mod watch;
 
 /// Clients multiplexed on one HTTP/2 connection, as etcd's own benchmark tool does by default.
@@ -91,7 +94,9 @@ async fn client_loop(
                 .await
                 .context("put")?;
             }
-            Workload::Watch | Workload::Lease | Workload::Failover => unreachable!("this workload has its own driver"),
+            Workload::Watch | Workload::Lease | Workload::Lock | Workload::Failover => {
+                unreachable!("this workload has its own driver")
+            }
             Workload::Get => {
                 kv.range(RangeRequest {
                     key: key(i % 1000, key_size),
@@ -158,6 +163,10 @@ async fn main() -> anyhow::Result<()> {
     for c in 0..args.clients {
         let channel = channels[c % connections].clone();
         let ops = c * per_client..(c + 1) * per_client;
+        if let Workload::Lock = args.workload {
+            tasks.push(tokio::spawn(lock::cycle_loop(channel, per_client)));
+            continue;
+        }
         if let Workload::Lease = args.workload {
             tasks.push(tokio::spawn(lease::cycle_loop(
                 channel,

@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use concord_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, LeaseGrantResponse, PutRequest, RangeRequest, RangeResponse,
-    RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, compare, request_op,
+    Compare, DeleteRangeRequest, LeaseGrantResponse, PutRequest, RangeRequest, RangeResponse, RequestOp,
+    TxnRequest, TxnResponse, WatchCreateRequest, compare, range_request, request_op,
 };
 use concord_proto::mvccpb::{Event, KeyValue};
 use futures::Stream;
@@ -89,6 +89,37 @@ pub fn get_op(key: impl Into<Vec<u8>>) -> RequestOp {
             key: key.into(),
             ..Default::default()
         })),
+    }
+}
+
+/// A txn operation running `request`.
+pub fn range_op(request: RangeRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(request)),
+    }
+}
+
+/// A range reading the oldest key under `prefix` by create revision: the owner of a lock or an
+/// election on that prefix (etcd's `WithFirstCreate`).
+pub fn first_created(prefix: &[u8]) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: range_request::SortOrder::Ascend as i32,
+        sort_target: range_request::SortTarget::Create as i32,
+        ..Default::default()
+    }
+}
+
+/// A range reading the newest key under `prefix` created at or before `max_create_revision`:
+/// the key a waiter queued at `max_create_revision + 1` waits on (etcd's `WithLastCreate` and
+/// `WithMaxCreateRev`).
+pub fn last_created_before(prefix: &[u8], max_create_revision: i64) -> RangeRequest {
+    RangeRequest {
+        sort_order: range_request::SortOrder::Descend as i32,
+        max_create_revision,
+        ..first_created(prefix)
     }
 }
 

@@ -7,8 +7,17 @@
 //! ordered by **create revision**, which the store assigns at commit, so the order is the
 //! order of arrival and needs no clocks.
 
+pub mod barrier;
+pub mod election;
 pub mod error;
 pub mod kv;
+pub mod memory;
+pub mod mutex;
+pub mod pubsub;
+pub mod queue;
+pub mod rwmutex;
+pub mod semaphore;
+pub mod session;
 
 pub use error::Error;
 pub use kv::{Kv, WatchBatch, WatchStream};

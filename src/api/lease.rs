@@ -118,7 +118,7 @@ impl LeaseService {
 
     /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist. A follower
     /// relays it to the leader, whose clock it is.
-    async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+    pub(crate) async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         if let Clock::Leader(mut leader) = self.clock().await? {
             let request = LeaseKeepAliveRequest { id };
             let mut answers = leader

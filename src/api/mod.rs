@@ -5,9 +5,12 @@
 //! become `tonic::Status` in exactly one place, `crate::error`.
 
 pub mod cluster;
+pub mod election;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod local_kv;
+pub mod lock;
 pub mod maintenance;
 pub mod metrics;
 pub mod watch;
@@ -260,9 +263,7 @@ impl<T> Attempt<T> {
     fn after_peer_failure(text: String) -> Self {
         match text.as_str() {
             _ if is_connect_failure(&text) => Attempt::Again { no_leader: false },
-            crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => {
-                Attempt::Again { no_leader: true }
-            }
+            crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => Attempt::Again { no_leader: true },
             _ => Attempt::Done(Err(peer_error(text))),
         }
     }

@@ -49,7 +49,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 /// etcd's conventions for a create request: an empty key is `"\0"`, the smallest key.
-fn options(create: &WatchCreateRequest) -> WatchOptions {
+pub(crate) fn options(create: &WatchCreateRequest) -> WatchOptions {
     let key = if create.key.is_empty() {
         vec![0]
     } else {

@@ -1,0 +1,198 @@
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::{LeaseGrantResponse, RangeResponse, TxnRequest, TxnResponse};
+
+use super::*;
+use crate::memory::MemoryKv;
+
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, future).await.expect("timed out")
+}
+
+/// The next `n` messages of `subscription`, each bounded.
+async fn take(subscription: &mut Subscription, n: usize) -> Vec<Message> {
+    let mut messages = Vec::new();
+    for _ in 0..n {
+        messages.push(bounded(subscription.next()).await.expect("stream ended").unwrap());
+    }
+    messages
+}
+
+fn payloads(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_see_history_then_live_messages_in_revision_order() {
+    let kv = MemoryKv::new();
+    let topic = Topic::new(kv.clone(), "news");
+    let first = topic.publish("m0", None).await.unwrap();
+    for i in 1..3 {
+        topic.publish(format!("m{i}"), None).await.unwrap();
+    }
+    Topic::new(kv.clone(), "other")
+        .publish("elsewhere", None)
+        .await
+        .unwrap();
+    let mut from_start = topic.subscribe(first).await.unwrap();
+    let mut live_only = topic.subscribe(0).await.unwrap();
+    for i in 3..6 {
+        topic.publish(format!("m{i}"), None).await.unwrap();
+    }
+    let seen = take(&mut from_start, 6).await;
+    assert_eq!(payloads(&seen), ["m0", "m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(seen[0].revision, first);
+    assert!(seen.windows(2).all(|w| w[0].revision < w[1].revision));
+    assert!(seen.iter().all(|m| m.key.starts_with(b"news/")));
+    assert_eq!(payloads(&take(&mut live_only, 3).await), ["m3", "m4", "m5"]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), from_start.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_from_the_last_seen_revision_plus_one_has_no_gap_and_no_duplicate() {
+    let kv = MemoryKv::new();
+    let topic = Topic::new(kv.clone(), "log");
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+    }
+    let mut received = Vec::new();
+    let mut subscription = topic.subscribe(1).await.unwrap();
+    received.extend(take(&mut subscription, 3).await);
+    drop(subscription); // the subscriber crashes after processing three
+
+    for i in 5..8 {
+        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+    }
+    let last_seen = received.last().unwrap().revision;
+    let mut subscription = topic.subscribe(last_seen + 1).await.unwrap();
+    let resumed = take(&mut subscription, 5).await;
+    received.extend(resumed);
+    for i in 8..10 {
+        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+    }
+    received.extend(take(&mut subscription, 2).await);
+
+    let revisions: Vec<i64> = received.iter().map(|m| m.revision).collect();
+    assert_eq!(revisions, published);
+    assert_eq!(
+        payloads(&received),
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_lease_expiry_removes_old_messages() {
+    let kv = MemoryKv::new();
+    let topic = Topic::new(kv.clone(), "ticks");
+    let retention = kv.lease_grant(60).await.unwrap().id;
+    let first = topic.publish("old 1", Some(retention)).await.unwrap();
+    topic.publish("old 2", Some(retention)).await.unwrap();
+    topic.publish("kept", None).await.unwrap();
+    assert_eq!(
+        payloads(&topic.retained().await.unwrap()),
+        ["old 1", "old 2", "kept"]
+    );
+
+    kv.expire_lease(retention);
+    assert_eq!(payloads(&topic.retained().await.unwrap()), ["kept"]);
+    // The expiry is not a message; a replay from before it still has the history.
+    let mut replay = topic.subscribe(first).await.unwrap();
+    topic.publish("new", None).await.unwrap();
+    assert_eq!(
+        payloads(&take(&mut replay, 4).await),
+        ["old 1", "old 2", "kept", "new"]
+    );
+
+    // Publishing with a lease that is gone fails with the store's error.
+    let gone = topic.publish("late", Some(retention)).await.unwrap_err();
+    assert!(gone.to_string().contains("lease not found"), "{gone}");
+}
+
+/// A store whose history before `compacted` is gone (MemoryKv never compacts): watches from
+/// before it fail the way the server's do.
+#[derive(Clone)]
+struct Compacted {
+    inner: MemoryKv,
+    compacted: i64,
+}
+
+impl Kv for Compacted {
+    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse> {
+        self.inner.txn(request).await
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
+        self.inner.range(request).await
+    }
+
+    async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
+        if request.start_revision > 0 && request.start_revision < self.compacted {
+            let status =
+                tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+            return Ok(Box::pin(futures::stream::iter([Err(Error::Store(status))])));
+        }
+        self.inner.watch(request).await
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+        self.inner.lease_grant(ttl).await
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        self.inner.lease_keep_alive(id).await
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_from_a_compacted_revision_is_an_error_not_a_gap() {
+    let inner = MemoryKv::new();
+    let topic = Topic::new(inner.clone(), "audit");
+    let first = topic.publish("m0", None).await.unwrap();
+    let second = topic.publish("m1", None).await.unwrap();
+    let kv = Compacted {
+        inner,
+        compacted: second,
+    };
+    let topic = Topic::new(kv, "audit");
+
+    let mut subscription = topic.subscribe(first).await.unwrap();
+    let Some(Err(Error::Store(status))) = bounded(subscription.next()).await else {
+        panic!("expected the compaction error");
+    };
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+    assert!(
+        status.message().contains("required revision has been compacted"),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .contains(&format!("topic audit, from revision {first}")),
+        "{status:?}"
+    );
+    assert!(
+        bounded(subscription.next()).await.is_none(),
+        "the stream ends after its error"
+    );
+
+    let mut from_retained = topic.subscribe(second).await.unwrap();
+    assert_eq!(payloads(&take(&mut from_retained, 1).await), ["m1"]);
+    assert!(matches!(
+        topic.subscribe(-1).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,124 @@
+//! etcd's `v3electionpb.Election` service: Campaign, Proclaim, Leader, Observe and Resign, on
+//! the recipes crate's [`Election`].
+//!
+//! A campaign is held with the caller's lease: the candidate key `name/<lease hex>` lives until
+//! Resign deletes it or the lease ends, and the next candidate leads as soon as that delete is
+//! applied.
+
+use std::pin::Pin;
+
+use concord_proto::v3electionpb::election_server::Election as ElectionRpc;
+use concord_proto::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use concord_recipes::election::{self, Election};
+use concord_recipes::session::Session;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::local_kv::LocalKv;
+
+/// etcd's text for a Proclaim or Resign without a leader key.
+const ERR_MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
+/// The Election service.
+#[derive(Clone)]
+pub struct ElectionService {
+    kv: LocalKv,
+}
+
+impl ElectionService {
+    /// An Election service whose recipes run on `kv`.
+    pub fn new(kv: LocalKv) -> Self {
+        Self { kv }
+    }
+
+    /// The election a leader key belongs to, resumed with the key's lease.
+    fn resume(&self, leader: Option<LeaderKey>) -> Result<Election<LocalKv>, Status> {
+        let leader = leader.ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
+        let session = Session::from_lease(self.kv.clone(), leader.lease);
+        Ok(Election::resume(
+            &session,
+            election::LeaderKey {
+                name: leader.name,
+                key: leader.key,
+                rev: leader.rev,
+                lease: leader.lease,
+            },
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl ElectionRpc for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let request = request.into_inner();
+        let session = Session::from_lease(self.kv.clone(), request.lease);
+        let mut election = Election::new(&session, request.name);
+        let (leader, header) = election
+            .campaign(request.value)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(CampaignResponse {
+            header: Some(header),
+            leader: Some(LeaderKey {
+                name: leader.name,
+                key: leader.key,
+                rev: leader.rev,
+                lease: leader.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let request = request.into_inner();
+        let election = self.resume(request.leader)?;
+        let header = election
+            .proclaim(request.value)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ProclaimResponse { header: Some(header) }))
+    }
+
+    async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let name = request.into_inner().name;
+        let (header, kv) = Election::leader(&self.kv, name)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(LeaderResponse {
+            header: Some(header),
+            kv: Some(kv),
+        }))
+    }
+
+    type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+    async fn observe(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let name = request.into_inner().name;
+        let changes = Election::observe(self.kv.clone(), name).map(|change| {
+            change
+                .map(|(header, kv)| LeaderResponse {
+                    header: Some(header),
+                    kv: Some(kv),
+                })
+                .map_err(|e| e.to_status())
+        });
+        Ok(Response::new(Box::pin(changes)))
+    }
+
+    async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let mut election = self.resume(request.into_inner().leader)?;
+        let header = election.resign().await.map_err(|e| e.to_status())?;
+        Ok(Response::new(ResignResponse { header: Some(header) }))
+    }
+}

@@ -1,0 +1,119 @@
+//! The recipes' [`Kv`] served in-process, so the Lock and Election services run the same
+//! recipe code as the client, straight onto this member's Raft-backed store.
+//!
+//! Each call goes through the same service code a gRPC request would (validation, forwarding
+//! to the leader, lease relays, etcd's error texts), minus the network.
+
+use std::sync::Arc;
+
+use concord_proto::etcdserverpb::kv_server::Kv as _;
+use concord_proto::etcdserverpb::lease_server::Lease as _;
+use concord_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse, WatchCreateRequest,
+};
+use concord_recipes::error::Result;
+use concord_recipes::{Error, Kv, WatchBatch, WatchStream};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status};
+
+use super::Api;
+use super::kv::KvService;
+use super::lease::LeaseService;
+use crate::watch::hub::{STREAM_CAPACITY, StreamId, WatchHub};
+
+/// [`Kv`] on this member: see the module docs.
+#[derive(Clone)]
+pub struct LocalKv {
+    kv: KvService,
+    lease: LeaseService,
+    hub: Arc<WatchHub>,
+}
+
+impl LocalKv {
+    /// Recipes' access to `api`, through the given services.
+    pub fn new(api: &Arc<Api>, kv: KvService, lease: LeaseService) -> Self {
+        Self {
+            kv,
+            lease,
+            hub: api.node().hub.clone(),
+        }
+    }
+}
+
+impl Kv for LocalKv {
+    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse> {
+        Ok(self.kv.txn(Request::new(request)).await?.into_inner())
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
+        Ok(self.kv.range(Request::new(request)).await?.into_inner())
+    }
+
+    async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
+        let stream = HubStream {
+            hub: self.hub.clone(),
+            id: self.hub.new_stream(0),
+        };
+        let (watch_id, current) = self
+            .hub
+            .reserve(stream.id, 0)
+            .map_err(|reason| Error::Store(Status::failed_precondition(reason)))?;
+        let (sink, responses) = mpsc::channel(STREAM_CAPACITY);
+        let start = if request.start_revision > 0 {
+            request.start_revision
+        } else {
+            current + 1
+        };
+        self.hub
+            .register(stream.id, watch_id, super::watch::options(&request), start, sink);
+        let batches = ReceiverStream::new(responses)
+            .flat_map(futures::stream::iter)
+            .map(move |response| {
+                let _registered = &stream; // removed from the hub when the stream is dropped
+                if response.compact_revision > 0 {
+                    return Err(Error::Store(Status::out_of_range(
+                        "etcdserver: mvcc: required revision has been compacted",
+                    )));
+                }
+                if response.canceled {
+                    return Err(Error::WatchEnded(response.cancel_reason));
+                }
+                Ok(WatchBatch {
+                    revision: response.header.map_or(0, |h| h.revision),
+                    events: response.events,
+                })
+            });
+        Ok(Box::pin(batches))
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+        let request = LeaseGrantRequest { ttl, id: 0 };
+        Ok(self.lease.lease_grant(Request::new(request)).await?.into_inner())
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        let answer = self.lease.keep_alive_once(id).await.map_err(Status::from)?;
+        Ok(answer.ttl)
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<()> {
+        let request = LeaseRevokeRequest { id };
+        self.lease.lease_revoke(Request::new(request)).await?;
+        Ok(())
+    }
+}
+
+/// A watch stream registered in the hub, removed when dropped.
+struct HubStream {
+    hub: Arc<WatchHub>,
+    id: StreamId,
+}
+
+impl Drop for HubStream {
+    fn drop(&mut self) {
+        self.hub.remove_stream(self.id);
+    }
+}
