@@ -188,19 +188,50 @@ pub(crate) async fn wait_turn<K: Kv>(
     revision: i64,
 ) -> Result<ResponseHeader> {
     let kv = session.kv();
+    let turn = async {
+        if key.starts_with(prefix) {
+            return wait_own_turn(kv, prefix, key, revision).await;
+        }
+        wait_deletes(kv, prefix, revision - 1).await?;
+        let mine = kv
+            .range(RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        match mine.kvs.first() {
+            Some(kv) if kv.create_revision == revision => Ok(mine.header.unwrap_or_default()),
+            _ => Err(Error::SessionExpired),
+        }
+    };
     tokio::select! {
-        waited = wait_deletes(kv, prefix, revision - 1) => waited?,
-        () = session.lost() => return Err(Error::SessionExpired),
+        waited = turn => waited,
+        () = session.lost() => Err(Error::SessionExpired),
     }
-    let mine = kv
-        .range(RangeRequest {
-            key: key.to_vec(),
-            ..Default::default()
-        })
-        .await?;
-    match mine.kvs.first() {
-        Some(kv) if kv.create_revision == revision => Ok(mine.header.unwrap_or_default()),
-        _ => Err(Error::SessionExpired),
+}
+
+/// [`wait_turn`] for a `key` inside `prefix`: one read per wake-up finds both that the key is
+/// still there and the predecessor to wait for (the two newest keys created at or before
+/// `revision`, newest first: the key itself, then its predecessor). A lock handed over thus
+/// costs the next holder a single read after the delete it waited for.
+async fn wait_own_turn<K: Kv>(kv: &K, prefix: &[u8], key: &[u8], revision: i64) -> Result<ResponseHeader> {
+    loop {
+        let read = kv
+            .range(RangeRequest {
+                limit: 2,
+                ..last_created_before(prefix, revision)
+            })
+            .await?;
+        let mut newest = read.kvs.iter();
+        match newest.next() {
+            Some(mine) if mine.key == key && mine.create_revision == revision => {}
+            _ => return Err(Error::SessionExpired),
+        }
+        let Some(predecessor) = newest.next() else {
+            return Ok(read.header.unwrap_or_default());
+        };
+        let read_at = read.header.as_ref().map_or(0, |h| h.revision);
+        wait_delete(kv, &predecessor.key, read_at + 1).await?;
     }
 }
 
