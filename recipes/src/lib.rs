@@ -21,3 +21,6 @@ pub mod session;
 
 pub use error::Error;
 pub use kv::{Kv, WatchBatch, WatchStream};
+
+#[cfg(test)]
+mod test_util;

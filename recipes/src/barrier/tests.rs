@@ -4,16 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::memory::MemoryKv;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, future).await.expect("timed out")
-}
-
-async fn session(kv: &MemoryKv) -> Session<MemoryKv> {
-    Session::new(kv.clone(), 10).await.unwrap()
-}
+use crate::test_util::{bounded, session};
 
 /// The keys under `prefix`.
 async fn keys(kv: &MemoryKv, prefix: &str) -> Vec<Vec<u8>> {

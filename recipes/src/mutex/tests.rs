@@ -7,16 +7,7 @@ use concord_proto::etcdserverpb::{RangeRequest, TxnRequest};
 use super::*;
 use crate::kv::{prefix_end, put_op};
 use crate::memory::MemoryKv;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, future).await.expect("timed out")
-}
-
-async fn session(kv: &MemoryKv) -> Session<MemoryKv> {
-    Session::new(kv.clone(), 10).await.unwrap()
-}
+use crate::test_util::{bounded, session, until};
 
 async fn queued(kv: &MemoryKv, name: &str) -> Vec<Vec<u8>> {
     let prefix = prefix_of(name);
@@ -32,16 +23,6 @@ async fn queued(kv: &MemoryKv, name: &str) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|kv| kv.key)
         .collect()
-}
-
-/// Polls `condition` until it holds (bounded).
-async fn until(mut condition: impl AsyncFnMut() -> bool) {
-    bounded(async {
-        while !condition().await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,50 +2,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use concord_proto::etcdserverpb::{RangeRequest, TxnRequest};
+use concord_proto::etcdserverpb::TxnRequest;
 
 use super::*;
-use crate::kv::prefix_end;
 use crate::memory::MemoryKv;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, future).await.expect("timed out")
-}
-
-async fn session(kv: &MemoryKv) -> Session<MemoryKv> {
-    Session::new(kv.clone(), 10).await.unwrap()
-}
+use crate::test_util::{bounded, keys_by_creation, session, until};
 
 /// The keys under `name/`, in queue (create revision) order.
 async fn queued(kv: &MemoryKv, name: &str) -> Vec<Vec<u8>> {
-    let prefix = prefix_of(name);
-    let range = RangeRequest {
-        key: prefix.clone(),
-        range_end: prefix_end(&prefix),
-        sort_order: SortOrder::Ascend as i32,
-        sort_target: SortTarget::Create as i32,
-        ..Default::default()
-    };
-    kv.range(range)
-        .await
-        .unwrap()
-        .kvs
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect()
-}
-
-/// Polls `condition` until it holds (bounded).
-async fn until(mut condition: impl AsyncFnMut() -> bool) {
-    bounded(async {
-        while !condition().await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
+    keys_by_creation(kv, &prefix_of(name)).await
 }
 
 /// Locks in a task, reporting `label` on `order` once locked; the task returns the handle.
