@@ -31,16 +31,24 @@ pub enum Error {
 }
 
 impl Error {
-    /// The gRPC status a service answers with for this error.
+    /// The gRPC status a service answers with for this error, as etcd's Lock and Election
+    /// services answer: they pass on errors of etcd's client library, which carry etcd's text
+    /// but no gRPC code, so clients see `Unknown`. Only "try again" codes stay as they are.
     pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
         match self {
-            Error::Store(status) => status.clone(),
-            Error::WatchEnded(_) => tonic::Status::unavailable(self.to_string()),
-            Error::SessionExpired => tonic::Status::not_found("etcdserver: requested lease not found"),
-            Error::NotLeader | Error::NoLeader | Error::Locked | Error::NotHeld(_) => {
-                tonic::Status::unknown(self.to_string())
+            Error::Store(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                ) =>
+            {
+                status.clone()
             }
+            Error::WatchEnded(_) => tonic::Status::unavailable(self.to_string()),
+            Error::SessionExpired => tonic::Status::unknown("etcdserver: requested lease not found"),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(self.to_string()),
+            _ => tonic::Status::unknown(self.to_string()),
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod client;
 mod client_kv;
 mod cluster;
 mod crash;
@@ -12,5 +13,6 @@ mod etcdctl_kv;
 mod harness;
 mod lease;
 mod lease_wave;
+mod recipes;
 mod watch;
 mod watch_lifecycle;

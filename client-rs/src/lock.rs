@@ -1,0 +1,145 @@
+//! [`Client::lock`] and [`LockGuard`]: a distributed lock held with its own session, over the
+//! recipes' [`Mutex`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::Compare;
+use concord_recipes::mutex::Mutex;
+use concord_recipes::session::Session;
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::options::ttl_secs;
+use crate::owned::OwnedSession;
+
+impl Client {
+    /// Waits until this caller holds the lock `name`, with a lease of
+    /// [`lock_ttl`](crate::ClientOptions::lock_ttl) kept alive in the background.
+    ///
+    /// Each call has its own session, so two tasks of one client exclude each other like two
+    /// processes do. Waiters are served in the order they asked. If the holder dies, the lock
+    /// passes on when its lease expires. Cancelling the call removes its place in the queue.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// let guard = client.lock("jobs/nightly-report").await?;
+    /// // ... only one process in the cluster runs this at a time ...
+    /// guard.unlock().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self, name: impl Into<Vec<u8>>) -> Result<LockGuard> {
+        self.lock_with_ttl(name, self.options().lock_ttl).await
+    }
+
+    /// [`lock`](Self::lock) with a lease of `ttl` (whole seconds, rounded up; the server may
+    /// raise it to its minimum).
+    pub async fn lock_with_ttl(&self, name: impl Into<Vec<u8>>, ttl: Duration) -> Result<LockGuard> {
+        let session = Session::new(self.clone(), ttl_secs(ttl)).await?;
+        let mut mutex = Mutex::new(&session, name);
+        let session = OwnedSession::new(session);
+        // On failure or cancellation, dropping `session` revokes the lease in the background.
+        mutex.lock().await?;
+        let fence = mutex.fence()?;
+        Ok(LockGuard {
+            mutex,
+            fence,
+            session,
+        })
+    }
+
+    /// Takes the lock `name` if nobody holds it; `None` (and nothing left behind)
+    /// otherwise.
+    pub async fn try_lock(&self, name: impl Into<Vec<u8>>) -> Result<Option<LockGuard>> {
+        let ttl = ttl_secs(self.options().lock_ttl);
+        let session = Session::new(self.clone(), ttl).await?;
+        let mut mutex = Mutex::new(&session, name);
+        let mut session = OwnedSession::new(session);
+        match mutex.try_lock().await {
+            Ok(()) => {
+                let fence = mutex.fence()?;
+                Ok(Some(LockGuard {
+                    mutex,
+                    fence,
+                    session,
+                }))
+            }
+            Err(concord_recipes::Error::Locked) => {
+                session.end(async { Ok(()) }).await?;
+                Ok(None)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// A held lock. [`unlock`](Self::unlock) releases it; dropping the guard releases it in the
+/// background by revoking its lease (or, outside a tokio runtime, when the lease expires).
+///
+/// Holding the guard does not by itself prove the lock is still held: if the process stalls
+/// past the lease's TTL, or the keep-alives fail for that long, the lease expires and another
+/// waiter gets the lock. [`lost`](Self::lost) tells when that is known; writes that must only
+/// happen under the lock should carry the [`fence`](Self::fence).
+pub struct LockGuard {
+    mutex: Mutex<Client>,
+    fence: Compare,
+    session: OwnedSession,
+}
+
+impl LockGuard {
+    /// The key that holds the lock, `name/<lease hex>`.
+    pub fn key(&self) -> &[u8] {
+        self.mutex.key()
+    }
+
+    /// The key's create revision: a number that grows with every new holder of the lock, for
+    /// systems that take a fencing token.
+    pub fn revision(&self) -> i64 {
+        self.mutex.revision()
+    }
+
+    /// The lease the lock is held with.
+    pub fn lease(&self) -> i64 {
+        self.session.lease()
+    }
+
+    /// The fencing compare: it holds in a txn only while this hold on the lock lasts (the
+    /// key still exists with the same create revision), so a txn guarded by it cannot write
+    /// after the lock passed on.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// use concord_client::Kv;
+    /// use concord_client::proto::etcdserverpb::TxnRequest;
+    /// use concord_client::recipes::kv::put_op;
+    ///
+    /// let guard = client.lock("ledger").await?;
+    /// let txn = TxnRequest {
+    ///     compare: vec![guard.fence()],
+    ///     success: vec![put_op("ledger/balance", "42", 0)],
+    ///     failure: vec![],
+    /// };
+    /// let still_held = client.txn(txn).await?.succeeded;
+    /// # let _ = still_held; Ok(()) }
+    /// ```
+    pub fn fence(&self) -> Compare {
+        self.fence.clone()
+    }
+
+    /// Whether the lock's lease is known to be gone (the lock may be someone else's).
+    pub fn is_lost(&self) -> bool {
+        self.session.is_lost()
+    }
+
+    /// Completes once the lock's lease is known to be gone. The future does not borrow the
+    /// guard.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.lost()
+    }
+
+    /// Releases the lock: deletes its key, then revokes its lease.
+    pub async fn unlock(mut self) -> Result<()> {
+        let mutex = &mut self.mutex;
+        self.session.end(async move { Ok(mutex.unlock().await?) }).await
+    }
+}
