@@ -30,10 +30,9 @@ lease_scenario() {
 if [ $# -gt 0 ]; then
     scenarios=("$@")
 else
-    # The shared scenarios whose features are built (lock-elect comes with its issue), then
-    # our own.
+    # Every shared scenario, then our own.
     scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch}.txt "$(lease_scenario)" \
-        "$COMPAT"/scenarios/cluster.txt tests/compat/*.txt)
+        "$COMPAT"/scenarios/{lock-elect,cluster}.txt tests/compat/*.txt)
 fi
 failed=0
 for scenario in "${scenarios[@]}"; do
