@@ -109,7 +109,7 @@ fn etcdctl_lock_runs_a_command_while_holding() {
     waiting.still_waiting();
     let (status, _, _) = holder.signal("INT");
     assert!(status.success());
-    let (status, out, err) = waiting.exit();
+    let (status, out, err) = waiting.wait_exit();
     assert!(status.success(), "{err}");
     assert_eq!(out, "hello\n");
     assert_eq!(server.ctl(&["get", "door/", "--prefix"]), "");

@@ -1,10 +1,6 @@
 //! Shared by the watch tests: a raw Watch stream over our own proto client, a background
 //! `etcdctl` whose output is read with a deadline, and the server's watcher gauges.
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use concord_proto::etcdserverpb::watch_client::WatchClient;
@@ -17,10 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+pub use crate::background::{Etcdctl, WAIT};
 use crate::harness::Server;
-
-/// How long any single expected response or output may take.
-pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A new HTTP/2 connection to `server`: streams on different connections do not share
 /// flow-control windows, so a stalled one cannot hold up the others.
@@ -176,141 +170,5 @@ pub async fn wait_for_gauge(server: &Server, name: &str, want: i64) {
         }
         assert!(Instant::now() < deadline, "{name} stayed {got}, expected {want}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A background `etcdctl` (a `watch`, usually) whose output is collected as it comes.
-pub struct Etcdctl {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-/// Copies everything `from` yields into a shared buffer, on a thread that ends with the pipe.
-fn collect(mut from: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let sink = buffer.clone();
-    let reader = std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = from.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    (buffer, reader)
-}
-
-impl Etcdctl {
-    /// Starts `etcdctl --endpoints=<server> <args>` with piped stdin, stdout and stderr.
-    pub fn spawn(server: &Server, args: &[&str]) -> Etcdctl {
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", server.endpoint))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl is installed");
-        let (stdout, out_reader) = collect(child.stdout.take().unwrap());
-        let (stderr, err_reader) = collect(child.stderr.take().unwrap());
-        Etcdctl {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        }
-    }
-
-    /// Writes one line to its stdin (interactive mode).
-    pub fn line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Stdout so far.
-    pub fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    /// Stderr so far.
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until `done(output so far)` holds or [`WAIT`] passed, and returns the output.
-    async fn wait_for(buffer: &Mutex<Vec<u8>>, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let out = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
-            if done(&out) || Instant::now() > deadline {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Waits until stdout is at least as long as `expected` (or [`WAIT`] passed) and returns
-    /// it. Callers end their writes with one the command must print last, so anything missing,
-    /// extra or out of order shows up as a difference.
-    pub async fn stdout_like(&self, expected: &str) -> String {
-        Self::wait_for(&self.stdout, |out| out.len() >= expected.len()).await
-    }
-
-    /// As [`Self::stdout_like`], for stderr.
-    pub async fn stderr_like(&self, expected: &str) -> String {
-        Self::wait_for(&self.stderr, |out| out.len() >= expected.len()).await
-    }
-
-    /// Waits until stdout has `n` complete lines (or [`WAIT`] passed) and returns it.
-    pub async fn stdout_lines(&self, n: usize) -> String {
-        Self::wait_for(&self.stdout, |out| out.matches('\n').count() >= n).await
-    }
-
-    /// Kills it (it watches forever otherwise) and returns `(stdout, stderr)`.
-    pub fn kill(mut self) -> (String, String) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.drain();
-        (self.stdout(), self.stderr())
-    }
-
-    /// Waits for the reader threads, which end when the exited process's pipes close.
-    fn drain(&mut self) {
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-    }
-
-    /// Closes stdin and waits for it to exit on its own: `(status, stdout, stderr)`.
-    pub async fn exit(mut self) -> (ExitStatus, String, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.drain();
-                return (status, self.stdout(), self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcdctl did not exit; stdout {:?}, stderr {:?}",
-                self.stdout(),
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Etcdctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
