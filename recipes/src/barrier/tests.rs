@@ -4,22 +4,11 @@ use std::time::Duration;
 
 use super::*;
 use crate::memory::MemoryKv;
-use crate::test_util::{bounded, session};
+use crate::test_util::{bounded, keys_by_creation, session};
 
 /// The keys under `prefix`.
 async fn keys(kv: &MemoryKv, prefix: &str) -> Vec<Vec<u8>> {
-    let range = RangeRequest {
-        key: prefix.into(),
-        range_end: prefix_end(prefix.as_bytes()),
-        ..Default::default()
-    };
-    kv.range(range)
-        .await
-        .unwrap()
-        .kvs
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect()
+    keys_by_creation(kv, prefix.as_bytes()).await
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,27 +2,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::{RangeRequest, TxnRequest};
+use concord_proto::etcdserverpb::TxnRequest;
 
 use super::*;
-use crate::kv::{prefix_end, put_op};
+use crate::kv::put_op;
 use crate::memory::MemoryKv;
-use crate::test_util::{bounded, session, until};
+use crate::test_util::{bounded, keys_by_creation, session, until};
 
+/// The keys under `name/`, in queue (create revision) order.
 async fn queued(kv: &MemoryKv, name: &str) -> Vec<Vec<u8>> {
-    let prefix = prefix_of(name);
-    let range = RangeRequest {
-        key: prefix.clone(),
-        range_end: prefix_end(&prefix),
-        ..Default::default()
-    };
-    kv.range(range)
-        .await
-        .unwrap()
-        .kvs
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect()
+    keys_by_creation(kv, &prefix_of(name)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +64,7 @@ async fn waiters_queue_in_create_order_each_watching_only_its_predecessor() {
     let keys = queued(&kv, "fifo").await;
     until(async || keys.iter().map(|key| kv.watchers(key)).sum::<usize>() == 5).await;
     let watching: Vec<usize> = keys.iter().map(|key| kv.watchers(key)).collect();
-    // Sorted by key, not by queue position, but every key but the last queued has one watcher.
+    // Every key but the last queued has one watcher: its successor's.
     assert_eq!(kv.watchers(holder.key()), 1, "{watching:?}");
     assert!(watching.iter().all(|&n| n <= 1), "{watching:?}");
 
