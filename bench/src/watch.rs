@@ -9,6 +9,7 @@ use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+use concord_recipes::kv::prefix_end;
 use tokio::sync::{Barrier, mpsc};
 use tonic::transport::Channel;
 
@@ -122,16 +123,4 @@ pub async fn run(
         p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3,
     );
     Ok(())
-}
-
-/// etcd's prefix range end: the prefix with its last byte incremented.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

@@ -13,6 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+pub use concord_recipes::kv::prefix_end;
+
 pub use crate::background::{Etcdctl, WAIT};
 use crate::harness::Server;
 
@@ -24,18 +26,6 @@ pub async fn connection(server: &Server) -> Channel {
         .connect()
         .await
         .expect("connect to concord")
-}
-
-/// etcd's range end for "every key starting with `prefix`".
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// A create request for `key` (and `range_end`, etcd's convention: empty = the key alone,
