@@ -5,9 +5,7 @@ use clap::Parser;
 use concord::config::{Config, Flags};
 use tracing_subscriber::EnvFilter;
 
-/// Single-threaded: the server spreads client connections over one runtime per core itself
-/// (`concord::net::runtimes`); Raft and the state machine run here.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     // Concord's own logs at --log-level; dependencies (openraft is chatty) only warnings.

@@ -1,7 +1,4 @@
 //! Serving: binds the client listeners, runs the gRPC services and `/health`, and stops in order.
-//!
-//! Everything runs on single-threaded runtimes: Raft, the state machine and leases on the main
-//! one, client connections spread over one runtime per core (see [`crate::net::runtimes`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +24,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
 use crate::net::CoalescingStream;
-use crate::net::runtimes::ConnectionRuntimes;
 use crate::raft::RaftNode;
 use crate::raft::network::PEER_MESSAGE_BYTES;
 use crate::raft::peer_service::PeerService;
@@ -94,7 +90,6 @@ pub async fn run(
     ));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let connection_runtimes = ConnectionRuntimes::per_core()?;
     let mut servers = Vec::new();
     let peer_service = PeerService::new(
         api.node().raft.clone(),
@@ -134,19 +129,16 @@ pub async fn run(
     };
     for listener in listeners.into_iter().filter(|_| !stopping_early) {
         tracing::info!(addr = %listener.local_addr()?, "serving client requests");
-        let dealt = connection_runtimes.deal(listener);
-        for (runtime, connections) in connection_runtimes.handles().iter().zip(dealt) {
-            let mut stop = stop_tx.subscribe();
-            let server = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(routes.clone())
-                // Serving our own listener skips tonic's socket options; CoalescingStream turns
-                // Nagle off and batches the connection's writes itself (see `crate::net`).
-                .serve_with_incoming_shutdown(connections, async move {
-                    let _ = stop.recv().await;
-                });
-            servers.push(runtime.spawn(server));
-        }
+        let mut stop = stop_tx.subscribe();
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes.clone())
+            // Serving our own listener skips tonic's socket options; CoalescingStream turns
+            // Nagle off and batches the connection's writes itself (see `crate::net`).
+            .serve_with_incoming_shutdown(incoming(listener), async move {
+                let _ = stop.recv().await;
+            });
+        servers.push(tokio::spawn(server));
     }
 
     if !stopping_early {
@@ -161,9 +153,6 @@ pub async fn run(
             Err(err) => tracing::warn!(error = %err, "client server task failed"),
         }
     }
-    // Their servers are done: stop the connection runtimes' threads (dropping what was left
-    // on them, such as the tasks of streams whose clients never hung up).
-    drop(connection_runtimes);
     let _ = stop_publish.send(());
     let _ = publisher.await;
     expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;

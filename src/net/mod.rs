@@ -12,7 +12,6 @@
 //! repairs the scheme-qualified `:authority` etcdctl 3.4 sends in some commands.
 
 mod authority;
-pub mod runtimes;
 
 use std::io;
 use std::pin::Pin;
@@ -38,8 +37,6 @@ pub struct CoalescingStream {
     filter: AuthorityFilter,
     /// Filtered bytes the server has not read yet.
     filtered: Vec<u8>,
-    /// Counts this connection among its runtime's open ones while it lives.
-    _open: Option<runtimes::OpenConnection>,
 }
 
 impl CoalescingStream {
@@ -52,14 +49,7 @@ impl CoalescingStream {
             yielded: false,
             filter: AuthorityFilter::default(),
             filtered: Vec::new(),
-            _open: None,
         })
-    }
-
-    /// This connection, counted in `open` until it is dropped.
-    fn counted(mut self, open: runtimes::OpenConnection) -> Self {
-        self._open = Some(open);
-        self
     }
 
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
