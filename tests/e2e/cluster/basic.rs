@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
 
-use super::harness::{Cluster, XorShift, read_prefix};
+use super::checks::read_prefix;
+use super::harness::{Cluster, XorShift};
 
 /// How long a fresh (or healed) cluster may take to agree on a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
-use super::harness::{Cluster, await_voters, member_list};
+use super::checks::{await_voters, member_list};
+use super::harness::Cluster;
 
 /// How long a fresh cluster may take to agree on a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);

@@ -5,6 +5,7 @@
 //! cluster on fresh ports.
 
 mod basic;
+mod checks;
 pub mod harness;
 mod isolation;
 mod lease;

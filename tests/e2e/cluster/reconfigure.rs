@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
-use super::harness::{Cluster, XorShift, await_voters, read_prefix};
+use super::checks::{await_voters, read_prefix};
+use super::harness::{Cluster, XorShift};
 
 /// How long a cluster may take to agree on a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
