@@ -89,6 +89,16 @@ async fn next(stream: &mut WatchStream) -> etcd_client::WatchResponse {
         .expect("watch stream open")
 }
 
+/// A watch on every key under `prefix`, once the server has confirmed it.
+async fn watch_prefix(c: &mut Client, prefix: &str) -> WatchStream {
+    let mut stream = c
+        .watch(prefix, Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(next(&mut stream).await.created());
+    stream
+}
+
 /// Reads `n` PUT events off `stream` (they may come in several responses).
 async fn skip_puts(stream: &mut WatchStream, n: usize) {
     let mut seen = 0;
@@ -129,11 +139,7 @@ async fn expiry_deletes_every_key_in_one_revision() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = connect(&server).await;
-    let mut watch = c
-        .watch("exp/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    assert!(next(&mut watch).await.created());
+    let mut watch = watch_prefix(&mut c, "exp/").await;
     c.put("plain", "stays", None).await.unwrap();
 
     let since = Instant::now();
@@ -221,11 +227,7 @@ async fn revoke_deletes_keys_in_one_revision() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = connect(&server).await;
-    let mut watch = c
-        .watch("rv/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    assert!(next(&mut watch).await.created());
+    let mut watch = watch_prefix(&mut c, "rv/").await;
     let lease = c.lease_grant(60, None).await.unwrap();
     assert_eq!(lease.header().unwrap().revision(), 1, "a grant is no revision");
     let keys = ["rv/1", "rv/2", "rv/3"];
