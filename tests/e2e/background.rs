@@ -129,18 +129,27 @@ impl Etcdctl {
         drop(self.stdin.take());
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.drain();
-                return (status, self.stdout(), self.stderr());
+            if let Some(exited) = self.exited_by(deadline) {
+                return exited;
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcdctl did not exit; stdout {:?}, stderr {:?}",
-                self.stdout(),
-                self.stderr()
-            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// `(status, stdout, stderr)` once it has exited (its output read to the end); None while it
+    /// runs. Fails the test if it still runs past `deadline`.
+    fn exited_by(&mut self, deadline: Instant) -> Option<(ExitStatus, String, String)> {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            self.drain();
+            return Some((status, self.stdout(), self.stderr()));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcdctl did not exit; stdout {:?}, stderr {:?}",
+            self.stdout(),
+            self.stderr()
+        );
+        None
     }
     /// Waits until stdout has `n` complete lines and returns it; fails after [`WAIT`].
     pub fn lines(&self, n: usize) -> String {
@@ -183,18 +192,9 @@ impl Etcdctl {
     pub fn wait_exit(mut self) -> (ExitStatus, String, String) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    reader.join().unwrap();
-                }
-                return (status, self.stdout(), self.stderr());
+            if let Some(exited) = self.exited_by(deadline) {
+                return exited;
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcdctl did not exit; stdout {:?}, stderr {:?}",
-                self.stdout(),
-                self.stderr()
-            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
