@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::GuardedCodec")
         .compile_with_config(config, PROTOS, &[PROTO_DIR])?;
     Ok(())
 }

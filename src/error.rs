@@ -6,8 +6,7 @@ use crate::mvcc::MvccError;
 
 /// etcd's `etcdserver: request is too large`.
 pub const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
-/// etcd's `etcdserver: too many operations in txn request`.
-pub const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+pub use concord_proto::rpctypes::ERR_TOO_MANY_OPS;
 /// etcd's `etcdserver: no leader`.
 pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
 /// etcd's `etcdserver: request timed out`.
@@ -62,6 +61,10 @@ pub enum Error {
     /// The server is shutting down.
     #[error("{ERR_STOPPED}")]
     Stopped,
+    /// A command that no client of this member can have sent (an internal command from outside,
+    /// a malformed forwarded one): refused before it reaches the log.
+    #[error("etcdserver: invalid request: {0}")]
+    Rejected(&'static str),
     /// Raft failed in a way the client cannot fix.
     #[error("etcdserver: raft: {0}")]
     Raft(String),
@@ -75,7 +78,7 @@ impl From<Error> for Status {
         let code = match &err {
             Error::Config(_) => Code::InvalidArgument,
             Error::Mvcc(e) => mvcc_code(e),
-            Error::RequestTooLarge | Error::TooManyOps => Code::InvalidArgument,
+            Error::RequestTooLarge | Error::TooManyOps | Error::Rejected(_) => Code::InvalidArgument,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::MemberNotFound => Code::NotFound,
             Error::PeerUrlExists | Error::NotLearner | Error::LearnerNotReady => Code::FailedPrecondition,

@@ -13,6 +13,7 @@ use concord_proto::v3electionpb::election_server::ElectionServer;
 use concord_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
 use crate::api::{
@@ -96,6 +97,7 @@ pub async fn run(
         api.node().identity.cluster_id,
         api.node().snapshot_dir.clone(),
         api.request_timeout(),
+        api.admission(),
     );
     for listener in peer_listeners {
         tracing::info!(addr = %listener.local_addr()?, "serving peer requests");
@@ -170,6 +172,8 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
     TcpListenerStream::new(listener).map(|accepted| accepted.and_then(CoalescingStream::new))
 }
 
+/// Every client service, with etcd's limits. Like etcd (grpc-go), a server accepts
+/// gzip-compressed requests and answers uncompressed.
 fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv_service = KvService::new(api.clone());
@@ -177,28 +181,35 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let recipes_kv = LocalKv::new(api, kv_service.clone(), lease_service.clone());
     let kv = KvServer::new(kv_service)
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let watch = WatchServer::new(WatchService::new(
         api.clone(),
         config.watch_progress_notify_interval,
     ))
     .max_decoding_message_size(max_message)
-    .max_encoding_message_size(usize::MAX);
+    .max_encoding_message_size(usize::MAX)
+    .accept_compressed(CompressionEncoding::Gzip);
     let lease = LeaseServer::new(lease_service)
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let cluster = ClusterServer::new(ClusterService::new(api.clone(), config))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let lock = LockServer::new(LockService::new(recipes_kv.clone()))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let election = ElectionServer::new(ElectionService::new(recipes_kv))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip);
     let mut routes = Routes::new(kv)
         .add_service(cluster)
         .add_service(maintenance)

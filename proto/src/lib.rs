@@ -17,9 +17,14 @@
 //! - [`raftpb`]: Concord's own Raft log commands and entries (not etcd's API).
 //!
 //! Every service has a generated server (`<service>_server::{Trait, TraitServer}`)
-//! and client (`<service>_client::<Service>Client`).
+//! and client (`<service>_client::<Service>Client`), all on [`codec::GuardedCodec`], which
+//! refuses txns nested deeper than [`nesting::MAX_TXN_DEPTH`] before decoding them.
 
 #![deny(missing_docs)]
+
+pub mod codec;
+pub mod nesting;
+pub mod rpctypes;
 
 /// etcd's storage-level key/value and event types (package `mvccpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]

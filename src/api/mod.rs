@@ -1,7 +1,7 @@
 //! The gRPC edge: one file per etcd service, each thin over [`Api`].
 //!
-//! A write is validated here (size, txn ops, empty keys), turned into a [`Command`] and proposed
-//! to Raft; a read waits for a read index (linearizable) or reads locally (serializable). Errors
+//! A write is turned into a [`Command`], checked (`crate::raft::admission`: size, txn ops, empty
+//! keys) and proposed to Raft; a read waits for a read index (linearizable) or reads locally (serializable). Errors
 //! become `tonic::Status` in exactly one place, `crate::error`.
 
 pub mod cluster;
@@ -27,14 +27,14 @@ use prost::Message;
 use crate::config::Config;
 use crate::error::Error;
 use crate::mvcc::MvccStore;
+use crate::raft::admission::{Admission, Origin};
 use crate::raft::membership::{self, MembershipChange};
 use crate::raft::{Command, CommandResult, MemberNode, RaftNode};
 
 /// What every service needs: the Raft member, its store and the request limits.
 pub struct Api {
     node: RaftNode,
-    max_request_bytes: usize,
-    max_txn_ops: usize,
+    admission: Admission,
     request_timeout: Duration,
 }
 
@@ -43,8 +43,7 @@ impl Api {
     pub fn new(node: RaftNode, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             node,
-            max_request_bytes: config.max_request_bytes,
-            max_txn_ops: config.max_txn_ops,
+            admission: Admission::new(config),
             // etcd: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
         })
@@ -85,10 +84,12 @@ impl Api {
 
     /// Rejects requests larger than `--max-request-bytes`.
     pub fn check_size(&self, request: &impl Message) -> Result<(), Error> {
-        if request.encoded_len() > self.max_request_bytes {
-            return Err(Error::RequestTooLarge);
-        }
-        Ok(())
+        self.admission.check_size(request)
+    }
+
+    /// The checks every write passes before it is proposed.
+    pub fn admission(&self) -> Admission {
+        self.admission
     }
 
     /// How long a request may wait for Raft.
@@ -96,16 +97,12 @@ impl Api {
         self.request_timeout
     }
 
-    /// The most operations a txn may carry.
-    pub fn max_txn_ops(&self) -> usize {
-        self.max_txn_ops
-    }
-
-    /// Proposes a write through Raft and waits for it to be applied. On a follower the
-    /// command is forwarded to the leader, which proposes it and relays the answer (stock etcd
-    /// clients do not follow redirects).
+    /// Checks a write with [`Admission`], proposes it through Raft and waits for it to be
+    /// applied. On a follower the command is forwarded to the leader, which checks it again,
+    /// proposes it and relays the answer (stock etcd clients do not follow redirects).
     pub async fn propose(&self, request: Request) -> Result<Response, Error> {
         let command = &Command::from(request);
+        self.admission.check(&command.0, Origin::Client)?;
         let result = self
             .until_leader_answers(move || async move {
                 let leader = match self.node.raft.client_write(command.clone()).await {
@@ -282,6 +279,8 @@ fn peer_error(text: String) -> Error {
     match text.as_str() {
         crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => Error::NoLeader,
         crate::error::ERR_TIMEOUT => Error::Timeout,
+        crate::error::ERR_REQUEST_TOO_LARGE => Error::RequestTooLarge,
+        crate::error::ERR_TOO_MANY_OPS => Error::TooManyOps,
         _ => Error::Raft(format!("forwarding to the leader: {text}")),
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use concord_proto::etcdserverpb::request_op::Request;
 use concord_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use concord_proto::nesting::MAX_TXN_DEPTH;
 
 use super::error::MvccError;
 
@@ -54,7 +55,34 @@ pub fn check_txn_request(r: &TxnRequest) -> Result<(), MvccError> {
     Ok(())
 }
 
-fn check_txn_ops(r: &TxnRequest) -> Result<(), MvccError> {
+/// A txn over [`check_txn_limits`]: more ops than a level's budget, or nested deeper than
+/// [`MAX_TXN_DEPTH`] (etcd's `too many operations in txn request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyOps;
+
+/// etcd's op-count rule (`checkTxnRequest`): a txn's compare, success and failure lists may
+/// each hold at most `max_ops` entries, and a txn nested in it gets `max_ops` minus the outer
+/// txn's largest list, so a whole nest stays within the flag. On top of etcd's rule, txns may
+/// nest at most [`MAX_TXN_DEPTH`] levels (see `concord_proto::nesting`).
+pub fn check_txn_limits(r: &TxnRequest, max_ops: usize) -> Result<(), TooManyOps> {
+    let mut levels = vec![(r, max_ops, 1usize)];
+    while let Some((txn, budget, depth)) = levels.pop() {
+        let ops = txn.compare.len().max(txn.success.len()).max(txn.failure.len());
+        if ops > budget || depth > MAX_TXN_DEPTH {
+            return Err(TooManyOps);
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let Some(Request::RequestTxn(nested)) = &op.request {
+                levels.push((nested, budget - ops, depth + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest` without the op counts: every key present, every op well formed, in
+/// both branches and every nested txn (no overlap check: see [`check_txn_request`]).
+pub fn check_txn_ops(r: &TxnRequest) -> Result<(), MvccError> {
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(MvccError::EmptyKey);
     }

@@ -20,7 +20,7 @@
 //! - `writer`: one write request in progress (etcd's `storeTxnWrite` with the applier's
 //!   `Put` / `DeleteRange`).
 //! - `compare` and `txn`: txn compares and execution (etcd's `applyCompare`, `applyTxn`).
-//! - `check`: request validation (etcd's `v3rpc/key.go` checks, `checkIntervals`).
+//! - [`check`]: request validation (etcd's `v3rpc/key.go` checks, `checkIntervals`).
 //! - `compaction`: compaction of the index and the history rows.
 //! - `change_log`: the undo log and events of a batch.
 //! - `store` and `write_batch`: [`MvccStore`] and [`WriteBatch`].
@@ -33,7 +33,7 @@
 //! - `mvcc_meta`: `&str` → `i64`: `current_revision`, `compacted_revision`.
 
 mod change_log;
-mod check;
+pub mod check;
 mod compaction;
 mod compare;
 pub mod error;

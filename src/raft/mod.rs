@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`command`]: the replicated [`Command`] and the state machine's [`CommandResult`].
+//! - [`admission`]: the checks a command passes before it is proposed, wherever it enters.
 //! - [`codec`]: how log entries, log ids and votes are encoded on disk (versioned).
 //! - [`log_store`]: openraft's log storage: the in-memory [`log_cache`] in front of the [`wal`],
 //!   with group commit (one fdatasync for every append waiting).
@@ -13,6 +14,7 @@
 //! - [`membership`]: member add/remove/update/promote and publishing client URLs.
 //! - [`node`]: starting a Raft node on a data directory.
 
+pub mod admission;
 pub mod codec;
 pub mod command;
 pub mod durable;

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::admission::{Admission, Origin};
 use super::codec::decode_entry;
 use super::membership;
 use super::snapshot::SnapshotFile;
@@ -31,17 +32,25 @@ pub struct PeerService {
     cluster_id: u64,
     snapshot_dir: PathBuf,
     request_timeout: Duration,
+    admission: Admission,
 }
 
 impl PeerService {
     /// A peer service over `raft` in cluster `cluster_id`; incoming snapshots are written into
-    /// `snapshot_dir`; forwarded requests give up after `request_timeout`.
-    pub fn new(raft: Raft, cluster_id: u64, snapshot_dir: PathBuf, request_timeout: Duration) -> Self {
+    /// `snapshot_dir`; forwarded writes pass `admission` and give up after `request_timeout`.
+    pub fn new(
+        raft: Raft,
+        cluster_id: u64,
+        snapshot_dir: PathBuf,
+        request_timeout: Duration,
+        admission: Admission,
+    ) -> Self {
         PeerService {
             raft,
             cluster_id,
             snapshot_dir,
             request_timeout,
+            admission,
         }
     }
 }
@@ -134,6 +143,12 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, request: Request<raftpb::Command>) -> Result<Response<ForwardResponse>, Status> {
         let command = Command(request.into_inner());
+        if let Err(err) = self.admission.check(&command.0, Origin::Peer) {
+            return Ok(Response::new(ForwardResponse {
+                error: err.to_string(),
+                ..Default::default()
+            }));
+        }
         let write = tokio::time::timeout(self.request_timeout, self.raft.client_write(command));
         let response = match write.await {
             Err(_) => ForwardResponse {

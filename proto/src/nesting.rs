@@ -1,0 +1,206 @@
+//! How deeply txns nest, read from their wire bytes without decoding them.
+//!
+//! A `TxnRequest` may hold txns in its `success` and `failure` ops, without limit on the wire.
+//! Decoding is recursive, so prost stops at 100 nested messages (two per txn level: the
+//! `RequestOp` and the `TxnRequest` inside it) and answers anything deeper with a bare decode
+//! error. Every place that stores or replicates a txn wraps it in more messages (the Raft
+//! `Command`, the WAL's `LogEntry`), so a txn the client edge just managed to decode could be
+//! acknowledged and then never be read back. Concord therefore allows at most
+//! [`MAX_TXN_DEPTH`] levels, well inside what every decoder accepts, and refuses deeper txns
+//! with etcd's `too many operations` error before they are decoded: [`txn_depth`] measures the
+//! depth from the bytes with an explicit stack, so no input can exhaust the stack or the
+//! recursion limit.
+
+/// The most txn levels one request may have: a txn without nested txns is 1 level.
+///
+/// Decoding a stored log entry (`LogEntry` → `Command` → txn levels → an op's request) takes
+/// `2 × depth + 2` nested messages, and a response (`CommandResponse` → txn levels → a range's
+/// `KeyValue`) about as many; prost allows 100. 32 leaves room for a few more wrapping
+/// messages. etcd's own rule (each level gets `--max-txn-ops` minus the ops of the levels above
+/// it) is checked on top of this one, on the decoded request.
+pub const MAX_TXN_DEPTH: usize = 32;
+
+/// `TxnRequest.success` and `TxnRequest.failure` (each a `RequestOp`).
+const TXN_SUCCESS: u64 = 2;
+const TXN_FAILURE: u64 = 3;
+/// `RequestOp.request_txn`.
+const OP_REQUEST_TXN: u64 = 4;
+
+/// What a slice of wire bytes holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Txn,
+    Op,
+}
+
+/// The nesting depth of the `TxnRequest` encoded in `bytes` (1 for a txn without nested txns),
+/// or `None` once it is known to exceed `limit` (the scan stops there).
+///
+/// Bytes that are not valid protobuf are measured as far as they can be read: the decoder that
+/// runs afterwards reports them. The scan reads every byte at most once per level it sits in,
+/// and levels past `limit` are never entered.
+pub fn txn_depth(bytes: &[u8], limit: usize) -> Option<usize> {
+    let mut deepest = 1;
+    let mut stack: Vec<(&[u8], Kind, usize)> = vec![(bytes, Kind::Txn, 1)];
+    while let Some((mut rest, kind, depth)) = stack.pop() {
+        while let Some((field, value, after)) = next_field(rest) {
+            rest = after;
+            let Some(value) = value else { continue };
+            match (kind, field) {
+                (Kind::Txn, TXN_SUCCESS | TXN_FAILURE) => stack.push((value, Kind::Op, depth)),
+                (Kind::Op, OP_REQUEST_TXN) => {
+                    let nested = depth + 1;
+                    if nested > limit {
+                        return None;
+                    }
+                    deepest = deepest.max(nested);
+                    stack.push((value, Kind::Txn, nested));
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(deepest)
+}
+
+/// Reads one field: its number, its bytes if it is length-delimited, and what follows it.
+/// `None` at the end of the input or where it stops being valid protobuf.
+fn next_field(bytes: &[u8]) -> Option<(u64, Option<&[u8]>, &[u8])> {
+    let (key, rest) = varint(bytes)?;
+    let field = key >> 3;
+    match key & 7 {
+        0 => varint(rest).map(|(_, rest)| (field, None, rest)),
+        1 => rest.get(8..).map(|rest| (field, None, rest)),
+        2 => {
+            let (len, rest) = varint(rest)?;
+            let len = usize::try_from(len).ok()?;
+            (len <= rest.len()).then(|| (field, Some(&rest[..len]), &rest[len..]))
+        }
+        5 => rest.get(4..).map(|rest| (field, None, rest)),
+        // Groups (3, 4) are not used by etcd's messages; anything else is not protobuf.
+        _ => None,
+    }
+}
+
+/// A base-128 varint (at most 10 bytes) and what follows it.
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest, request_op};
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A txn `depth` levels deep, each level holding a compare, a put and the next level (in
+    /// its failure branch on odd levels).
+    fn nested(depth: usize) -> TxnRequest {
+        let mut txn = TxnRequest {
+            success: vec![put("leaf")],
+            ..Default::default()
+        };
+        for level in 1..depth {
+            let op = RequestOp {
+                request: Some(request_op::Request::RequestTxn(txn)),
+            };
+            let mut outer = TxnRequest {
+                compare: vec![Compare {
+                    key: b"c".to_vec(),
+                    ..Default::default()
+                }],
+                success: vec![put(&format!("p{level}"))],
+                ..Default::default()
+            };
+            if level % 2 == 0 {
+                outer.success.push(op);
+            } else {
+                outer.failure.push(op);
+            }
+            txn = outer;
+        }
+        txn
+    }
+
+    #[test]
+    fn measures_the_depth_of_nested_txns() {
+        for depth in [1, 2, 3, 17, MAX_TXN_DEPTH] {
+            let bytes = nested(depth).encode_to_vec();
+            assert_eq!(txn_depth(&bytes, MAX_TXN_DEPTH), Some(depth), "depth {depth}");
+        }
+        let too_deep = nested(MAX_TXN_DEPTH + 1).encode_to_vec();
+        assert_eq!(txn_depth(&too_deep, MAX_TXN_DEPTH), None);
+        assert_eq!(txn_depth(&[], MAX_TXN_DEPTH), Some(1), "an empty txn");
+    }
+
+    #[test]
+    fn the_deepest_branch_counts() {
+        let mut txn = nested(3);
+        txn.success.push(RequestOp {
+            request: Some(request_op::Request::RequestTxn(nested(9))),
+        });
+        assert_eq!(txn_depth(&txn.encode_to_vec(), MAX_TXN_DEPTH), Some(10));
+    }
+
+    #[test]
+    fn a_hundred_thousand_levels_are_refused_without_recursion() {
+        // Built by hand, inside out: each level is a RequestOp (field 4) inside a
+        // TxnRequest's success (field 2), so it adds only the two tags and lengths.
+        let mut headers: Vec<Vec<u8>> = Vec::new();
+        let mut inner = 0;
+        for _ in 0..100_000 {
+            let mut txn_header = vec![0x12];
+            let mut op_header = vec![0x22];
+            encode_len(inner, &mut op_header);
+            encode_len(op_header.len() + inner, &mut txn_header);
+            inner += txn_header.len() + op_header.len();
+            headers.push(op_header);
+            headers.push(txn_header);
+        }
+        let bytes: Vec<u8> = headers.into_iter().rev().flatten().collect();
+        assert_eq!(bytes.len(), inner);
+        assert_eq!(txn_depth(&bytes, MAX_TXN_DEPTH), None);
+        assert!(
+            TxnRequest::decode(bytes.as_slice()).is_err(),
+            "prost refuses it too"
+        );
+    }
+
+    fn encode_len(mut len: usize, out: &mut Vec<u8>) {
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+    }
+
+    #[test]
+    fn garbage_is_measured_as_far_as_it_reads() {
+        for bytes in [
+            &[0xff_u8; 16][..],
+            &[0x12, 0x7f],
+            &[0x12, 0x02, 0x22],
+            &[0x0b, 0x00],
+        ] {
+            assert_eq!(txn_depth(bytes, MAX_TXN_DEPTH), Some(1));
+        }
+    }
+}
