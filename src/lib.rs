@@ -11,11 +11,14 @@
 //! that expires them through Raft.
 //!
 //! Around it: [`config`] (flags → validated config), [`server`] (listeners and lifecycle),
-//! [`error`] (the one error type and its mapping to `tonic::Status`).
+//! [`error`] (the one error type and its mapping to `tonic::Status`), [`crash`] (a member that
+//! cannot go on exits instead of serving nothing) and [`failpoint`] (test-only crash points).
 
 pub mod api;
 pub mod config;
+pub mod crash;
 pub mod error;
+pub mod failpoint;
 pub mod lease;
 pub mod mvcc;
 pub mod net;

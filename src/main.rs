@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    concord::crash::exit_on_panic();
     let config = Config::from_flags(flags)?;
     let listeners = concord::server::bind_client_listeners(&config)
         .await

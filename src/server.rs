@@ -25,9 +25,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
 use crate::net::CoalescingStream;
-use crate::raft::RaftNode;
 use crate::raft::network::PEER_MESSAGE_BYTES;
 use crate::raft::peer_service::PeerService;
+use crate::raft::{RaftNode, watchdog};
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
 /// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
@@ -64,6 +64,7 @@ pub async fn run(
         cluster = %format!("{:x}", node.identity.cluster_id),
         "raft started"
     );
+    tokio::spawn(watchdog::run(node.raft.clone(), node.stopping.clone()));
     let api = Api::new(node, &config);
     let routes = routes(&api, &config);
     let (stop_catch_up, catch_up_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -57,12 +57,28 @@ fn slack(ttl: Duration) -> Duration {
     (ttl / 2).clamp(MIN_SLACK, MAX_SLACK)
 }
 
+/// The longest time a lease can have: etcd's maximum TTL. Every duration read from a command
+/// or the lease table is clamped to it, so no stored value can overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(super::MAX_TTL_SECS as u64);
+
 fn secs(ttl: i64) -> Duration {
-    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0)).min(MAX_DURATION)
 }
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `at + after` without the panic of `Instant + Duration` on overflow. Durations here are
+/// clamped to [`MAX_DURATION`] (about 285 years), which every platform's clock can add; were
+/// one ever not to fit, the step is halved until it does.
+fn later(at: Instant, mut after: Duration) -> Instant {
+    loop {
+        if let Some(sum) = at.checked_add(after) {
+            return sum;
+        }
+        after /= 2;
+    }
 }
 
 /// A queue of (when to look at a lease next, its ID), earliest first.
@@ -121,7 +137,7 @@ impl Lease {
     /// The time a member taking over gives this lease: the recorded remaining time.
     fn recorded_remaining(&self) -> Duration {
         if self.remaining_ms > 0 {
-            Duration::from_millis(u64::try_from(self.remaining_ms).unwrap_or(0))
+            Duration::from_millis(u64::try_from(self.remaining_ms).unwrap_or(0)).min(MAX_DURATION)
         } else {
             self.full_ttl()
         }
@@ -129,7 +145,7 @@ impl Lease {
 
     fn restart_clock(&mut self, now: Instant) {
         self.recorded = self.recorded_remaining();
-        self.deadline = now + self.recorded;
+        self.deadline = later(now, self.recorded);
         self.generation = self.recorded_generation;
         self.revoking_since = None;
     }
@@ -137,7 +153,7 @@ impl Lease {
     /// When this lease next needs a checkpoint: once its record overstates the real remaining
     /// time by more than its slack.
     fn checkpoint_due(&self) -> Instant {
-        (self.deadline + slack(self.full_ttl()))
+        later(self.deadline, slack(self.full_ttl()))
             .checked_sub(self.recorded)
             .unwrap_or(self.deadline)
     }
@@ -302,7 +318,7 @@ impl LeaseState {
                 lease.recorded = lease.recorded_remaining();
                 if !promoted {
                     // Not the clock's owner: follow the leader's countdown approximately.
-                    lease.deadline = now + lease.recorded;
+                    lease.deadline = later(now, lease.recorded);
                 }
                 table::save(txn, &lease.record(cp.id))?;
             }
@@ -421,8 +437,8 @@ impl Lessor {
         if lease.deadline <= now {
             return Renewal::NotFound;
         }
-        lease.deadline = now + lease.full_ttl();
-        lease.generation += 1;
+        lease.deadline = later(now, lease.full_ttl());
+        lease.generation = lease.generation.saturating_add(1);
         let record = (lease.recorded < lease.full_ttl()).then(|| lease.checkpoint(id, lease.full_ttl()));
         Renewal::Renewed {
             ttl: lease.ttl,

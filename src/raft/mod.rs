@@ -13,6 +13,7 @@
 //! - [`network`] and [`peer_service`]: the peer transport (client and server sides) over gRPC.
 //! - [`membership`]: member add/remove/update/promote and publishing client URLs.
 //! - [`node`]: starting a Raft node on a data directory.
+//! - [`watchdog`]: ends the process when Raft stops on its own (a storage failure).
 
 pub mod admission;
 pub mod codec;
@@ -29,6 +30,7 @@ pub mod state_machine;
 #[cfg(test)]
 mod storage_suite;
 pub mod wal;
+pub mod watchdog;
 
 pub use command::{Command, CommandResult};
 pub use node::{MemberNode, RaftNode};

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config as RaftConfig, RaftMetrics, SnapshotPolicy};
@@ -69,6 +70,8 @@ pub struct RaftNode {
     pub snapshot_dir: std::path::PathBuf,
     /// Channels to the other members.
     pub peers: Peers,
+    /// Set once an orderly shutdown begins (Raft stopping is then expected).
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// etcd's member ID: the first 8 bytes of SHA-1 over the sorted peer URLs and the token.
@@ -276,6 +279,7 @@ impl RaftNode {
             db_path,
             snapshot_dir,
             peers,
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -298,6 +302,7 @@ impl RaftNode {
 
     /// Stops Raft; the databases close when the last handle drops.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(error = %err, "raft shutdown");
         }

@@ -138,6 +138,7 @@ fn apply_command(
     leases: &mut LeaseState,
     cmd: &Command,
 ) -> io::Result<CommandResult> {
+    crate::failpoint::hit("apply");
     let from = batch.event_count();
     let outcome = match &cmd.0.request {
         Some(Request::Put(req)) => batch.put(req, &*leases).map(Response::Put),

@@ -301,3 +301,44 @@ fn slack_is_half_the_ttl_within_bounds() {
     assert_eq!(slack(Duration::from_secs(10)), Duration::from_secs(5));
     assert_eq!(slack(Duration::from_secs(3600)), MAX_SLACK);
 }
+
+#[test]
+fn extreme_stored_values_never_panic() {
+    let f = open();
+    f.lessor.promote(1);
+    for (id, ttl) in [
+        (1, i64::MAX),
+        (2, i64::MIN),
+        (3, -5),
+        (4, 0),
+        (5, crate::lease::MAX_TTL_SECS),
+    ] {
+        f.grant(id, ttl).unwrap();
+    }
+    let extreme = [i64::MAX, i64::MIN, 0, -1];
+    let checkpoints: Vec<LeaseCheckpoint> = (1..=5)
+        .flat_map(|id| {
+            extreme.iter().map(move |&v| LeaseCheckpoint {
+                id,
+                remaining_ms: v,
+                generation: v,
+            })
+        })
+        .collect();
+    f.apply(|l, b| l.checkpoint(b.transaction(), &checkpoints))
+        .0
+        .unwrap();
+    for id in 1..=5 {
+        let _ = f.lessor.renew(id);
+        let _ = f.lessor.time_to_live(id, true);
+    }
+    let _ = f.lessor.take_expired(100);
+    let _ = f.lessor.take_due_checkpoints(100);
+    let _ = f.lessor.all_remaining();
+    // A restart loads them from the table.
+    f.lessor.reload(&f.store).unwrap();
+    f.lessor.promote(2);
+    let ttl = f.lessor.time_to_live(1, false).unwrap();
+    assert_eq!(ttl.granted, i64::MAX, "the stored TTL is reported as stored");
+    assert!(ttl.remaining > 0, "a huge TTL does not expire at once");
+}
