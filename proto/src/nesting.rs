@@ -26,6 +26,9 @@ const TXN_FAILURE: u64 = 3;
 /// `RequestOp.request_txn`.
 const OP_REQUEST_TXN: u64 = 4;
 
+/// A slice still to scan: its bytes, what they hold, and the txn level they sit in.
+type Pending<'a> = (&'a [u8], Kind, usize);
+
 /// What a slice of wire bytes holds.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -41,7 +44,7 @@ enum Kind {
 /// and levels past `limit` are never entered.
 pub fn txn_depth(bytes: &[u8], limit: usize) -> Option<usize> {
     let mut deepest = 1;
-    let mut stack: Vec<(&[u8], Kind, usize)> = vec![(bytes, Kind::Txn, 1)];
+    let mut stack: Vec<Pending<'_>> = vec![(bytes, Kind::Txn, 1)];
     while let Some((mut rest, kind, depth)) = stack.pop() {
         while let Some((field, value, after)) = next_field(rest) {
             rest = after;
@@ -63,9 +66,12 @@ pub fn txn_depth(bytes: &[u8], limit: usize) -> Option<usize> {
     Some(deepest)
 }
 
-/// Reads one field: its number, its bytes if it is length-delimited, and what follows it.
-/// `None` at the end of the input or where it stops being valid protobuf.
-fn next_field(bytes: &[u8]) -> Option<(u64, Option<&[u8]>, &[u8])> {
+/// One field read from the wire: its number, its bytes if it is length-delimited, and what
+/// follows it.
+type Field<'a> = (u64, Option<&'a [u8]>, &'a [u8]);
+
+/// Reads one field; `None` at the end of the input or where it stops being valid protobuf.
+fn next_field(bytes: &[u8]) -> Option<Field<'_>> {
     let (key, rest) = varint(bytes)?;
     let field = key >> 3;
     match key & 7 {

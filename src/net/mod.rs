@@ -9,7 +9,9 @@
 //! follows a yield.
 //!
 //! Its read side runs what the client sends through [`authority::AuthorityFilter`], which
-//! repairs the scheme-qualified `:authority` etcdctl 3.4 sends in some commands.
+//! repairs the scheme-qualified `:authority` etcdctl 3.4 sends in some commands, within a
+//! bounded amount of memory per connection. A read fails with `InvalidData` when the filter can
+//! no longer follow a connection it rewrites.
 
 mod authority;
 
@@ -90,8 +92,10 @@ impl AsyncRead for CoalescingStream {
                 if this.filtered.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-            } else {
-                this.filter.feed(read.filled(), &mut this.filtered);
+            } else if let Err(error) = this.filter.feed(read.filled(), &mut this.filtered) {
+                // The connection is being closed: frames filtered before the error are moot.
+                this.filtered.clear();
+                return Poll::Ready(Err(error));
             }
         }
     }
