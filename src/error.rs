@@ -52,6 +52,10 @@ pub enum Error {
     /// etcd's `etcdserver: can only promote a learner member which is in sync with leader`.
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    /// etcd's `etcdserver: re-configuration failed due to not enough started members`: a new
+    /// voter would leave the cluster without a quorum of started members.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
     /// No leader is known (quorum lost, or an election is under way).
     #[error("{ERR_NO_LEADER}")]
     NoLeader,
@@ -81,7 +85,10 @@ impl From<Error> for Status {
             Error::RequestTooLarge | Error::TooManyOps | Error::Rejected(_) => Code::InvalidArgument,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::MemberNotFound => Code::NotFound,
-            Error::PeerUrlExists | Error::NotLearner | Error::LearnerNotReady => Code::FailedPrecondition,
+            Error::PeerUrlExists
+            | Error::NotLearner
+            | Error::LearnerNotReady
+            | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
             Error::NoLeader | Error::NotLeader | Error::Stopped => Code::Unavailable,
             Error::Timeout => Code::Unavailable,
             Error::Raft(_) | Error::Io(_) => Code::Unavailable,

@@ -19,7 +19,7 @@ use tonic::service::Routes;
 use crate::api::{
     Api, cluster, cluster::ClusterService, election::ElectionService, health, kv::KvService,
     lease::LeaseService, local_kv::LocalKv, lock::LockService, maintenance::MaintenanceService, metrics,
-    watch::WatchService,
+    transport_errors, watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -135,6 +135,7 @@ pub async fn run(
         let mut stop = stop_tx.subscribe();
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
+            .layer(tower::util::MapResponseLayer::new(transport_errors::as_grpc_go))
             .add_routes(routes.clone())
             // Serving our own listener skips tonic's socket options; CoalescingStream turns
             // Nagle off and batches the connection's writes itself (see `crate::net`).

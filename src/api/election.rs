@@ -1,9 +1,9 @@
 //! etcd's `v3electionpb.Election` service: Campaign, Proclaim, Leader, Observe and Resign, on
 //! the recipes crate's [`Election`].
 //!
-//! A campaign is held with the caller's lease: the candidate key `name/<lease hex>` lives until
-//! Resign deletes it or the lease ends, and the next candidate leads as soon as that delete is
-//! applied.
+//! A campaign is held with the caller's lease (a campaign without one gets a 60 s lease of its
+//! own, as in etcd): the candidate key `name/<lease hex>` lives until Resign deletes it or the
+//! lease ends, and the next candidate leads as soon as that delete is applied.
 
 use std::pin::Pin;
 
@@ -57,7 +57,12 @@ impl ElectionRpc for ElectionService {
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let request = request.into_inner();
-        let session = Session::from_lease(self.kv.clone(), request.lease);
+        let lease = self
+            .kv
+            .lease_or_session(request.lease)
+            .await
+            .map_err(|e| e.to_status())?;
+        let session = Session::from_lease(self.kv.clone(), lease);
         let mut election = Election::new(&session, request.name);
         let (leader, header) = election
             .campaign(request.value)

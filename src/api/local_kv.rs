@@ -32,6 +32,9 @@ pub struct LocalKv {
     hub: Arc<WatchHub>,
 }
 
+/// TTL of the lease a Lock or Campaign request without one gets (etcd's session default).
+const DEFAULT_SESSION_TTL: i64 = 60;
+
 impl LocalKv {
     /// Recipes' access to `api`, through the given services.
     pub fn new(api: &Arc<Api>, kv: KvService, lease: LeaseService) -> Self {
@@ -39,6 +42,16 @@ impl LocalKv {
             kv,
             lease,
             hub: api.node().hub.clone(),
+        }
+    }
+
+    /// The lease a Lock or Campaign request holds its key with: its own, or for lease 0 a new
+    /// lease of [`DEFAULT_SESSION_TTL`] that nothing keeps alive, as etcd's server does (an
+    /// orphaned session). Two requests without a lease thus never share a key.
+    pub async fn lease_or_session(&self, lease: i64) -> Result<i64> {
+        match lease {
+            0 => Ok(self.lease_grant(DEFAULT_SESSION_TTL).await?.id),
+            lease => Ok(lease),
         }
     }
 }

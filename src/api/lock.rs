@@ -16,9 +16,6 @@ use tonic::{Request, Response, Status};
 
 use super::local_kv::LocalKv;
 
-/// TTL of the lease a Lock request without one gets (etcd's session default).
-const DEFAULT_SESSION_TTL: i64 = 60;
-
 /// The Lock service.
 #[derive(Clone)]
 pub struct LockService {
@@ -36,16 +33,11 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let request = request.into_inner();
-        let lease = match request.lease {
-            0 => {
-                self.kv
-                    .lease_grant(DEFAULT_SESSION_TTL)
-                    .await
-                    .map_err(|e| e.to_status())?
-                    .id
-            }
-            lease => lease,
-        };
+        let lease = self
+            .kv
+            .lease_or_session(request.lease)
+            .await
+            .map_err(|e| e.to_status())?;
         let session = Session::from_lease(self.kv.clone(), lease);
         let mut mutex = Mutex::new(&session, request.name);
         // A Lock request that goes away while waiting drops this future: the recipe then

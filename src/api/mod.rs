@@ -13,6 +13,7 @@ pub mod local_kv;
 pub mod lock;
 pub mod maintenance;
 pub mod metrics;
+pub mod transport_errors;
 pub mod watch;
 
 use std::sync::Arc;
@@ -221,6 +222,7 @@ fn membership_error(text: String) -> Error {
         membership::ERR_PEER_URL_EXISTS => Error::PeerUrlExists,
         membership::ERR_NOT_LEARNER => Error::NotLearner,
         membership::ERR_LEARNER_NOT_READY => Error::LearnerNotReady,
+        membership::ERR_NOT_ENOUGH_STARTED => Error::NotEnoughStartedMembers,
         _ => peer_error(text),
     }
 }

@@ -144,12 +144,7 @@ impl StreamTask {
         if self.sink.send(created.into()).await.is_err() {
             return false;
         }
-        // start_revision 0 is "from now": the first revision after the one `created` reported.
-        let start = if create.start_revision > 0 {
-            create.start_revision
-        } else {
-            current + 1
-        };
+        let start = self.hub.start_revision(create.start_revision, current);
         self.hub
             .register(self.stream, id, options(create), start, self.sink.clone());
         true

@@ -5,7 +5,9 @@
 //! leader checks it with etcd's rules and proposes it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
+use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
@@ -23,8 +25,15 @@ pub const ERR_NOT_LEARNER: &str = "etcdserver: can only promote a learner member
 pub const ERR_LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 
+/// etcd's `etcdserver: re-configuration failed due to not enough started members`.
+pub const ERR_NOT_ENOUGH_STARTED: &str =
+    "etcdserver: re-configuration failed due to not enough started members";
+
 /// A learner is in sync when it has at least this share of the leader's log (etcd's rule).
 const READY_PERCENT: u64 = 90;
+
+/// etcd's `HealthInterval`: a voter that acknowledged the leader this recently counts as started.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One change to the cluster's members.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +100,30 @@ fn in_sync(raft: &Raft, id: u64) -> bool {
     matched * 100 >= last * READY_PERCENT
 }
 
+/// etcd's strict reconfiguration check for a new voter, under joint consensus: the voters that
+/// acknowledged this leader within [`HEALTH_INTERVAL`] (and the leader itself) must already be a
+/// quorum of the configuration that includes the new voter, so that the change commits without
+/// it. Otherwise the change could never commit, yet would be in effect, and the cluster would
+/// have no quorum until the new member starts (forever, if its URL is wrong). etcd makes that
+/// exception for a one-member cluster; Concord refuses it: add the member as a learner, start
+/// it, then promote it.
+fn enough_started_for_one_more_voter(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    let acked_lately = |id: &u64| {
+        m.heartbeat
+            .as_ref()
+            .and_then(|acks| acks.get(id).cloned().flatten())
+            .is_some_and(|at| at.elapsed() < HEALTH_INTERVAL)
+    };
+    let started = voters
+        .iter()
+        .filter(|id| **id == m.id || acked_lately(id))
+        .count();
+    started > voters.len().div_ceil(2)
+}
+
 /// One membership change at a time: openraft computes a change from the membership committed
 /// so far, so two changes in flight at once could lose one of them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -105,6 +138,9 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeEr
                 .any(|(_, n, _)| n.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
             if taken {
                 return Err(ERR_PEER_URL_EXISTS.into());
+            }
+            if !learner && !enough_started_for_one_more_voter(raft) {
+                return Err(ERR_NOT_ENOUGH_STARTED.into());
             }
             let mut changes = vec![ChangeMembers::AddNodes(BTreeMap::from([(id, node)]))];
             if !learner {

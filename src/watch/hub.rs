@@ -150,6 +150,19 @@ impl WatchHub {
         self.lock().notified_rev
     }
 
+    /// The revision a watch created now starts from, for a create request's `start_revision`
+    /// (`current` as [`Self::reserve`] returned it), as etcd's watchable store decides:
+    /// positive is that revision; 0 is the next one; negative is below any compaction, so the
+    /// watch is canceled as compacted (with the compact revision) once registered, except -1 on
+    /// a store never compacted (whose compact revision is -1 too), which starts from now.
+    pub fn start_revision(&self, requested: i64, current: i64) -> i64 {
+        match requested {
+            r if r > 0 => r,
+            r if r < 0 && r < self.store.compacted_revision() => r,
+            _ => current + 1,
+        }
+    }
+
     /// Reserves a watch id on `stream` (`requested` 0 = pick one, as etcd's `AutoWatchID`), and
     /// returns it with the current revision, for the `created` response. The watcher starts
     /// receiving once [`Self::register`]ed, which the caller does after sending `created`.
