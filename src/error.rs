@@ -72,6 +72,9 @@ pub enum Error {
     /// Raft failed in a way the client cannot fix.
     #[error("etcdserver: raft: {0}")]
     Raft(String),
+    /// A listener could not be bound (the message names the address).
+    #[error("{0}")]
+    Listen(std::io::Error),
     /// Disk or file-system failure.
     #[error("etcdserver: storage: {0}")]
     Io(#[from] std::io::Error),
@@ -91,7 +94,7 @@ impl From<Error> for Status {
             | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
             Error::NoLeader | Error::NotLeader | Error::Stopped => Code::Unavailable,
             Error::Timeout => Code::Unavailable,
-            Error::Raft(_) | Error::Io(_) => Code::Unavailable,
+            Error::Raft(_) | Error::Io(_) | Error::Listen(_) => Code::Unavailable,
         };
         Status::new(code, err.to_string())
     }

@@ -24,8 +24,10 @@ use crate::api::{
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
-use crate::net::CoalescingStream;
+use crate::net::{CoalescingStream, listen};
 use crate::raft::network::PEER_MESSAGE_BYTES;
+use crate::raft::node::initial_members;
+use crate::raft::peer_gate::PeerGate;
 use crate::raft::peer_service::PeerService;
 use crate::raft::{RaftNode, watchdog};
 
@@ -37,11 +39,11 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// clients regardless.
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Binds every `--listen-client-urls` address.
+/// Binds every `--listen-client-urls` address (with the system's accept backlog, as etcd).
 pub async fn bind_client_listeners(config: &Config) -> Result<Vec<TcpListener>, Error> {
     let mut listeners = Vec::new();
     for addr in &config.client_addrs {
-        listeners.push(TcpListener::bind(addr).await?);
+        listeners.push(listen::bind(*addr).map_err(Error::Listen)?);
     }
     Ok(listeners)
 }
@@ -55,7 +57,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut peer_listeners = Vec::new();
     for addr in &config.peer_addrs {
-        peer_listeners.push(TcpListener::bind(addr).await?);
+        peer_listeners.push(listen::bind(*addr).map_err(Error::Listen)?);
     }
     let node = RaftNode::start(&config).await?;
     tracing::info!(
@@ -93,8 +95,17 @@ pub async fn run(
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
+    let node = api.node();
+    let gate = PeerGate::new(
+        node.raft.clone(),
+        node.peers.clone(),
+        node.identity.member_id,
+        node.identity.cluster_id,
+        initial_members(&config),
+    );
     let peer_service = PeerService::new(
         api.node().raft.clone(),
+        gate,
         api.node().identity.cluster_id,
         api.node().snapshot_dir.clone(),
         api.request_timeout(),

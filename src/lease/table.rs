@@ -18,7 +18,11 @@ pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 
 /// Every stored lease.
 pub fn load(db: &Database) -> Result<Vec<LeaseRecord>, MvccError> {
-    let read = db.begin_read()?;
+    load_in(&db.begin_read()?)
+}
+
+/// Every lease stored in the database `read` reads.
+pub fn load_in(read: &ReadTransaction) -> Result<Vec<LeaseRecord>, MvccError> {
     let table = match read.open_table(LEASES) {
         Ok(table) => table,
         Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use concord_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use concord_proto::mvccpb::Event;
 use concord_proto::mvccpb::event::EventType;
-use redb::{Database, ReadableDatabase, ReadableTable, TableError};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableError};
 
 use super::check::{check_range_request, check_txn_request};
 use super::error::MvccError;
@@ -220,7 +220,17 @@ impl MvccStore {
 
 /// Reads the revisions and rebuilds the index from the history table.
 pub(crate) fn load(db: &Database) -> Result<IndexState, MvccError> {
-    let rtxn = db.begin_read()?;
+    load_from(&db.begin_read()?)
+}
+
+/// Checks that the MVCC tables `read` sees load: every row decodes and the index builds, as
+/// [`MvccStore::open`] and a snapshot's installation will do (a snapshot is checked with this
+/// before it is installed, since failing to install it would stop Raft).
+pub fn check_loadable(read: &ReadTransaction) -> Result<(), MvccError> {
+    load_from(read).map(|_| ())
+}
+
+fn load_from(rtxn: &ReadTransaction) -> Result<IndexState, MvccError> {
     let meta = rtxn.open_table(META)?;
     let mut current = meta
         .get(META_CURRENT_REVISION)?

@@ -14,6 +14,7 @@
 //! no longer follow a connection it rewrites.
 
 mod authority;
+pub mod listen;
 
 use std::io;
 use std::pin::Pin;

@@ -75,6 +75,16 @@ pub fn members(raft: &Raft) -> Vec<(u64, MemberNode, bool)> {
     members_in(&raft.metrics().borrow_watched())
 }
 
+/// Whether `id` is a member (voter or learner) as this member sees it; `None` while this member
+/// has no membership (it is joining).
+pub fn is_member(raft: &Raft, id: u64) -> Option<bool> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    membership.nodes().next()?;
+    Some(membership.get_node(&id).is_some())
+}
+
 /// Member `id` as this member sees it: its node and whether it is a learner.
 pub fn member(raft: &Raft, id: u64) -> Option<(MemberNode, bool)> {
     members(raft)

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
-use concord_proto::raftpb::{AppendEntriesMessage, JsonMessage, ReadIndexRequest, SnapshotChunk};
+use concord_proto::raftpb::{
+    AppendEntriesMessage, ClusterInfoResponse, JsonMessage, ReadIndexRequest, SnapshotChunk,
+};
 use openraft::OptionalSend;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -24,6 +26,9 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec::encode_entry;
@@ -38,11 +43,62 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Metadata naming the sender's member ID (hex) on every peer call.
+pub const MEMBER_HEADER: &str = "concord-member-id";
+/// Metadata naming the sender's cluster ID (hex) on every peer call but the first ClusterInfo
+/// of a joining member.
+pub const CLUSTER_HEADER: &str = "concord-cluster-id";
+
+/// A client of another member's peer service, whose calls carry this member's credentials.
+pub type PeerRpc = RaftPeerClient<InterceptedService<Channel, Credentials>>;
+
+/// Who this member is, as every peer call says it (see `super::peer_gate`).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    headers: Arc<Mutex<CredentialHeaders>>,
+}
+
+#[derive(Debug, Default)]
+struct CredentialHeaders {
+    member: Option<MetadataValue<Ascii>>,
+    cluster: Option<MetadataValue<Ascii>>,
+}
+
+fn hex_header(id: u64) -> MetadataValue<Ascii> {
+    // A hex number is always valid ASCII metadata.
+    MetadataValue::try_from(format!("{id:x}")).unwrap_or_else(|_| MetadataValue::from_static("0"))
+}
+
+impl Credentials {
+    /// From now on, calls name `member` of `cluster` (unknown yet while joining).
+    pub fn set(&self, member: u64, cluster: Option<u64>) {
+        let mut headers = self.headers.lock().unwrap_or_else(|p| p.into_inner());
+        headers.member = Some(hex_header(member));
+        headers.cluster = cluster.map(hex_header);
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let headers = self.headers.lock().unwrap_or_else(|p| p.into_inner());
+        let metadata = request.metadata_mut();
+        if let Some(member) = &headers.member {
+            metadata.insert(MEMBER_HEADER, member.clone());
+        }
+        if let Some(cluster) = &headers.cluster {
+            metadata.insert(CLUSTER_HEADER, cluster.clone());
+        }
+        drop(headers);
+        Ok(request)
+    }
+}
+
 /// The cached channels to other members, by URL (peer URLs for Raft, client URLs for
-/// requests a follower relays to the leader's client API).
+/// requests a follower relays to the leader's client API), and the credentials peer calls carry.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    credentials: Credentials,
 }
 
 impl Peers {
@@ -61,15 +117,22 @@ impl Peers {
         Ok(channel)
     }
 
+    /// The credentials this member's peer calls carry.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// A client for the member reachable at `node`'s first peer URL.
-    pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
+    pub fn client(&self, node: &MemberNode) -> Result<PeerRpc, String> {
         let url = node
             .peer_urls
             .first()
             .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
-        Ok(RaftPeerClient::new(self.channel(url)?)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES))
+        Ok(
+            RaftPeerClient::with_interceptor(self.channel(url)?, self.credentials.clone())
+                .max_decoding_message_size(PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES),
+        )
     }
 
     /// Hands `command` to the leader at `leader` and returns what its state machine answered.
@@ -101,8 +164,8 @@ impl Peers {
         serde_json::from_slice::<Result<(), String>>(&answer.json).map_err(|e| e.to_string())?
     }
 
-    /// Asks the member at `node` for the cluster's ID.
-    pub async fn cluster_id(&self, node: &MemberNode) -> Result<u64, String> {
+    /// Asks the member at `node` for the cluster's ID and its members' IDs.
+    pub async fn cluster_info(&self, node: &MemberNode) -> Result<ClusterInfoResponse, String> {
         let mut client = self.client(node)?;
         let mut request = tonic::Request::new(concord_proto::raftpb::ClusterInfoRequest {});
         request.set_timeout(CONNECT_TIMEOUT);
@@ -110,7 +173,7 @@ impl Peers {
             .cluster_info(request)
             .await
             .map_err(|s| s.message().to_string())?;
-        Ok(answer.into_inner().cluster_id)
+        Ok(answer.into_inner())
     }
 
     /// Asks the leader at `leader` for a read index.
@@ -145,7 +208,7 @@ impl PeerNetwork {
 #[derive(Debug)]
 pub struct PeerClient {
     target: u64,
-    client: Result<RaftPeerClient<Channel>, String>,
+    client: Result<PeerRpc, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -187,7 +250,7 @@ fn decode<T: DeserializeOwned>(answer: JsonMessage) -> Result<T, RPCError<TypeCo
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<PeerRpc, RPCError<TypeConfig>> {
         self.client.clone().map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&io(format!("member {:x}: {e}", self.target))))
         })

@@ -150,7 +150,7 @@ async fn existing_cluster_id(config: &Config, me: u64, peers: &Peers) -> Result<
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     loop {
         for node in &others {
-            match peers.cluster_id(node).await {
+            match peers.cluster_info(node).await.map(|info| info.cluster_id) {
                 Ok(id) => {
                     tracing::info!(cluster = %format!("{id:x}"), from = %node.name, "joining an existing cluster");
                     return Ok(id);
@@ -170,7 +170,7 @@ async fn existing_cluster_id(config: &Config, me: u64, peers: &Peers) -> Result<
 /// The bootstrap membership. Every member must initialize with exactly the same one (its
 /// entry at log index 0 is never replicated), so it holds only what `--initial-cluster` says;
 /// each member then publishes its client URLs through Raft (`api::cluster::publish`).
-fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
+pub fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
     config
         .initial_cluster
         .iter()
@@ -235,7 +235,12 @@ impl RaftNode {
             )));
         }
         let peers = Peers::default();
+        let derived = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+        peers.credentials().set(derived, None);
         let identity = load_identity(&member_dir.join("identity.json"), config, &peers).await?;
+        peers
+            .credentials()
+            .set(identity.member_id, Some(identity.cluster_id));
         let log_store = LogStore::open(&member_dir.join("wal"))?;
 
         let db_path = member_dir.join("db.redb");

@@ -3,6 +3,7 @@
 //! when this member leads.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::raftpb::raft_peer_server::RaftPeer;
@@ -11,8 +12,9 @@ use concord_proto::raftpb::{
     ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ForwardToLeader;
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
@@ -21,7 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::{Admission, Origin};
 use super::codec::decode_entry;
 use super::membership;
-use super::snapshot::SnapshotFile;
+use super::peer_gate::{Call, PeerGate};
+use super::snapshot::{self, SnapshotFile};
 use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
 
@@ -29,6 +32,7 @@ use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    gate: Arc<PeerGate>,
     cluster_id: u64,
     snapshot_dir: PathBuf,
     request_timeout: Duration,
@@ -36,10 +40,12 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// A peer service over `raft` in cluster `cluster_id`; incoming snapshots are written into
-    /// `snapshot_dir`; forwarded writes pass `admission` and give up after `request_timeout`.
+    /// A peer service over `raft` in cluster `cluster_id`, admitting callers through `gate`;
+    /// incoming snapshots are written into `snapshot_dir`; forwarded writes pass `admission` and
+    /// give up after `request_timeout`.
     pub fn new(
         raft: Raft,
+        gate: PeerGate,
         cluster_id: u64,
         snapshot_dir: PathBuf,
         request_timeout: Duration,
@@ -47,6 +53,7 @@ impl PeerService {
     ) -> Self {
         PeerService {
             raft,
+            gate: Arc::new(gate),
             cluster_id,
             snapshot_dir,
             request_timeout,
@@ -80,13 +87,16 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<AppendEntriesMessage>,
     ) -> Result<Response<JsonMessage>, Status> {
+        let sender = self.gate.admit(request.metadata(), Call::Raft).await?;
         let m = request.into_inner();
         let mut entries = Vec::with_capacity(m.entries.len());
         for bytes in &m.entries {
             entries.push(decode_entry(bytes).map_err(|e| Status::invalid_argument(e.to_string()))?);
         }
+        let vote: Vote = decode("vote", &m.vote_json)?;
+        claimed_by(&vote, sender)?;
         let rpc = AppendEntriesRequest {
-            vote: decode("vote", &m.vote_json)?,
+            vote,
             prev_log_id: decode("prev_log_id", &m.prev_log_id_json)?,
             leader_commit: decode("leader_commit", &m.leader_commit_json)?,
             entries,
@@ -95,11 +105,14 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, request: Request<JsonMessage>) -> Result<Response<JsonMessage>, Status> {
-        let rpc = decode("vote request", &request.into_inner().json)?;
+        let sender = self.gate.admit(request.metadata(), Call::Raft).await?;
+        let rpc: VoteRequest<TypeConfig> = decode("vote request", &request.into_inner().json)?;
+        claimed_by(&rpc.vote, sender)?;
         answer(&self.raft.vote(rpc).await)
     }
 
     async fn transfer_leader(&self, request: Request<JsonMessage>) -> Result<Response<JsonMessage>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
         let rpc = decode("transfer leader request", &request.into_inner().json)?;
         let result = self.raft.handle_transfer_leader(rpc).await;
         answer(&result.map_err(openraft::errors::RaftError::<super::TypeConfig>::Fatal))
@@ -109,6 +122,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<JsonMessage>, Status> {
+        let sender = self.gate.admit(request.metadata(), Call::Raft).await?;
         let mut chunks = request.into_inner();
         let first = chunks
             .message()
@@ -116,32 +130,53 @@ impl RaftPeer for PeerService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let vote: Vote = decode("vote", &first.vote_json)?;
         let meta: SnapshotMeta = decode("snapshot meta", &first.meta_json)?;
-        let path = self
-            .snapshot_dir
-            .join(format!("{}.incoming", incoming_name(&meta)));
+        claimed_by(&vote, sender)?;
+        // openraft's own rule, before a byte is written: a snapshot from a leader whose vote is
+        // older than ours is answered with ours (the sender then steps down).
+        let mine = self.raft.metrics().borrow_watched().vote;
+        if vote.partial_cmp(&mine).is_none_or(|order| order.is_lt()) {
+            return answer(&Ok::<_, String>(SnapshotResponse::<TypeConfig>::new(mine)));
+        }
+        let incoming = Incoming(snapshot::incoming_path(&self.snapshot_dir, &meta));
         let storage = |e: std::io::Error| Status::internal(format!("receiving snapshot: {e}"));
-        let mut file = tokio::fs::File::create(&path).await.map_err(storage)?;
+        let mut file = tokio::fs::File::create(&incoming.0).await.map_err(storage)?;
         file.write_all(&first.data).await.map_err(storage)?;
         while let Some(chunk) = chunks.message().await? {
             file.write_all(&chunk.data).await.map_err(storage)?;
         }
         file.sync_all().await.map_err(storage)?;
         drop(file);
-        let snapshot = openraft::alias::SnapshotOf::<super::TypeConfig, SnapshotFile> {
+        // openraft stops for good when a snapshot cannot be installed: check it first.
+        let path = incoming.0.clone();
+        let checked = {
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || snapshot::validate(&path, &meta))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
+        if let Err(err) = checked {
+            tracing::warn!(from = %format!("{sender:x}"), error = %err, "refused a malformed snapshot");
+            return answer(&Err::<SnapshotResponse<TypeConfig>, String>(format!(
+                "malformed snapshot: {err}"
+            )));
+        }
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> {
             meta,
-            snapshot: SnapshotFile { path: path.clone() },
+            snapshot: SnapshotFile {
+                path: incoming.0.clone(),
+            },
         };
         let result = self
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| e.to_string());
-        // Installed snapshots are moved away; a refused one is left behind.
-        let _ = tokio::fs::remove_file(&path).await;
+        // An installed snapshot was moved into place; `incoming` removes a refused one.
         answer(&result)
     }
 
     async fn forward(&self, request: Request<raftpb::Command>) -> Result<Response<ForwardResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
         let command = Command(request.into_inner());
         if let Err(err) = self.admission.check(&command.0, Origin::Peer) {
             return Ok(Response::new(ForwardResponse {
@@ -172,6 +207,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<JsonMessage>,
     ) -> Result<Response<JsonMessage>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
         let change = decode("membership change", &request.into_inner().json)?;
         let applied = tokio::time::timeout(self.request_timeout, membership::apply(&self.raft, change))
             .await
@@ -181,17 +217,24 @@ impl RaftPeer for PeerService {
 
     async fn cluster_info(
         &self,
-        _request: Request<ClusterInfoRequest>,
+        request: Request<ClusterInfoRequest>,
     ) -> Result<Response<ClusterInfoResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::ClusterInfo).await?;
+        let member_ids = membership::members(&self.raft)
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
         Ok(Response::new(ClusterInfoResponse {
             cluster_id: self.cluster_id,
+            member_ids,
         }))
     }
 
     async fn read_index(
         &self,
-        _request: Request<ReadIndexRequest>,
+        request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
         let read = tokio::time::timeout(
             self.request_timeout,
             self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -214,14 +257,29 @@ impl RaftPeer for PeerService {
     }
 }
 
-/// A name for an incoming snapshot file that no other transfer uses at the same time.
-fn incoming_name(meta: &SnapshotMeta) -> String {
-    let (index, term) = meta
-        .last_log_id
-        .as_ref()
-        .map_or((0, 0), |id| (id.index, id.leader_id.term));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{index:020}-{term:020}-{nanos}")
+/// A snapshot file being received: removed when the call ends, whichever way (a completed one
+/// has been moved into place by then).
+struct Incoming(PathBuf);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => tracing::debug!(file = %self.0.display(), "removed an unused incoming snapshot"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(file = %self.0.display(), error = %err, "cannot remove an incoming snapshot")
+            }
+        }
+    }
+}
+
+/// Refuses a call whose vote names another leader than the member that sent it.
+fn claimed_by(vote: &Vote, sender: u64) -> Result<(), Status> {
+    if vote.leader_id.node_id != sender {
+        return Err(Status::permission_denied(format!(
+            "member {sender:x} sent a message of leader {:x}",
+            vote.leader_id.node_id
+        )));
+    }
+    Ok(())
 }

@@ -23,6 +23,10 @@ use crate::mvcc::{self, MvccStore};
 const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
 const KEY_META: &str = "meta";
 const SUFFIX: &str = ".snap";
+/// Extension of a snapshot being received from the leader.
+const INCOMING: &str = "incoming";
+/// Extension of a snapshot being built.
+const BUILDING: &str = "tmp";
 
 /// A snapshot on disk: what openraft hands between the state machine and the network.
 #[derive(Debug, Clone)]
@@ -74,7 +78,7 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
         last_membership,
     };
     let path = dir.join(file_name(&meta));
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(BUILDING);
     let _ = std::fs::remove_file(&tmp);
     {
         let snap = Database::create(&tmp).map_err(storage_err)?;
@@ -123,13 +127,67 @@ pub fn current(dir: &Path) -> io::Result<Option<Snapshot>> {
 
 fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
     let snap = ReadOnlyDatabase::open(path).map_err(storage_err)?;
-    let read = snap.begin_read().map_err(storage_err)?;
+    read_meta_in(&snap.begin_read().map_err(storage_err)?, path)
+}
+
+fn read_meta_in(read: &redb::ReadTransaction, path: &Path) -> io::Result<SnapshotMeta> {
     let table = read.open_table(SNAPSHOT_META).map_err(storage_err)?;
     let value = table
         .get(KEY_META)
         .map_err(storage_err)?
         .ok_or_else(|| storage_err(format!("{} has no snapshot metadata", path.display())))?;
     decode_json(value.value())
+}
+
+/// Where a snapshot received from the leader is written while it arrives: a name in `dir` that
+/// no other transfer uses at the same time.
+pub fn incoming_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = file_name(meta);
+    let stem = name.strip_suffix(SUFFIX).unwrap_or(&name);
+    dir.join(format!("{stem}-{nanos}.{INCOMING}"))
+}
+
+/// Removes what a crash or restart left half-done in `dir`: snapshots being received
+/// (`*.incoming`) or built (`*.tmp`). Returns how many files went.
+pub fn sweep_unfinished(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == INCOMING || e == BUILDING) {
+            std::fs::remove_file(&path)?;
+            tracing::info!(file = %path.display(), "removed an unfinished snapshot");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Checks that the file at `path` is a snapshot this member can install, before openraft is
+/// handed it (openraft stops for good when installing fails): a redb file whose metadata is
+/// `claimed` (what the leader said it sends), whose applied state agrees, and whose MVCC and
+/// lease tables load.
+pub fn validate(path: &Path, claimed: &SnapshotMeta) -> io::Result<()> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let snap = ReadOnlyDatabase::open(path).map_err(|e| invalid(format!("not a snapshot: {e}")))?;
+    let read = snap
+        .begin_read()
+        .map_err(|e| invalid(format!("unreadable snapshot: {e}")))?;
+    let meta = read_meta_in(&read, path).map_err(|e| invalid(e.to_string()))?;
+    if meta != *claimed {
+        return Err(invalid(format!(
+            "snapshot metadata {meta:?} differs from the announced {claimed:?}"
+        )));
+    }
+    let (applied, membership) = read_applied_state_in(&read).map_err(|e| invalid(e.to_string()))?;
+    if applied != meta.last_log_id || membership != meta.last_membership {
+        return Err(invalid("snapshot state differs from its metadata".into()));
+    }
+    mvcc::check_loadable(&read).map_err(|e| invalid(format!("snapshot tables: {e}")))?;
+    lease::table::load_in(&read).map_err(|e| invalid(format!("snapshot leases: {e}")))?;
+    Ok(())
 }
 
 /// Replaces the live state with the snapshot's: the MVCC tables and index swap under the
@@ -162,7 +220,7 @@ pub fn keep(dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Resu
 fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == "tmp") {
+        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == BUILDING) {
             std::fs::remove_file(&path)?;
         }
     }

@@ -58,6 +58,7 @@ impl StateMachine {
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        snapshot::sweep_unfinished(&snapshot_dir)?;
         let db = store.database().clone();
         let (applied, membership) = read_applied_state(&db)?;
         Ok(Self {
@@ -133,7 +134,7 @@ pub(crate) fn storage_err(err: impl std::fmt::Display) -> io::Error {
 /// Applies one command inside the batch, with the lease table. Store-level rejections are
 /// answers, not failures; only a storage failure aborts the batch (and stops Raft: the lease
 /// table in memory may then be ahead of the database, so the member must restart).
-fn apply_command(
+pub(super) fn apply_command(
     batch: &mut WriteBatch<'_>,
     leases: &mut LeaseState,
     cmd: &Command,
