@@ -161,11 +161,18 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
-    for server in servers {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "client server stopped with an error"),
-            Err(err) => tracing::warn!(error = %err, "client server task failed"),
+    // Open streams (a watch) never end by themselves: like etcd, wait for requests in flight
+    // up to the request timeout, then close what is left.
+    let graceful_until = tokio::time::Instant::now() + api.request_timeout();
+    for mut server in servers {
+        match tokio::time::timeout_at(graceful_until, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "server stopped with an error"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "server task failed"),
+            Err(_) => {
+                tracing::info!("closing the connections still open");
+                server.abort();
+            }
         }
     }
     let _ = stop_publish.send(());

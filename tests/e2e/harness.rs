@@ -199,6 +199,11 @@ impl Server {
         Some((status, body))
     }
 
+    /// The server's data directory (`--data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The server's process id (for reading `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()

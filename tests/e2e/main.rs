@@ -4,6 +4,7 @@
 // Tests fail loudly: unwrap/expect are the assertions here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod background;
 mod bad_input;
 mod client;

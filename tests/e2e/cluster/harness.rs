@@ -359,7 +359,7 @@ impl Cluster {
     }
 
     /// A live member other than those in `except`, to send cluster-wide requests through.
-    fn via(&self, except: &[usize]) -> usize {
+    pub fn via(&self, except: &[usize]) -> usize {
         *self
             .live()
             .iter()
