@@ -20,6 +20,8 @@ pub mod admission;
 pub mod codec;
 pub mod command;
 pub mod durable;
+#[cfg(test)]
+mod fuzz;
 pub mod log_cache;
 pub mod log_store;
 pub mod membership;
