@@ -25,6 +25,9 @@ const TXN_SUCCESS: u64 = 2;
 const TXN_FAILURE: u64 = 3;
 /// `RequestOp.request_txn`.
 const OP_REQUEST_TXN: u64 = 4;
+/// The wire types that open and close a group.
+const START_GROUP: u64 = 3;
+const END_GROUP: u64 = 4;
 
 /// A slice still to scan: its bytes, what they hold, and the txn level they sit in.
 type Pending<'a> = (&'a [u8], Kind, usize);
@@ -70,22 +73,54 @@ pub fn txn_depth(bytes: &[u8], limit: usize) -> Option<usize> {
 /// follows it.
 type Field<'a> = (u64, Option<&'a [u8]>, &'a [u8]);
 
-/// Reads one field; `None` at the end of the input or where it stops being valid protobuf.
+/// Reads one field; `None` at the end of the input or where it stops being valid protobuf. A
+/// group (an unknown field of an old encoding, which prost skips) is stepped over whole.
 fn next_field(bytes: &[u8]) -> Option<Field<'_>> {
     let (key, rest) = varint(bytes)?;
     let field = key >> 3;
     match key & 7 {
-        0 => varint(rest).map(|(_, rest)| (field, None, rest)),
-        1 => rest.get(8..).map(|rest| (field, None, rest)),
+        START_GROUP => skip_group(field, rest).map(|rest| (field, None, rest)),
+        wire_type => scalar_or_bytes(wire_type, rest).map(|(value, rest)| (field, value, rest)),
+    }
+}
+
+/// A value of a wire type other than a group's: its bytes if it is length-delimited, and what
+/// follows it.
+fn scalar_or_bytes(wire_type: u64, bytes: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    match wire_type {
+        0 => varint(bytes).map(|(_, rest)| (None, rest)),
+        1 => bytes.get(8..).map(|rest| (None, rest)),
         2 => {
-            let (len, rest) = varint(rest)?;
+            let (len, rest) = varint(bytes)?;
             let len = usize::try_from(len).ok()?;
-            (len <= rest.len()).then(|| (field, Some(&rest[..len]), &rest[len..]))
+            (len <= rest.len()).then(|| (Some(&rest[..len]), &rest[len..]))
         }
-        5 => rest.get(4..).map(|rest| (field, None, rest)),
-        // Groups (3, 4) are not used by etcd's messages; anything else is not protobuf.
+        5 => bytes.get(4..).map(|rest| (None, rest)),
         _ => None,
     }
+}
+
+/// What follows the group of field `field` whose start tag `bytes` follow (groups nest; each
+/// ends with an end tag of its own field number), without recursion.
+fn skip_group(field: u64, mut bytes: &[u8]) -> Option<&[u8]> {
+    let mut open = vec![field];
+    while let Some(&innermost) = open.last() {
+        let (key, rest) = varint(bytes)?;
+        let (inner, wire_type) = (key >> 3, key & 7);
+        bytes = match wire_type {
+            START_GROUP => {
+                open.push(inner);
+                rest
+            }
+            END_GROUP if inner == innermost => {
+                open.pop();
+                rest
+            }
+            END_GROUP => return None,
+            _ => scalar_or_bytes(wire_type, rest)?.1,
+        };
+    }
+    Some(bytes)
 }
 
 /// A base-128 varint (at most 10 bytes) and what follows it.
@@ -196,6 +231,24 @@ mod tests {
             len >>= 7;
         }
         out.push(len as u8);
+    }
+
+    #[test]
+    fn groups_prost_skips_do_not_hide_what_follows() {
+        // An empty group of field 15, a nested pair of groups, then a txn too deep: prost
+        // skips the groups and decodes the txn, so the scan must step over them too.
+        let too_deep = nested(MAX_TXN_DEPTH + 1).encode_to_vec();
+        for groups in [
+            &[0x7b_u8, 0x7c][..],
+            &[0x7b, 0x83, 0x01, 0x08, 0x01, 0x84, 0x01, 0x7c],
+        ] {
+            let bytes = [groups, &too_deep].concat();
+            assert!(
+                TxnRequest::decode(bytes.as_slice()).is_ok(),
+                "prost skips the group"
+            );
+            assert_eq!(txn_depth(&bytes, MAX_TXN_DEPTH), None);
+        }
     }
 
     #[test]
