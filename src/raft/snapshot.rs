@@ -16,8 +16,8 @@ use super::codec::{decode_json, encode_json};
 use super::durable::sync_dir;
 use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
 use super::{SnapshotMeta, TypeConfig};
-use crate::lease;
 use crate::mvcc::{self, MvccStore};
+use crate::{crash, lease};
 
 /// The snapshot's own metadata, inside the snapshot file.
 const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
@@ -27,6 +27,8 @@ const SUFFIX: &str = ".snap";
 const INCOMING: &str = "incoming";
 /// Extension of a snapshot being built.
 const BUILDING: &str = "tmp";
+/// Extension a kept snapshot that cannot be read is renamed to (kept for inspection).
+const DAMAGED: &str = "damaged";
 
 /// A snapshot on disk: what openraft hands between the state machine and the network.
 #[derive(Debug, Clone)]
@@ -118,11 +120,22 @@ pub fn current(dir: &Path) -> io::Result<Option<Snapshot>> {
         }
     }
     let Some(path) = newest else { return Ok(None) };
-    let meta = read_meta(&path)?;
-    Ok(Some(Snapshot {
-        meta,
-        snapshot: SnapshotFile { path },
-    }))
+    let read = crash::contain("reading a snapshot", || read_meta(&path))
+        .and_then(|meta| meta.map_err(|e| e.to_string()));
+    match read {
+        Ok(meta) => Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })),
+        // Damaged on disk: set aside, and openraft builds a new one from the state machine
+        // (which holds everything the snapshot did) when it needs one.
+        Err(err) => {
+            let aside = path.with_extension(DAMAGED);
+            tracing::error!(snapshot = %path.display(), moved_to = %aside.display(), error = %err, "the kept snapshot is unreadable");
+            std::fs::rename(&path, &aside)?;
+            Ok(None)
+        }
+    }
 }
 
 fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
@@ -170,6 +183,12 @@ pub fn sweep_unfinished(dir: &Path) -> io::Result<usize> {
 /// `claimed` (what the leader said it sends), whose applied state agrees, and whose MVCC and
 /// lease tables load.
 pub fn validate(path: &Path, claimed: &SnapshotMeta) -> io::Result<()> {
+    // redb panics on some damaged files instead of failing.
+    crash::contain("checking a snapshot", || check(path, claimed))
+        .map_err(|panicked| io::Error::new(io::ErrorKind::InvalidData, panicked))?
+}
+
+fn check(path: &Path, claimed: &SnapshotMeta) -> io::Result<()> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let snap = ReadOnlyDatabase::open(path).map_err(|e| invalid(format!("not a snapshot: {e}")))?;
     let read = snap
@@ -271,6 +290,25 @@ mod tests {
             leases.track(batch.events_since(from));
             batch.commit(Durability::Immediate).unwrap();
         }
+    }
+
+    #[test]
+    fn a_damaged_kept_snapshot_is_set_aside_for_a_new_one() {
+        let source = member();
+        source.grant_with_key(7, "held");
+        let snap_dir = tempfile::tempdir().unwrap();
+        let built = build(&source.db, snap_dir.path()).unwrap();
+        assert!(current(snap_dir.path()).unwrap().is_some());
+        std::fs::write(&built.snapshot.path, b"rotten").unwrap();
+        assert!(
+            current(snap_dir.path()).unwrap().is_none(),
+            "openraft will build a new one"
+        );
+        assert!(
+            built.snapshot.path.with_extension(DAMAGED).exists(),
+            "kept for inspection"
+        );
+        assert!(validate(&built.snapshot.path.with_extension(DAMAGED), &built.meta).is_err());
     }
 
     #[test]
