@@ -94,6 +94,7 @@ pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64) -> io::Result<Replaye
             last_end = Some(end);
         }
     }
+    check_continuous(&cache, seqs[0])?;
     let Some(end) = last_end else {
         return Err(io::Error::other(format!(
             "no WAL segment to replay in {}",
@@ -117,6 +118,32 @@ pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64) -> io::Result<Replaye
         segments,
         last,
     })
+}
+
+/// Checks that the log replayed has no hole: its entries follow each other, from the one after
+/// the last purged on, and segments are only missing at the start (`first_seq` > 1) after a
+/// purge. openraft only ever appends the next entry, truncates a suffix and purges a prefix, so
+/// a hole means records were lost (a damaged purge taken for a torn write, say).
+fn check_continuous(cache: &LogCache, first_seq: u64) -> io::Result<()> {
+    if first_seq > 1 && cache.last_purged.is_none() {
+        return Err(invalid_data(format!(
+            "segments before {} were removed, but no purge is recorded",
+            Segment::file_name(first_seq)
+        )));
+    }
+    let mut expected = cache.last_purged.as_ref().map(|purged| purged.index + 1);
+    for &index in cache.entries.keys() {
+        if let Some(expected) = expected
+            && index != expected
+        {
+            return Err(invalid_data(format!(
+                "the log has a hole: entry {index} follows {}",
+                expected.saturating_sub(1)
+            )));
+        }
+        expected = Some(index + 1);
+    }
+    Ok(())
 }
 
 /// Replays one segment's records into `cache` and finds where its valid data ends.
@@ -178,12 +205,12 @@ fn replay_segment(
         )));
     }
     if let Scan::Mismatch { len } = scan
-        && !is_torn(data, offset, len)
+        && !is_torn(data, seq, offset, len)
     {
         return Err(invalid_data(format!(
-            "corrupt at offset {offset}: a frame of {len} bytes fails its CRC, yet more data \
-             follows it and none of its sectors is unwritten (all zeros), so it is not a torn \
-             write"
+            "corrupt at offset {offset}: a frame of {len} bytes fails its CRC and is not a torn \
+             write (more data follows it and none of its sectors is unwritten, or a valid frame \
+             starts inside it)"
         )));
     }
     let torn = match scan {
@@ -224,23 +251,53 @@ fn apply(record: Record, cache: &mut LogCache, info: &mut SegmentInfo) -> io::Re
     Ok(())
 }
 
-/// Whether the frame of `len` bytes at `offset`, whose CRC fails, can be a torn write: either
-/// nothing but zeros follows it (it was the last thing written), or a piece of it, cut at
-/// sector boundaries, is all zeros (a sector that never reached the disk while later ones did:
-/// etcd's torn-write test). Otherwise it is corruption of data that was once complete.
-fn is_torn(data: &[u8], offset: usize, len: usize) -> bool {
+/// Whether the frame of `len` bytes at `offset` of segment `seq`, whose CRC fails, can be a
+/// torn write: either nothing but zeros follows it (it was the last thing written), or a piece
+/// of it, cut at sector boundaries, is all zeros (a sector that never reached the disk while
+/// later ones did: etcd's torn-write test). Otherwise it is corruption of data that was once
+/// complete. Either way, a valid frame starting inside the one that fails means that frame's
+/// length is what was damaged (bit rot made it longer, over records written after it): that
+/// is corruption too, not a torn write, or those records would be dropped without a word.
+fn is_torn(data: &[u8], seq: u64, offset: usize, len: usize) -> bool {
     let end = (offset + len).min(data.len());
-    if all_zero(&data[end..]) {
-        return true;
-    }
-    let mut start = offset + FRAME_HEADER.min(len);
-    while start < end {
-        let next = ((start as u64 / SECTOR + 1) * SECTOR) as usize;
-        let piece = &data[start..next.min(end)];
-        if all_zero(piece) {
+    let torn_looking = all_zero(&data[end..]) || {
+        let mut start = offset + FRAME_HEADER.min(len);
+        let mut zero_sector = false;
+        while start < end && !zero_sector {
+            let next = ((start as u64 / SECTOR + 1) * SECTOR) as usize;
+            zero_sector = all_zero(&data[start..next.min(end)]);
+            start = next;
+        }
+        zero_sector
+    };
+    torn_looking && !frame_inside(data, seq, offset + 1, end)
+}
+
+/// The most payload bytes [`frame_inside`] checksums: it runs once per open, after a crash or
+/// damage, and a frame full of bytes that look like frame headers must not make opening slow.
+/// Past it, a frame is judged as before the search existed.
+const RESYNC_BUDGET_BYTES: usize = 64 << 20;
+
+/// Whether a frame with a valid CRC (for its own place) starts in `from..end` and fits before
+/// `end`. The CRC covers the segment and the offset, so a match is never by chance.
+fn frame_inside(data: &[u8], seq: u64, from: usize, end: usize) -> bool {
+    let mut budget = RESYNC_BUDGET_BYTES;
+    for at in from..end.saturating_sub(FRAME_HEADER) {
+        let Some(head) = data.get(at..at + 4) else { break };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len == 0 || at + FRAME_HEADER + len > end {
+            continue;
+        }
+        let Some(rest) = budget.checked_sub(len) else {
+            break;
+        };
+        budget = rest;
+        if matches!(
+            Record::read(&data[at..end], seq, at as u64),
+            Ok(Scan::Record(..)) | Err(_)
+        ) {
             return true;
         }
-        start = next;
     }
     false
 }
