@@ -1,12 +1,12 @@
 //! The gRPC codec of every generated client and server: prost's, with a guard in front of the
-//! decoder for the one message whose nesting the wire does not bound.
+//! decoder for the one message whose nesting the wire does not bound, the txn.
 //!
-//! tonic hands a codec every message of every RPC; the guard only looks at `TxnRequest`s
-//! (matched by type, since the generated code is generic over the message): one nested deeper
-//! than [`MAX_TXN_DEPTH`] is refused with etcd's `too many operations in txn request` before
-//! prost decodes it, instead of prost's recursion-limit error (an `INTERNAL` with a long
-//! message) or, just below that limit, a txn that decodes here but not once wrapped in a log
-//! entry (see [`crate::nesting`]).
+//! tonic hands a codec every message of every RPC; the guard only looks at `TxnRequest`s and at
+//! the Raft `Command`s followers forward (matched by type, since the generated code is generic
+//! over the message): a txn nested deeper than [`MAX_TXN_DEPTH`] is refused with etcd's
+//! `too many operations in txn request` before prost decodes it, instead of prost's
+//! recursion-limit error (an `INTERNAL` with a long message) or, just below that limit, a txn
+//! that decodes here but not once wrapped in a log entry (see [`crate::nesting`]).
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -18,7 +18,8 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::etcdserverpb::TxnRequest;
-use crate::nesting::{MAX_TXN_DEPTH, txn_depth};
+use crate::nesting::{MAX_TXN_DEPTH, field_txn_depth, txn_depth};
+use crate::raftpb::Command;
 use crate::rpctypes::ERR_TOO_MANY_OPS;
 
 /// prost's codec with the nesting guard; named by `codec_path` in `build.rs`.
@@ -65,12 +66,17 @@ impl<U: Message + Default + 'static> Decoder for GuardedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        if TypeId::of::<U>() != TypeId::of::<TxnRequest>() {
+        let measure: fn(&[u8]) -> Option<usize> = if TypeId::of::<U>() == TypeId::of::<TxnRequest>() {
+            |bytes| txn_depth(bytes, MAX_TXN_DEPTH)
+        } else if TypeId::of::<U>() == TypeId::of::<Command>() {
+            // A follower's Forward: the txn is field 3.
+            |bytes| field_txn_depth(bytes, 3, MAX_TXN_DEPTH)
+        } else {
             return self.inner.decode(buf);
-        }
+        };
         // Takes the message out of tonic's buffer without copying it (it is one piece).
         let bytes = buf.copy_to_bytes(buf.remaining());
-        if txn_depth(&bytes, MAX_TXN_DEPTH).is_none() {
+        if measure(&bytes).is_none() {
             return Err(Status::invalid_argument(ERR_TOO_MANY_OPS));
         }
         U::decode(bytes)

@@ -73,6 +73,21 @@ pub fn txn_depth(bytes: &[u8], limit: usize) -> Option<usize> {
 /// follows it.
 type Field<'a> = (u64, Option<&'a [u8]>, &'a [u8]);
 
+/// The deepest txn nesting of the txns held in field `field` of the message encoded in `bytes`
+/// (a Raft `Command` holds its txn in field 3), as [`txn_depth`] measures it; `Some(0)` when
+/// the field holds none.
+pub fn field_txn_depth(bytes: &[u8], field: u64, limit: usize) -> Option<usize> {
+    let mut deepest = 0;
+    let mut rest = bytes;
+    while let Some((number, value, after)) = next_field(rest) {
+        rest = after;
+        if let (true, Some(txn)) = (number == field, value) {
+            deepest = deepest.max(txn_depth(txn, limit)?);
+        }
+    }
+    Some(deepest)
+}
+
 /// Reads one field; `None` at the end of the input or where it stops being valid protobuf. A
 /// group (an unknown field of an old encoding, which prost skips) is stepped over whole.
 fn next_field(bytes: &[u8]) -> Option<Field<'_>> {
@@ -231,6 +246,26 @@ mod tests {
             len >>= 7;
         }
         out.push(len as u8);
+    }
+
+    #[test]
+    fn a_command_is_measured_by_its_txn() {
+        use crate::raftpb::{Command, command};
+        let command = |depth| {
+            Command {
+                request: Some(command::Request::Txn(nested(depth))),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(field_txn_depth(&command(5), 3, MAX_TXN_DEPTH), Some(5));
+        assert_eq!(
+            field_txn_depth(&command(MAX_TXN_DEPTH + 1), 3, MAX_TXN_DEPTH),
+            None
+        );
+        let put = Command {
+            request: Some(command::Request::Put(Default::default())),
+        };
+        assert_eq!(field_txn_depth(&put.encode_to_vec(), 3, MAX_TXN_DEPTH), Some(0));
     }
 
     #[test]
