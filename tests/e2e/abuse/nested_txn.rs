@@ -191,7 +191,11 @@ async fn forwarded_deep_txns_are_refused() {
             .await
             .expect_err("refused before it is decoded");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert_eq!(status.message(), TOO_MANY_OPS, "a forwarded txn {depth} levels deep");
+        assert_eq!(
+            status.message(),
+            TOO_MANY_OPS,
+            "a forwarded txn {depth} levels deep"
+        );
     }
     assert_eq!(revision(&mut c).await, before, "a refused txn changed the store");
     assert!(server.is_running(), "{}", server.log_tail());
