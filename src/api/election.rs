@@ -57,12 +57,7 @@ impl ElectionRpc for ElectionService {
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let request = request.into_inner();
-        let lease = self
-            .kv
-            .lease_or_session(request.lease)
-            .await
-            .map_err(|e| e.to_status())?;
-        let session = Session::from_lease(self.kv.clone(), lease);
+        let session = self.kv.session(request.lease).await?;
         let mut election = Election::new(&session, request.name);
         let (leader, header) = election
             .campaign(request.value)

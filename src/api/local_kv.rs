@@ -13,6 +13,7 @@ use concord_proto::etcdserverpb::{
     TxnResponse, WatchCreateRequest,
 };
 use concord_recipes::error::Result;
+use concord_recipes::session::Session;
 use concord_recipes::{Error, Kv, WatchBatch, WatchStream};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -45,14 +46,20 @@ impl LocalKv {
         }
     }
 
-    /// The lease a Lock or Campaign request holds its key with: its own, or for lease 0 a new
-    /// lease of [`DEFAULT_SESSION_TTL`] that nothing keeps alive, as etcd's server does (an
-    /// orphaned session). Two requests without a lease thus never share a key.
-    pub async fn lease_or_session(&self, lease: i64) -> Result<i64> {
-        match lease {
-            0 => Ok(self.lease_grant(DEFAULT_SESSION_TTL).await?.id),
-            lease => Ok(lease),
-        }
+    /// The session a Lock or Campaign request holds its key with: its own lease, or for lease 0
+    /// a new lease of [`DEFAULT_SESSION_TTL`] that nothing keeps alive, as etcd's server does
+    /// (an orphaned session). Two requests without a lease thus never share a key.
+    pub async fn session(&self, lease: i64) -> std::result::Result<Session<LocalKv>, Status> {
+        let lease = match lease {
+            0 => {
+                self.lease_grant(DEFAULT_SESSION_TTL)
+                    .await
+                    .map_err(|e| e.to_status())?
+                    .id
+            }
+            lease => lease,
+        };
+        Ok(Session::from_lease(self.clone(), lease))
     }
 }
 

@@ -11,7 +11,6 @@ use concord_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRe
 use concord_recipes::Kv;
 use concord_recipes::kv::delete_op;
 use concord_recipes::mutex::Mutex;
-use concord_recipes::session::Session;
 use tonic::{Request, Response, Status};
 
 use super::local_kv::LocalKv;
@@ -33,12 +32,7 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let request = request.into_inner();
-        let lease = self
-            .kv
-            .lease_or_session(request.lease)
-            .await
-            .map_err(|e| e.to_status())?;
-        let session = Session::from_lease(self.kv.clone(), lease);
+        let session = self.kv.session(request.lease).await?;
         let mut mutex = Mutex::new(&session, request.name);
         // A Lock request that goes away while waiting drops this future: the recipe then
         // deletes the key it created, as etcd's server does when the request's context ends.

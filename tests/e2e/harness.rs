@@ -18,6 +18,24 @@ const LOG_TAIL_LINES: usize = 40;
 /// only reach the tail).
 const LOG_KEEP_LINES: usize = 100_000;
 
+/// The flags of a lone member on ephemeral ports, every flag but `--data-dir`. A lone member
+/// needs no peers: it listens anywhere and keeps the default advertised peer URL (and with it
+/// etcd's default member ID).
+pub fn lone_member_flags() -> Vec<String> {
+    [
+        "--listen-client-urls",
+        "http://127.0.0.1:0",
+        "--advertise-client-urls",
+        "http://127.0.0.1:0",
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
+        "--log-level",
+        "info",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A running `concord` process with its own data directory.
 pub struct Server {
     child: Child,
@@ -54,21 +72,7 @@ impl Server {
     }
 
     fn start_on(data_dir: PathBuf, extra_args: Vec<String>) -> Server {
-        let mut args: Vec<String> = [
-            "--listen-client-urls",
-            "http://127.0.0.1:0",
-            "--advertise-client-urls",
-            "http://127.0.0.1:0",
-            // A lone member needs no peers: listen anywhere, keep the default advertised URL
-            // (and with it etcd's default member ID).
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--log-level",
-            "info",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = lone_member_flags();
         args.extend(extra_args);
         Self::spawn(data_dir, args, true).listening()
     }

@@ -22,7 +22,7 @@ use tonic::codec::CompressionEncoding;
 
 use super::{WAIT, assert_restarts_intact, pairs_under, revision, status};
 use crate::client_kv::connect;
-use crate::harness::Server;
+use crate::harness::{Server, lone_member_flags};
 
 /// `--max-request-bytes` by default (1.5 MiB).
 const MAX_REQUEST_BYTES: usize = 1_572_864;
@@ -257,19 +257,6 @@ fn exits_with(dir: &std::path::Path, flags: &[String]) -> (std::process::ExitSta
     (status, log)
 }
 
-fn ephemeral_flags() -> Vec<String> {
-    [
-        "--listen-client-urls",
-        "http://127.0.0.1:0",
-        "--advertise-client-urls",
-        "http://127.0.0.1:0",
-        "--listen-peer-urls",
-        "http://127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// Replaces the value of `flag` in `flags`.
 fn with_flag(mut flags: Vec<String>, flag: &str, value: String) -> Vec<String> {
     let at = flags.iter().position(|f| f == flag).unwrap();
@@ -283,7 +270,7 @@ fn a_taken_client_address_is_named() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let flags = with_flag(
-        ephemeral_flags(),
+        lone_member_flags(),
         "--listen-client-urls",
         format!("http://{addr}"),
     );
@@ -297,7 +284,11 @@ fn a_taken_peer_address_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let flags = with_flag(ephemeral_flags(), "--listen-peer-urls", format!("http://{addr}"));
+    let flags = with_flag(
+        lone_member_flags(),
+        "--listen-peer-urls",
+        format!("http://{addr}"),
+    );
     let (status, log) = exits_with(dir.path(), &flags);
     assert!(!status.success(), "{status}: {log}");
     assert!(log.contains(&addr), "the error does not name {addr}:\n{log}");

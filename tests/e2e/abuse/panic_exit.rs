@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 
 use super::assert_restarts_intact;
-use crate::harness::Server;
+use crate::harness::{Server, lone_member_flags};
 
 /// The exit status of a member that stopped because it could not go on (a panic's).
 const PANIC_STATUS: i32 = 101;
@@ -23,22 +23,6 @@ const PANIC_STATUS: i32 = 101;
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// How long the member may take to start serving.
 const START_WAIT: Duration = Duration::from_secs(30);
-
-/// The flags of a lone member on ephemeral ports (as the harness starts one).
-fn flags() -> Vec<String> {
-    [
-        "--listen-client-urls",
-        "http://127.0.0.1:0",
-        "--advertise-client-urls",
-        "http://127.0.0.1:0",
-        "--listen-peer-urls",
-        "http://127.0.0.1:0",
-        "--log-level",
-        "info",
-    ]
-    .map(String::from)
-    .to_vec()
-}
 
 /// A member started with a failpoint armed; its stderr is read by a thread that reports the
 /// client address and returns every line when the process closes it.
@@ -53,7 +37,7 @@ impl Armed {
         let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(flags())
+            .args(lone_member_flags())
             .env("CONCORD_FAILPOINTS", failpoints)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -155,7 +139,7 @@ async fn a_panic_in_apply_ends_the_member_and_a_restart_applies_the_entry() {
     assert!(log.contains("stopping this member"), "{log}");
 
     // Without the failpoint, the member starts, applies the committed put and takes writes.
-    let mut server = Server::spawn(data_dir, flags(), true).listening();
+    let mut server = Server::spawn(data_dir, lone_member_flags(), true).listening();
     let expected = vec![("crash/key".to_string(), "committed".to_string())];
     let mut c = crate::client_kv::connect(&server).await;
     assert_eq!(
