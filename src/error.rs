@@ -1,22 +1,9 @@
 //! The server's error type, and its one mapping to `tonic::Status` with etcd's messages.
 
+use concord_proto::rpctypes::{self, RpcError};
 use tonic::{Code, Status};
 
 use crate::mvcc::MvccError;
-
-/// etcd's `etcdserver: request is too large`.
-pub const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
-pub use concord_proto::rpctypes::ERR_TOO_MANY_OPS;
-/// etcd's `etcdserver: no leader`.
-pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
-/// etcd's `etcdserver: request timed out`.
-pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
-/// etcd's `etcdserver: too large lease TTL`.
-pub const ERR_LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
-/// etcd's `etcdserver: not leader` (a lease keepalive reached a member that is not the leader).
-pub const ERR_NOT_LEADER: &str = "etcdserver: not leader";
-/// etcd's `etcdserver: server stopped`.
-pub const ERR_STOPPED: &str = "etcdserver: server stopped";
 
 /// Everything that can go wrong in the server.
 #[derive(Debug, thiserror::Error)]
@@ -29,42 +16,51 @@ pub enum Error {
     #[error(transparent)]
     Mvcc(#[from] MvccError),
     /// The request is larger than `--max-request-bytes`.
-    #[error("{ERR_REQUEST_TOO_LARGE}")]
+    #[error("{}", rpctypes::REQUEST_TOO_LARGE.text())]
     RequestTooLarge,
     /// The txn has more operations than `--max-txn-ops`.
-    #[error("{ERR_TOO_MANY_OPS}")]
+    #[error("{}", rpctypes::TOO_MANY_OPS.text())]
     TooManyOps,
     /// A lease grant asked for more than the maximum TTL.
-    #[error("{ERR_LEASE_TTL_TOO_LARGE}")]
+    #[error("{}", rpctypes::LEASE_TTL_TOO_LARGE.text())]
     LeaseTtlTooLarge,
     /// A leader-only request reached a follower.
-    #[error("{ERR_NOT_LEADER}")]
+    #[error("{}", rpctypes::NOT_LEADER.text())]
     NotLeader,
     /// etcd's `etcdserver: member not found`.
-    #[error("etcdserver: member not found")]
+    #[error("{}", rpctypes::MEMBER_NOT_FOUND.text())]
     MemberNotFound,
     /// etcd's `etcdserver: Peer URLs already exists`.
-    #[error("etcdserver: Peer URLs already exists")]
+    #[error("{}", rpctypes::PEER_URL_EXISTS.text())]
     PeerUrlExists,
     /// etcd's `etcdserver: can only promote a learner member`.
-    #[error("etcdserver: can only promote a learner member")]
+    #[error("{}", rpctypes::MEMBER_NOT_LEARNER.text())]
     NotLearner,
     /// etcd's `etcdserver: can only promote a learner member which is in sync with leader`.
-    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    #[error("{}", rpctypes::LEARNER_NOT_READY.text())]
     LearnerNotReady,
     /// etcd's `etcdserver: re-configuration failed due to not enough started members`: a new
     /// voter would leave the cluster without a quorum of started members.
-    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    #[error("{}", rpctypes::NOT_ENOUGH_STARTED_MEMBERS.text())]
     NotEnoughStartedMembers,
     /// No leader is known (quorum lost, or an election is under way).
-    #[error("{ERR_NO_LEADER}")]
+    #[error("{}", rpctypes::NO_LEADER.text())]
     NoLeader,
     /// The request did not finish in time.
-    #[error("{ERR_TIMEOUT}")]
+    #[error("{}", rpctypes::TIMEOUT.text())]
     Timeout,
     /// The server is shutting down.
-    #[error("{ERR_STOPPED}")]
+    #[error("{}", rpctypes::STOPPED.text())]
     Stopped,
+    /// The leader refused a request this member handed it, with one of etcd's errors: the
+    /// client gets it as the leader gave it.
+    #[error("{message}")]
+    Refused {
+        /// The gRPC code.
+        code: Code,
+        /// etcd's text.
+        message: String,
+    },
     /// A command that no client of this member can have sent (an internal command from outside,
     /// a malformed forwarded one): refused before it reaches the log.
     #[error("etcdserver: invalid request: {0}")]
@@ -80,35 +76,41 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let code = match &err {
-            Error::Config(_) => Code::InvalidArgument,
-            Error::Mvcc(e) => mvcc_code(e),
-            Error::RequestTooLarge | Error::TooManyOps | Error::Rejected(_) => Code::InvalidArgument,
-            Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::MemberNotFound => Code::NotFound,
-            Error::PeerUrlExists
-            | Error::NotLearner
-            | Error::LearnerNotReady
-            | Error::NotEnoughStartedMembers => Code::FailedPrecondition,
-            Error::NoLeader | Error::NotLeader | Error::Stopped => Code::Unavailable,
-            Error::Timeout => Code::Unavailable,
-            Error::Raft(_) | Error::Io(_) | Error::Listen(_) => Code::Unavailable,
-        };
-        Status::new(code, err.to_string())
+impl Error {
+    /// The etcd error this is, if it is one of etcd's (its code and text).
+    fn etcd(&self) -> Option<RpcError> {
+        Some(match self {
+            Error::Mvcc(e) => return e.etcd(),
+            Error::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
+            Error::TooManyOps => rpctypes::TOO_MANY_OPS,
+            Error::LeaseTtlTooLarge => rpctypes::LEASE_TTL_TOO_LARGE,
+            Error::NotLeader => rpctypes::NOT_LEADER,
+            Error::MemberNotFound => rpctypes::MEMBER_NOT_FOUND,
+            Error::PeerUrlExists => rpctypes::PEER_URL_EXISTS,
+            Error::NotLearner => rpctypes::MEMBER_NOT_LEARNER,
+            Error::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
+            Error::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
+            Error::NoLeader => rpctypes::NO_LEADER,
+            Error::Timeout => rpctypes::TIMEOUT,
+            Error::Stopped => rpctypes::STOPPED,
+            _ => return None,
+        })
     }
 }
 
-/// The gRPC codes etcd uses for each store error (see etcd's `rpctypes`).
-fn mvcc_code(err: &MvccError) -> Code {
-    match err {
-        MvccError::Compacted | MvccError::FutureRev => Code::OutOfRange,
-        MvccError::KeyNotFound => Code::InvalidArgument,
-        MvccError::LeaseNotFound => Code::NotFound,
-        MvccError::LeaseExists => Code::FailedPrecondition,
-        MvccError::Storage(_) => Code::Unavailable,
-        _ => Code::InvalidArgument,
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        if let Some(etcd) = err.etcd() {
+            return etcd.status();
+        }
+        if let Error::Refused { code, message } = err {
+            return Status::new(code, message);
+        }
+        let code = match &err {
+            Error::Config(_) | Error::Rejected(_) => Code::InvalidArgument,
+            _ => Code::Unavailable,
+        };
+        Status::new(code, err.to_string())
     }
 }
 

@@ -11,10 +11,10 @@ use concord_proto::etcdserverpb::{
     RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, request_op,
 };
 use concord_proto::mvccpb::KeyValue;
+use concord_proto::rpctypes;
 use concord_recipes::kv::prefix_end;
 use concord_recipes::{Kv, WatchStream};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::endpoints::{Endpoints, Idempotence};
 use crate::error::Result;
@@ -254,7 +254,7 @@ impl Kv for Client {
                 let request = unary(LeaseRevokeRequest { id }, timeout);
                 async move {
                     match lease(conn.channel).lease_revoke(request).await {
-                        Err(status) if retried && lease_not_found(&status) => Ok(()),
+                        Err(status) if retried && rpctypes::is_lease_not_found(&status) => Ok(()),
                         Err(status) => Err(status),
                         Ok(_) => Ok(()),
                     }
@@ -287,11 +287,6 @@ fn read_only(ops: &[RequestOp]) -> bool {
         Some(request_op::Request::RequestTxn(txn)) => read_only(&txn.success) && read_only(&txn.failure),
         Some(_) => false,
     })
-}
-
-/// Whether `status` is etcd's `ErrLeaseNotFound`.
-pub(crate) fn lease_not_found(status: &Status) -> bool {
-    status.code() == Code::NotFound && status.message().contains("lease not found")
 }
 
 #[cfg(test)]

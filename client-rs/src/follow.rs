@@ -9,13 +9,13 @@
 //! so ([`Step::Compacted`]) and the owner reads the current state again.
 
 use concord_proto::etcdserverpb::WatchCreateRequest;
+use concord_proto::rpctypes;
 use concord_recipes::{Kv, WatchBatch, WatchStream};
 use futures::StreamExt;
 use tonic::Code;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::watch::COMPACTED;
 
 /// How many times in a row a broken watch is reopened before the error is reported (each
 /// reopening already tries every endpoint, with the client's backoff in between).
@@ -115,7 +115,7 @@ impl Follow {
 
 /// Whether `err` is the watch's start revision having been compacted.
 pub(crate) fn compacted(err: &concord_recipes::Error) -> bool {
-    matches!(err, concord_recipes::Error::Store(status) if status.message() == COMPACTED)
+    matches!(err, concord_recipes::Error::Store(status) if rpctypes::is_compacted(status))
 }
 
 /// Whether a watch that failed with `err` is worth opening again.

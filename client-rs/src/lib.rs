@@ -55,13 +55,14 @@ mod registry;
 mod watch;
 
 pub use client::Client;
+/// etcd's error texts and codes, and predicates such as [`rpctypes::is_compacted`].
+pub use concord_proto::rpctypes;
 pub use config::{ConfigWatch, Versioned};
 pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, Result};
 pub use lock::LockGuard;
 pub use options::ClientOptions;
 pub use registry::{Instance, Membership, MembershipChange, Registration, SERVICES_PREFIX, ServiceWatch};
-pub use watch::COMPACTED;
 
 pub use concord_recipes::election::LeaderKey;
 pub use concord_recipes::{Kv, WatchBatch, WatchStream};

@@ -8,6 +8,7 @@ use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use concord_proto::mvccpb::Event;
+use concord_proto::rpctypes;
 use concord_recipes::{Error, WatchBatch, WatchStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,9 +16,6 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::client::MAX_RESPONSE_BYTES;
-
-/// etcd's text for a watch whose start revision was compacted away (`ErrCompacted`).
-pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 
 /// An open watch: the request side (kept open, since closing it ends the stream on the
 /// server) and the responses.
@@ -101,7 +99,7 @@ fn batches(
 
 /// The status of a compacted watch, as the server's in-process watches report it.
 fn compacted() -> Status {
-    Status::out_of_range(COMPACTED)
+    rpctypes::COMPACTED.status()
 }
 
 fn reason(response: &WatchResponse) -> String {

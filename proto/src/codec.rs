@@ -20,7 +20,7 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 use crate::etcdserverpb::TxnRequest;
 use crate::nesting::{MAX_TXN_DEPTH, field_txn_depth, txn_depth};
 use crate::raftpb::Command;
-use crate::rpctypes::ERR_TOO_MANY_OPS;
+use crate::rpctypes::TOO_MANY_OPS;
 
 /// prost's codec with the nesting guard; named by `codec_path` in `build.rs`.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ impl<U: Message + Default + 'static> Decoder for GuardedDecoder<U> {
         // Takes the message out of tonic's buffer without copying it (it is one piece).
         let bytes = buf.copy_to_bytes(buf.remaining());
         if measure(&bytes).is_none() {
-            return Err(Status::invalid_argument(ERR_TOO_MANY_OPS));
+            return Err(TOO_MANY_OPS.status());
         }
         U::decode(bytes)
             .map(Some)

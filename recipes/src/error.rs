@@ -1,5 +1,7 @@
 //! The recipes' one error type.
 
+use concord_proto::rpctypes;
+
 /// What can go wrong in a recipe.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,10 +16,10 @@ pub enum Error {
     #[error("session expired")]
     SessionExpired,
     /// Proclaim or resign by a campaigner that no longer leads (etcd's text).
-    #[error("election: not leader")]
+    #[error("{}", rpctypes::ELECTION_NOT_LEADER.text())]
     NotLeader,
     /// Leader asked of an election nobody leads (etcd's text).
-    #[error("election: no leader")]
+    #[error("{}", rpctypes::ELECTION_NO_LEADER.text())]
     NoLeader,
     /// A lock or semaphore was not acquired because another holds it (`try_lock`).
     #[error("mutex: Locked by another session")]
@@ -46,7 +48,7 @@ impl Error {
                 status.clone()
             }
             Error::WatchEnded(_) => tonic::Status::unavailable(self.to_string()),
-            Error::SessionExpired => tonic::Status::unknown("etcdserver: requested lease not found"),
+            Error::SessionExpired => tonic::Status::unknown(rpctypes::LEASE_NOT_FOUND.text()),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(self.to_string()),
             _ => tonic::Status::unknown(self.to_string()),
         }

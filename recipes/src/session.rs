@@ -152,9 +152,7 @@ async fn keep_alive<K: Kv>(kv: K, lease: i64, ttl: i64, lost: watch::Sender<bool
 pub(crate) fn is_lease_gone(err: &Error) -> bool {
     match err {
         Error::SessionExpired => true,
-        Error::Store(status) => {
-            status.code() == tonic::Code::NotFound && status.message().contains("lease not found")
-        }
+        Error::Store(status) => concord_proto::rpctypes::is_lease_not_found(status),
         _ => false,
     }
 }

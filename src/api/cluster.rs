@@ -10,6 +10,7 @@ use concord_proto::etcdserverpb::{
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
     MemberUpdateResponse,
 };
+use concord_proto::rpctypes;
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -78,9 +79,7 @@ fn member(id: u64, node: MemberNode, is_learner: bool) -> Member {
 
 fn bad_urls(urls: &[String]) -> Result<(), Status> {
     if urls.is_empty() {
-        return Err(Status::invalid_argument(
-            "etcdserver: member peer URLs are not provided",
-        ));
+        return Err(rpctypes::MEMBER_PEER_URLS_MISSING.status());
     }
     for url in urls {
         let ok = url.starts_with("http://") || url.starts_with("https://");

@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 
+use concord_proto::rpctypes;
 use concord_proto::v3electionpb::election_server::Election as ElectionRpc;
 use concord_proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -18,9 +19,6 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::local_kv::LocalKv;
-
-/// etcd's text for a Proclaim or Resign without a leader key.
-const ERR_MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 
 /// The Election service.
 #[derive(Clone)]
@@ -36,7 +34,7 @@ impl ElectionService {
 
     /// The election a leader key belongs to, resumed with the key's lease.
     fn resume(&self, leader: Option<LeaderKey>) -> Result<Election<LocalKv>, Status> {
-        let leader = leader.ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
+        let leader = leader.ok_or_else(|| rpctypes::MISSING_LEADER_KEY.status())?;
         let session = Session::from_lease(self.kv.clone(), leader.lease);
         Ok(Election::resume(
             &session,

@@ -12,6 +12,7 @@ use concord_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse, WatchCreateRequest,
 };
+use concord_proto::rpctypes;
 use concord_recipes::error::Result;
 use concord_recipes::session::Session;
 use concord_recipes::{Error, Kv, WatchBatch, WatchStream};
@@ -94,9 +95,7 @@ impl Kv for LocalKv {
             .map(move |response| {
                 let _registered = &stream; // removed from the hub when the stream is dropped
                 if response.compact_revision > 0 {
-                    return Err(Error::Store(Status::out_of_range(
-                        "etcdserver: mvcc: required revision has been compacted",
-                    )));
+                    return Err(Error::Store(rpctypes::COMPACTED.status()));
                 }
                 if response.canceled {
                     return Err(Error::WatchEnded(response.cancel_reason));

@@ -9,6 +9,7 @@ use concord_proto::etcdserverpb::{
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
+use concord_proto::rpctypes;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -31,9 +32,6 @@ impl MaintenanceService {
         Self { api }
     }
 }
-
-/// etcd's `etcdserver: bad leader transferee`.
-const ERR_BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not implemented by concord yet"))
@@ -122,7 +120,7 @@ impl Maintenance for MaintenanceService {
         }
         let voter = membership::member(raft, target).is_some_and(|(_, learner)| !learner);
         if !voter {
-            return Err(Status::failed_precondition(ERR_BAD_TRANSFEREE));
+            return Err(rpctypes::BAD_LEADER_TRANSFEREE.status());
         }
         if target != self.api.node().identity.member_id {
             raft.trigger()

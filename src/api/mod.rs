@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::mvcc::MvccStore;
 use crate::raft::admission::{Admission, Origin};
 use crate::raft::membership::{self, MembershipChange};
+use crate::raft::peer_error::PeerError;
 use crate::raft::{Command, CommandResult, MemberNode, RaftNode};
 
 /// What every service needs: the Raft member, its store and the request limits.
@@ -115,7 +116,7 @@ impl Api {
                 };
                 match self.node.peers.forward(&leader, command).await {
                     Ok(result) => Attempt::Done(Ok(result)),
-                    Err(text) => Attempt::after_peer_failure(text),
+                    Err(err) => Attempt::after_peer_failure(err),
                 }
             })
             .await?;
@@ -145,7 +146,7 @@ impl Api {
                 };
                 match self.node.peers.read_index(&leader).await {
                     Ok(index) => Attempt::Done(Ok(Some(index))),
-                    Err(text) => Attempt::after_peer_failure(text),
+                    Err(err) => Attempt::after_peer_failure(err),
                 }
             })
             .await?;
@@ -199,7 +200,7 @@ impl Api {
                 .node
                 .with_metrics(|m| (m.state.is_leader(), m.current_leader));
             if is_leader {
-                return membership::apply(raft, change).await.map_err(membership_error);
+                return membership::apply(raft, change).await;
             }
             let (leader, _) = leader_id
                 .and_then(|id| membership::member(raft, id))
@@ -208,22 +209,11 @@ impl Api {
                 .peers
                 .change_membership(&leader, &change)
                 .await
-                .map_err(membership_error)
+                .map_err(Error::from)
         };
         tokio::time::timeout(self.request_timeout, run)
             .await
             .map_err(|_| Error::Timeout)?
-    }
-}
-
-fn membership_error(text: String) -> Error {
-    match text.as_str() {
-        membership::ERR_MEMBER_NOT_FOUND => Error::MemberNotFound,
-        membership::ERR_PEER_URL_EXISTS => Error::PeerUrlExists,
-        membership::ERR_NOT_LEARNER => Error::NotLearner,
-        membership::ERR_LEARNER_NOT_READY => Error::LearnerNotReady,
-        membership::ERR_NOT_ENOUGH_STARTED => Error::NotEnoughStartedMembers,
-        _ => peer_error(text),
     }
 }
 
@@ -256,33 +246,17 @@ impl<T> Attempt<T> {
         }
     }
 
-    /// What a request handed to the leader came to when it failed with `text`. A leader that
+    /// What a request handed to the leader came to when it failed with `err`. A leader that
     /// could not be connected to never saw the request, and one that is no longer leader
     /// refused it before its log took it: both are safe to ask again.
-    fn after_peer_failure(text: String) -> Self {
-        match text.as_str() {
-            _ if is_connect_failure(&text) => Attempt::Again { no_leader: false },
-            crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => Attempt::Again { no_leader: true },
-            _ => Attempt::Done(Err(peer_error(text))),
+    fn after_peer_failure(err: PeerError) -> Self {
+        match err {
+            PeerError::Unreachable(_) => Attempt::Again { no_leader: false },
+            PeerError::NotLeader | PeerError::NoLeader => Attempt::Again { no_leader: true },
+            err => Attempt::Done(Err(err.into())),
         }
     }
 }
 
 /// How long a member waits before asking again for a leader it could not reach.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// True if the leader could not be connected to at all (so the request was never sent).
-fn is_connect_failure(text: &str) -> bool {
-    text.contains("tcp connect error") || text.contains("Connection refused")
-}
-
-/// A failure reported by (or reaching) the leader, as the client should see it.
-fn peer_error(text: String) -> Error {
-    match text.as_str() {
-        crate::error::ERR_NO_LEADER | crate::error::ERR_NOT_LEADER => Error::NoLeader,
-        crate::error::ERR_TIMEOUT => Error::Timeout,
-        crate::error::ERR_REQUEST_TOO_LARGE => Error::RequestTooLarge,
-        crate::error::ERR_TOO_MANY_OPS => Error::TooManyOps,
-        _ => Error::Raft(format!("forwarding to the leader: {text}")),
-    }
-}

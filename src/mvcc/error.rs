@@ -1,45 +1,45 @@
 //! The MVCC store's error type, with etcd's client-visible messages.
 
+use concord_proto::rpctypes::{self, RpcError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Everything the MVCC store can fail with.
 ///
-/// The `Display` texts are etcd's own (`rpctypes` / `mvcc` errors) word for word, because clients
-/// match on them. Every variant except [`MvccError::Storage`] is the client's fault and leaves the
+/// The `Display` texts are etcd's own, from [`rpctypes`], because clients match on them. Every variant except [`MvccError::Storage`] is the client's fault and leaves the
 /// store unchanged. It is serde-serializable so that an apply result can carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum MvccError {
     /// The requested revision is older than the compacted revision.
-    #[error("etcdserver: mvcc: required revision has been compacted")]
+    #[error("{}", rpctypes::COMPACTED.text())]
     Compacted,
     /// The requested revision is newer than the store's current revision.
-    #[error("etcdserver: mvcc: required revision is a future revision")]
+    #[error("{}", rpctypes::FUTURE_REV.text())]
     FutureRev,
     /// A request carried an empty key.
-    #[error("etcdserver: key is not provided")]
+    #[error("{}", rpctypes::EMPTY_KEY.text())]
     EmptyKey,
     /// `ignore_value` / `ignore_lease` was set on a key that does not exist.
-    #[error("etcdserver: key not found")]
+    #[error("{}", rpctypes::KEY_NOT_FOUND.text())]
     KeyNotFound,
     /// `ignore_value` was set together with a non-empty value.
-    #[error("etcdserver: value is provided")]
+    #[error("{}", rpctypes::VALUE_PROVIDED.text())]
     ValueProvided,
     /// `ignore_lease` was set together with a non-zero lease.
-    #[error("etcdserver: lease is provided")]
+    #[error("{}", rpctypes::LEASE_PROVIDED.text())]
     LeaseProvided,
     /// A txn writes the same key twice (or puts a key it also deletes) in one branch.
-    #[error("etcdserver: duplicate key given in txn request")]
+    #[error("{}", rpctypes::DUPLICATE_KEY.text())]
     DuplicateKey,
     /// A range request carried an unknown sort order or sort target.
-    #[error("etcdserver: invalid sort option")]
+    #[error("{}", rpctypes::INVALID_SORT_OPTION.text())]
     InvalidSortOption,
     /// A put names a lease that does not exist, or a lease request names a missing lease.
-    #[error("etcdserver: requested lease not found")]
+    #[error("{}", rpctypes::LEASE_NOT_FOUND.text())]
     LeaseNotFound,
     /// A lease grant chose an ID that is already in use.
-    #[error("etcdserver: lease already exists")]
+    #[error("{}", rpctypes::LEASE_EXISTS.text())]
     LeaseExists,
     /// The database failed, or its contents could not be decoded.
     #[error("etcdserver: storage error: {0}")]
@@ -50,6 +50,23 @@ impl MvccError {
     /// True when the request was at fault (the store is unchanged); false for storage failures.
     pub fn is_client_error(&self) -> bool {
         !matches!(self, MvccError::Storage(_))
+    }
+
+    /// The etcd error this is (its code and text); `None` for a storage failure.
+    pub fn etcd(&self) -> Option<RpcError> {
+        Some(match self {
+            MvccError::Compacted => rpctypes::COMPACTED,
+            MvccError::FutureRev => rpctypes::FUTURE_REV,
+            MvccError::EmptyKey => rpctypes::EMPTY_KEY,
+            MvccError::KeyNotFound => rpctypes::KEY_NOT_FOUND,
+            MvccError::ValueProvided => rpctypes::VALUE_PROVIDED,
+            MvccError::LeaseProvided => rpctypes::LEASE_PROVIDED,
+            MvccError::DuplicateKey => rpctypes::DUPLICATE_KEY,
+            MvccError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
+            MvccError::LeaseNotFound => rpctypes::LEASE_NOT_FOUND,
+            MvccError::LeaseExists => rpctypes::LEASE_EXISTS,
+            MvccError::Storage(_) => return None,
+        })
     }
 }
 

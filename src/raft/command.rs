@@ -6,10 +6,11 @@
 
 use std::fmt;
 
-use concord_proto::raftpb;
+use concord_proto::raftpb::{self, forward_response::Outcome, store_error::Kind};
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::peer_error::PeerError;
 use crate::mvcc::MvccError;
 
 /// One replicated state change: every write request becomes exactly one `Command`.
@@ -71,7 +72,67 @@ pub enum CommandResult {
     Rejected(MvccError),
 }
 
-/// serde form of [`CommandResult`]: the response as protobuf bytes.
+impl CommandResult {
+    /// How the leader answers a follower's `Forward` with this result.
+    pub fn to_forward(&self) -> Outcome {
+        match self {
+            CommandResult::Empty => Outcome::Empty(true),
+            CommandResult::Applied(response) => Outcome::Applied(response.clone()),
+            CommandResult::Rejected(err) => Outcome::Rejected(store_error(err)),
+        }
+    }
+
+    /// What a leader's answer to `Forward` says: the result, or why there is none.
+    pub fn from_forward(outcome: Option<Outcome>) -> Result<CommandResult, PeerError> {
+        match outcome {
+            Some(Outcome::Applied(response)) => Ok(CommandResult::Applied(response)),
+            Some(Outcome::Empty(_)) => Ok(CommandResult::Empty),
+            Some(Outcome::Rejected(err)) => Ok(CommandResult::Rejected(mvcc_error(err))),
+            Some(Outcome::Failed(err)) => Err(PeerError::from_proto(err)),
+            None => Err(PeerError::Failed("the leader answered nothing".into())),
+        }
+    }
+}
+
+fn store_error(err: &MvccError) -> raftpb::StoreError {
+    let (kind, detail) = match err {
+        MvccError::Compacted => (Kind::Compacted, ""),
+        MvccError::FutureRev => (Kind::FutureRev, ""),
+        MvccError::EmptyKey => (Kind::EmptyKey, ""),
+        MvccError::KeyNotFound => (Kind::KeyNotFound, ""),
+        MvccError::ValueProvided => (Kind::ValueProvided, ""),
+        MvccError::LeaseProvided => (Kind::LeaseProvided, ""),
+        MvccError::DuplicateKey => (Kind::DuplicateKey, ""),
+        MvccError::InvalidSortOption => (Kind::InvalidSortOption, ""),
+        MvccError::LeaseNotFound => (Kind::LeaseNotFound, ""),
+        MvccError::LeaseExists => (Kind::LeaseExists, ""),
+        MvccError::Storage(detail) => (Kind::Storage, detail.as_str()),
+    };
+    raftpb::StoreError {
+        kind: kind as i32,
+        detail: detail.to_string(),
+    }
+}
+
+fn mvcc_error(err: raftpb::StoreError) -> MvccError {
+    match Kind::try_from(err.kind) {
+        Ok(Kind::Compacted) => MvccError::Compacted,
+        Ok(Kind::FutureRev) => MvccError::FutureRev,
+        Ok(Kind::EmptyKey) => MvccError::EmptyKey,
+        Ok(Kind::KeyNotFound) => MvccError::KeyNotFound,
+        Ok(Kind::ValueProvided) => MvccError::ValueProvided,
+        Ok(Kind::LeaseProvided) => MvccError::LeaseProvided,
+        Ok(Kind::DuplicateKey) => MvccError::DuplicateKey,
+        Ok(Kind::InvalidSortOption) => MvccError::InvalidSortOption,
+        Ok(Kind::LeaseNotFound) => MvccError::LeaseNotFound,
+        Ok(Kind::LeaseExists) => MvccError::LeaseExists,
+        Ok(Kind::Storage) | Err(_) => MvccError::Storage(err.detail),
+    }
+}
+
+/// serde form of [`CommandResult`], which openraft's `serde` feature requires of a response
+/// type (it never leaves the member: a follower's `Forward` is answered with
+/// [`CommandResult::to_forward`]): the response as protobuf bytes.
 #[derive(Serialize, Deserialize)]
 enum CommandResultWire {
     Empty,
@@ -118,6 +179,36 @@ mod tests {
         let back: Command = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, cmd);
         assert_eq!(cmd.to_string(), "put");
+    }
+
+    #[test]
+    fn results_round_trip_through_a_forward_answer() {
+        let rejections = [
+            MvccError::Compacted,
+            MvccError::FutureRev,
+            MvccError::EmptyKey,
+            MvccError::KeyNotFound,
+            MvccError::ValueProvided,
+            MvccError::LeaseProvided,
+            MvccError::DuplicateKey,
+            MvccError::InvalidSortOption,
+            MvccError::LeaseNotFound,
+            MvccError::LeaseExists,
+            MvccError::Storage("disk on fire".into()),
+        ];
+        let results = [
+            CommandResult::Empty,
+            CommandResult::Applied(raftpb::CommandResponse::default()),
+        ]
+        .into_iter()
+        .chain(rejections.into_iter().map(CommandResult::Rejected));
+        for result in results {
+            let answer = raftpb::ForwardResponse {
+                outcome: Some(result.to_forward()),
+            };
+            let answer = raftpb::ForwardResponse::decode(answer.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(CommandResult::from_forward(answer.outcome), Ok(result));
+        }
     }
 
     #[test]

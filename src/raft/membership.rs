@@ -13,21 +13,7 @@ use openraft::{ChangeMembers, RaftMetrics};
 use serde::{Deserialize, Serialize};
 
 use super::{MemberNode, Raft, TypeConfig};
-use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER};
-
-/// etcd's `etcdserver: member not found`.
-pub const ERR_MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
-/// etcd's `etcdserver: Peer URLs already exists`.
-pub const ERR_PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
-/// etcd's `etcdserver: can only promote a learner member`.
-pub const ERR_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
-/// etcd's `etcdserver: can only promote a learner member which is in sync with leader`.
-pub const ERR_LEARNER_NOT_READY: &str =
-    "etcdserver: can only promote a learner member which is in sync with leader";
-
-/// etcd's `etcdserver: re-configuration failed due to not enough started members`.
-pub const ERR_NOT_ENOUGH_STARTED: &str =
-    "etcdserver: re-configuration failed due to not enough started members";
+use crate::error::Error;
 
 /// A learner is in sync when it has at least this share of the leader's log (etcd's rule).
 const READY_PERCENT: u64 = 90;
@@ -56,9 +42,6 @@ pub enum MembershipChange {
     /// Make a learner that has caught up a voter.
     Promote(u64),
 }
-
-/// Why a change was refused: an etcd error text.
-pub type ChangeError = String;
 
 /// The membership in `metrics`: (id, node, is learner), by id.
 pub fn members_in(metrics: &RaftMetrics<TypeConfig>) -> Vec<(u64, MemberNode, bool)> {
@@ -93,8 +76,8 @@ pub fn member(raft: &Raft, id: u64) -> Option<(MemberNode, bool)> {
         .map(|(_, node, learner)| (node, learner))
 }
 
-fn node_of(raft: &Raft, id: u64) -> Result<(MemberNode, bool), ChangeError> {
-    member(raft, id).ok_or_else(|| ERR_MEMBER_NOT_FOUND.to_string())
+fn node_of(raft: &Raft, id: u64) -> Result<(MemberNode, bool), Error> {
+    member(raft, id).ok_or(Error::MemberNotFound)
 }
 
 /// True if learner `id` has replicated at least [`READY_PERCENT`] of the leader's log.
@@ -139,7 +122,7 @@ fn enough_started_for_one_more_voter(raft: &Raft) -> bool {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `change` on this member, which must be the leader.
-pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeError> {
+pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), Error> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let changes: Vec<ChangeMembers<u64, MemberNode>> = match change {
         MembershipChange::Add { id, node, learner } => {
@@ -147,10 +130,10 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeEr
                 .iter()
                 .any(|(_, n, _)| n.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
             if taken {
-                return Err(ERR_PEER_URL_EXISTS.into());
+                return Err(Error::PeerUrlExists);
             }
             if !learner && !enough_started_for_one_more_voter(raft) {
-                return Err(ERR_NOT_ENOUGH_STARTED.into());
+                return Err(Error::NotEnoughStartedMembers);
             }
             let mut changes = vec![ChangeMembers::AddNodes(BTreeMap::from([(id, node)]))];
             if !learner {
@@ -185,10 +168,10 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeEr
         MembershipChange::Promote(id) => {
             let (_, learner) = node_of(raft, id)?;
             if !learner {
-                return Err(ERR_NOT_LEARNER.into());
+                return Err(Error::NotLearner);
             }
             if !in_sync(raft, id) {
-                return Err(ERR_LEARNER_NOT_READY.into());
+                return Err(Error::LearnerNotReady);
             }
             vec![ChangeMembers::AddVoterIds(BTreeSet::from([id]))]
         }
@@ -197,9 +180,9 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), ChangeEr
         raft.change_membership(change, false)
             .await
             .map_err(|err| match err.forward_to_leader() {
-                Some(f) if f.leader_id.is_some() => ERR_NOT_LEADER.to_string(),
-                Some(_) => ERR_NO_LEADER.to_string(),
-                None => format!("etcdserver: {err}"),
+                // Leadership moved while the change was under way: the caller retries.
+                Some(_) => Error::NoLeader,
+                None => Error::Raft(format!("membership change: {err}")),
             })?;
     }
     Ok(())

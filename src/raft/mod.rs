@@ -11,7 +11,8 @@
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
 //!   applied log id, and builds/installs snapshots.
 //! - [`network`] and [`peer_service`]: the peer transport (client and server sides) over gRPC;
-//!   [`peer_gate`] admits only members of this cluster.
+//!   [`peer_gate`] admits only members of this cluster, and [`peer_error`] says why a member
+//!   did not do what another asked.
 //! - [`membership`]: member add/remove/update/promote and publishing client URLs.
 //! - [`node`]: starting a Raft node on a data directory.
 //! - [`watchdog`]: ends the process when Raft stops on its own (a storage failure).
@@ -27,6 +28,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod peer_error;
 pub mod peer_gate;
 pub mod peer_service;
 pub mod snapshot;

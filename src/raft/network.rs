@@ -15,6 +15,7 @@ use std::time::Duration;
 use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
 use concord_proto::raftpb::{
     AppendEntriesMessage, ClusterInfoResponse, JsonMessage, ReadIndexRequest, SnapshotChunk,
+    read_index_response,
 };
 use openraft::OptionalSend;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -33,6 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::codec::encode_entry;
 use super::membership::MembershipChange;
+use super::peer_error::PeerError;
 use super::snapshot::SnapshotFile;
 use super::{Command, CommandResult, MemberNode, TypeConfig, Vote};
 
@@ -136,17 +138,14 @@ impl Peers {
     }
 
     /// Hands `command` to the leader at `leader` and returns what its state machine answered.
-    pub async fn forward(&self, leader: &MemberNode, command: &Command) -> Result<CommandResult, String> {
-        let mut client = self.client(leader)?;
+    pub async fn forward(&self, leader: &MemberNode, command: &Command) -> Result<CommandResult, PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
         let answer = client
             .forward(command.0.clone())
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|status| PeerError::from_call(&status))?
             .into_inner();
-        if !answer.error.is_empty() {
-            return Err(answer.error);
-        }
-        serde_json::from_slice(&answer.result_json).map_err(|e| e.to_string())
+        CommandResult::from_forward(answer.outcome)
     }
 
     /// Hands a membership change to the leader at `leader`.
@@ -154,14 +153,16 @@ impl Peers {
         &self,
         leader: &MemberNode,
         change: &MembershipChange,
-    ) -> Result<(), String> {
-        let mut client = self.client(leader)?;
+    ) -> Result<(), PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
         let answer = client
             .change_membership(JsonMessage { json: json(change) })
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|status| PeerError::from_call(&status))?
             .into_inner();
-        serde_json::from_slice::<Result<(), String>>(&answer.json).map_err(|e| e.to_string())?
+        answer
+            .failed
+            .map_or(Ok(()), |failed| Err(PeerError::from_proto(failed)))
     }
 
     /// Asks the member at `node` for the cluster's ID and its members' IDs.
@@ -177,17 +178,18 @@ impl Peers {
     }
 
     /// Asks the leader at `leader` for a read index.
-    pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, String> {
-        let mut client = self.client(leader)?;
+    pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
         let answer = client
             .read_index(ReadIndexRequest {})
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|status| PeerError::from_call(&status))?
             .into_inner();
-        if !answer.error.is_empty() {
-            return Err(answer.error);
+        match answer.outcome {
+            Some(read_index_response::Outcome::Index(index)) => Ok(index),
+            Some(read_index_response::Outcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
+            None => Err(PeerError::Failed("the leader answered no read index".into())),
         }
-        Ok(answer.index)
     }
 }
 

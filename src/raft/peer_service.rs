@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::raftpb::forward_response::Outcome;
 use concord_proto::raftpb::raft_peer_server::RaftPeer;
+use concord_proto::raftpb::read_index_response::Outcome as ReadOutcome;
 use concord_proto::raftpb::{
-    self, AppendEntriesMessage, ClusterInfoRequest, ClusterInfoResponse, ForwardResponse, JsonMessage,
-    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    self, AppendEntriesMessage, ChangeMembershipResponse, ClusterInfoRequest, ClusterInfoResponse,
+    ForwardResponse, JsonMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::ForwardToLeader;
 use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,10 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::{Admission, Origin};
 use super::codec::decode_entry;
 use super::membership;
+use super::peer_error::PeerError;
 use super::peer_gate::{Call, PeerGate};
 use super::snapshot::{self, SnapshotFile};
 use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
-use crate::error::{ERR_NO_LEADER, ERR_NOT_LEADER, ERR_TIMEOUT};
+use crate::error::Error;
 
 /// Serves other members.
 #[derive(Clone)]
@@ -69,16 +71,6 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Status> {
 fn answer<T: Serialize>(value: &T) -> Result<Response<JsonMessage>, Status> {
     let json = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(JsonMessage { json }))
-}
-
-/// etcd's text for a request Raft refused here with `err`: `not leader` / `no leader` when
-/// this member does not lead.
-fn refusal(forward: Option<&ForwardToLeader<TypeConfig>>, err: &impl std::fmt::Display) -> String {
-    match forward {
-        Some(forward) if forward.leader_id.is_some() => ERR_NOT_LEADER.to_string(),
-        Some(_) => ERR_NO_LEADER.to_string(),
-        None => format!("etcdserver: raft: {err}"),
-    }
 }
 
 #[tonic::async_trait]
@@ -178,41 +170,36 @@ impl RaftPeer for PeerService {
     async fn forward(&self, request: Request<raftpb::Command>) -> Result<Response<ForwardResponse>, Status> {
         self.gate.admit(request.metadata(), Call::Raft).await?;
         let command = Command(request.into_inner());
-        if let Err(err) = self.admission.check(&command.0, Origin::Peer) {
-            return Ok(Response::new(ForwardResponse {
-                error: err.to_string(),
-                ..Default::default()
-            }));
-        }
-        let write = tokio::time::timeout(self.request_timeout, self.raft.client_write(command));
-        let response = match write.await {
-            Err(_) => ForwardResponse {
-                error: ERR_TIMEOUT.into(),
-                ..Default::default()
-            },
-            Ok(Err(err)) => ForwardResponse {
-                error: refusal(err.forward_to_leader(), &err),
-                ..Default::default()
-            },
-            Ok(Ok(applied)) => ForwardResponse {
-                result_json: serde_json::to_vec(&applied.data)
-                    .map_err(|e| Status::internal(e.to_string()))?,
-                error: String::new(),
-            },
+        let outcome = match self.admission.check(&command.0, Origin::Peer) {
+            Err(err) => Outcome::Failed(PeerError::from(err).to_proto()),
+            Ok(()) => {
+                let write = tokio::time::timeout(self.request_timeout, self.raft.client_write(command));
+                match write.await {
+                    Err(_) => Outcome::Failed(PeerError::Timeout.to_proto()),
+                    Ok(Err(err)) => {
+                        Outcome::Failed(PeerError::from_raft(err.forward_to_leader(), &err).to_proto())
+                    }
+                    Ok(Ok(applied)) => applied.data.to_forward(),
+                }
+            }
         };
-        Ok(Response::new(response))
+        Ok(Response::new(ForwardResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn change_membership(
         &self,
         request: Request<JsonMessage>,
-    ) -> Result<Response<JsonMessage>, Status> {
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
         self.gate.admit(request.metadata(), Call::Raft).await?;
         let change = decode("membership change", &request.into_inner().json)?;
         let applied = tokio::time::timeout(self.request_timeout, membership::apply(&self.raft, change))
             .await
-            .unwrap_or_else(|_| Err(ERR_TIMEOUT.to_string()));
-        answer(&applied)
+            .unwrap_or(Err(Error::Timeout));
+        Ok(Response::new(ChangeMembershipResponse {
+            failed: applied.err().map(|err| PeerError::from(err).to_proto()),
+        }))
     }
 
     async fn cluster_info(
@@ -239,19 +226,15 @@ impl RaftPeer for PeerService {
             self.request_timeout,
             self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
         );
-        let response = match read.await {
-            Err(_) => ReadIndexResponse {
-                error: ERR_TIMEOUT.into(),
-                ..Default::default()
-            },
-            Ok(Err(err)) => ReadIndexResponse {
-                error: refusal(err.forward_to_leader(), &err),
-                ..Default::default()
-            },
-            Ok(Ok(read_log_id)) => ReadIndexResponse {
-                index: read_log_id.index(),
-                error: String::new(),
-            },
+        let outcome = match read.await {
+            Err(_) => ReadOutcome::Failed(PeerError::Timeout.to_proto()),
+            Ok(Err(err)) => {
+                ReadOutcome::Failed(PeerError::from_raft(err.forward_to_leader(), &err).to_proto())
+            }
+            Ok(Ok(read_log_id)) => ReadOutcome::Index(read_log_id.index()),
+        };
+        let response = ReadIndexResponse {
+            outcome: Some(outcome),
         };
         Ok(Response::new(response))
     }

@@ -40,7 +40,7 @@ pub const STREAM_CAPACITY: usize = 256;
 
 /// etcd's text when a client picks a watch id its stream already uses (etcd's
 /// `mvcc.ErrWatcherDuplicateID`, prefix included: it is sent as `cancel_reason` verbatim).
-pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+pub const ERR_DUPLICATE_ID: &str = concord_proto::rpctypes::DUPLICATE_WATCH_ID.text();
 
 /// etcd fragments a watch response only when it is larger than `--max-request-bytes` plus the
 /// 512 KiB of gRPC overhead it allows requests (its watch server's `maxRequestBytes` is

@@ -419,7 +419,7 @@ async fn a_watch_from_a_compacted_revision_fails_with_etcds_text() {
             .unwrap()
             .unwrap_err(),
     };
-    assert_eq!(err.to_string(), concord_client::COMPACTED);
+    assert_eq!(err.to_string(), concord_client::rpctypes::COMPACTED.text());
 
     // From the compaction on, the watch replays history.
     let request = WatchCreateRequest {

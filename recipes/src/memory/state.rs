@@ -13,6 +13,7 @@ use concord_proto::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::{Event, KeyValue, event::EventType};
+use concord_proto::rpctypes;
 use tonic::Status;
 
 use super::Watcher;
@@ -37,7 +38,7 @@ pub(super) struct Lease {
 }
 
 fn lease_not_found() -> Status {
-    Status::not_found("etcdserver: requested lease not found")
+    rpctypes::LEASE_NOT_FOUND.status()
 }
 
 /// The entries of `keys` in etcd's range `[start, end)`, in key order.
@@ -68,9 +69,7 @@ impl State {
         let past;
         let keys = match request.revision {
             r if r > self.revision => {
-                return Err(Status::out_of_range(
-                    "etcdserver: mvcc: required revision is a future revision",
-                ));
+                return Err(rpctypes::FUTURE_REV.status());
             }
             r if r > 0 && r < self.revision => {
                 past = self.keys_at(r);
@@ -167,7 +166,7 @@ impl State {
                         return Err(lease_not_found());
                     }
                     if (put.ignore_value || put.ignore_lease) && !self.keys.contains_key(&put.key) {
-                        return Err(Status::invalid_argument("etcdserver: key not found"));
+                        return Err(rpctypes::KEY_NOT_FOUND.status());
                     }
                 }
                 Some(Request::RequestRange(range)) if range.revision != 0 => {
@@ -179,7 +178,8 @@ impl State {
                 Some(Request::RequestTxn(_)) => {
                     return Err(Status::unimplemented("MemoryKv: no nested txns"));
                 }
-                None => return Err(Status::invalid_argument("etcdserver: request op is empty")),
+                // As the server answers an op without a request (etcd's `checkRequestOp`).
+                None => return Err(rpctypes::KEY_NOT_FOUND.status()),
             }
         }
         let revision = self.revision + 1;

@@ -27,7 +27,7 @@ mod shutdown;
 use std::time::Duration;
 
 use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
-use concord_proto::raftpb::{Command, command};
+use concord_proto::raftpb::{Command, command, forward_response};
 use etcd_client::{Client, GetOptions};
 
 use crate::client_kv::connect;
@@ -151,6 +151,14 @@ impl StandIn {
         let metadata = call.metadata_mut();
         metadata.insert("concord-member-id", self.member.parse().unwrap());
         metadata.insert("concord-cluster-id", self.cluster.parse().unwrap());
-        self.peer.forward(call).await.map(|r| r.into_inner().error)
+        // A refusal's message is etcd's text; anything applied (or rejected by the store when
+        // applied) answers "".
+        self.peer
+            .forward(call)
+            .await
+            .map(|r| match r.into_inner().outcome {
+                Some(forward_response::Outcome::Failed(failed)) => failed.message,
+                _ => String::new(),
+            })
     }
 }
