@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs Concord's whole test suite (installing etcdctl and protoc first if they are missing),
+# Runs Concord's whole test suite, doc tests and a check of the docs' links (installing
+# etcdctl and protoc first if they are missing),
 # then the side-by-side scenarios against real etcd when the team's compat tool is beside the
 # checkout (CONCORD_SKIP_COMPAT=1 skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
+# The docs lean on intra-doc links: a broken one fails the run.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 if [ -z "${CONCORD_SKIP_COMPAT:-}" ]; then
     ./scripts/compat.sh
 fi

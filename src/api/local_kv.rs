@@ -48,7 +48,7 @@ impl LocalKv {
     }
 
     /// The session a Lock or Campaign request holds its key with: its own lease, or for lease 0
-    /// a new lease of [`DEFAULT_SESSION_TTL`] that nothing keeps alive, as etcd's server does
+    /// a new lease of 60 s (`DEFAULT_SESSION_TTL`) that nothing keeps alive, as etcd's server does
     /// (an orphaned session). Two requests without a lease thus never share a key.
     pub async fn session(&self, lease: i64) -> std::result::Result<Session<LocalKv>, Status> {
         let lease = match lease {

@@ -471,7 +471,7 @@ impl Lessor {
     }
 
     /// Up to `limit` leases whose deadline has passed and whose revocation is not already
-    /// under way (one retried after [`REVOKE_RETRY`]). Empty unless promoted.
+    /// under way (one retried after `REVOKE_RETRY`). Empty unless promoted.
     pub fn take_expired(&self, limit: usize) -> Vec<i64> {
         let now = Instant::now();
         let mut guard = self.lock();

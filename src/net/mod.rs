@@ -8,7 +8,7 @@
 //! adds one scheduler round (microseconds), no timer, and never holds data past a flush that
 //! follows a yield.
 //!
-//! Its read side runs what the client sends through [`authority::AuthorityFilter`], which
+//! Its read side runs what the client sends through `authority::AuthorityFilter`, which
 //! repairs the scheme-qualified `:authority` etcdctl 3.4 sends in some commands, within a
 //! bounded amount of memory per connection. A read fails with `InvalidData` when the filter can
 //! no longer follow a connection it rewrites.

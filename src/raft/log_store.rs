@@ -1,4 +1,4 @@
-//! The Raft log, kept in an append-only segmented WAL ([`wal`](super::wal)) with group commit.
+//! The Raft log, kept in an append-only segmented WAL ([`super::wal`]) with group commit.
 //!
 //! Appends are made readable at once from an in-memory copy of the unpurged log, and handed to
 //! one writer thread. The writer takes every operation waiting at that moment, writes their

@@ -226,14 +226,6 @@ impl RaftNode {
             std::fs::create_dir_all(&member_dir)?;
             sync_dir(&config.data_dir)?;
         }
-        let old_wal = member_dir.join("wal.redb");
-        if old_wal.exists() {
-            return Err(storage(format!(
-                "{} is the Raft log of an older Concord, whose format this one does not read; \
-                 start from an empty data directory",
-                old_wal.display()
-            )));
-        }
         let peers = Peers::default();
         let derived = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
         peers.credentials().set(derived, None);

@@ -47,7 +47,7 @@ pub enum Record {
         /// Vote, committed and last purged log ids when the segment was started.
         state: HardState,
     },
-    /// A log entry, already encoded with [`codec::encode_entry`](crate::raft::codec::encode_entry).
+    /// A log entry, already encoded with [`crate::raft::codec::encode_entry`].
     Entry {
         /// The entry's index.
         index: u64,
