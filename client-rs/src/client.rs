@@ -8,7 +8,7 @@ use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, request_op,
+    RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest,
 };
 use concord_proto::mvccpb::KeyValue;
 use concord_proto::rpctypes;
@@ -177,7 +177,7 @@ impl Kv for Client {
     /// Runs a txn. One that only reads is retried like a range; one that writes is not retried
     /// once it may have been sent.
     async fn txn(&self, request: TxnRequest) -> concord_recipes::error::Result<TxnResponse> {
-        let idempotence = if read_only(&request.success) && read_only(&request.failure) {
+        let idempotence = if concord_proto::txn::is_read_only(&request) {
             Idempotence::Idempotent
         } else {
             Idempotence::Write
@@ -278,36 +278,4 @@ fn kv(channel: Channel) -> KvClient<Channel> {
 
 fn lease(channel: Channel) -> LeaseClient<Channel> {
     LeaseClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
-}
-
-/// Whether a txn's operations only read (so the txn may be sent twice).
-fn read_only(ops: &[RequestOp]) -> bool {
-    ops.iter().all(|op| match &op.request {
-        None | Some(request_op::Request::RequestRange(_)) => true,
-        Some(request_op::Request::RequestTxn(txn)) => read_only(&txn.success) && read_only(&txn.failure),
-        Some(_) => false,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use concord_recipes::kv::{delete_op, get_op, put_op};
-
-    use super::*;
-
-    #[test]
-    fn only_txns_that_just_read_are_read_only() {
-        assert!(read_only(&[get_op("a"), get_op("b")]));
-        assert!(!read_only(&[get_op("a"), put_op("b", "", 0)]));
-        assert!(!read_only(&[delete_op("a")]));
-        let nested = |ops| RequestOp {
-            request: Some(request_op::Request::RequestTxn(TxnRequest {
-                compare: vec![],
-                success: vec![get_op("a")],
-                failure: ops,
-            })),
-        };
-        assert!(read_only(&[nested(vec![get_op("b")])]));
-        assert!(!read_only(&[nested(vec![put_op("b", "", 0)])]));
-    }
 }

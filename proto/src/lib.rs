@@ -25,6 +25,7 @@
 pub mod codec;
 pub mod nesting;
 pub mod rpctypes;
+pub mod txn;
 
 /// etcd's storage-level key/value and event types (package `mvccpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]

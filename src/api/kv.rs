@@ -1,5 +1,6 @@
 //! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact. Writes are checked by
-//! [`Api::propose`] (`crate::raft::admission`), reads here.
+//! [`Api::propose`] (`crate::raft::admission`), reads here; a txn that only reads is served
+//! as a read, as etcd serves it.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use concord_proto::etcdserverpb::{
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
+use concord_proto::txn;
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -79,6 +81,16 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
+        if txn::is_read_only(&req) {
+            // As etcd does: a txn that changes nothing is a read, not a Raft entry.
+            self.api.admission().check_txn(&req)?;
+            if !txn::is_serializable(&req) {
+                self.api.linearizable_read().await?;
+            }
+            let mut resp = self.api.store().read_txn(&req).map_err(Error::from)?;
+            self.api.fill_header(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
         match self.propose(Cmd::Txn(req)).await? {
             Res::Txn(mut resp) => {
                 self.api.fill_header(&mut resp.header);

@@ -57,7 +57,6 @@ pub use history::copy_tables;
 pub use key_span::KeySpan;
 pub use revision::Revision;
 pub use store::{INITIAL_REVISION, MvccStore, NEVER_COMPACTED, check_loadable};
-pub use txn::is_txn_readonly;
 pub use write_batch::{Committed, WriteBatch};
 pub use writer::LeaseLookup;
 pub(crate) use writer::header as response_header;

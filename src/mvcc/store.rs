@@ -145,11 +145,11 @@ impl MvccStore {
     }
 
     /// A read-only txn on the committed store (etcd serves these without consensus). Its ops
-    /// must all be ranges ([`is_txn_readonly`](super::is_txn_readonly)); a txn with a write
+    /// must all be ranges ([`concord_proto::txn::is_read_only`]); a txn with a write
     /// op in either branch is refused with a storage error (it is a caller bug).
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         check_txn_request(req)?;
-        if !txn::is_txn_readonly(req) {
+        if !concord_proto::txn::is_read_only(req) {
             return Err(MvccError::Storage(
                 "read_txn was given a txn with writes; apply it through a WriteBatch".into(),
             ));

@@ -21,6 +21,7 @@ use concord_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
+use concord_proto::txn::is_read_only;
 
 use super::compare::apply_compares;
 use super::error::MvccError;
@@ -60,14 +61,6 @@ impl<H: History> TxnExec for Snapshot<'_, H> {
     }
 }
 
-/// True when the txn only reads, whichever branch runs (etcd's `isTxnReadonly`).
-pub fn is_txn_readonly(req: &TxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
-}
-
 /// Runs a txn (already validated by [`super::check::check_txn_request`]).
 ///
 /// On error the caller must roll back whatever the txn wrote (only storage errors can happen
@@ -75,7 +68,7 @@ pub fn is_txn_readonly(req: &TxnRequest) -> bool {
 pub fn txn<E: TxnExec>(exec: &mut E, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
     let mut path = Vec::new();
     compare_to_path(exec, req, &mut path)?;
-    if !is_txn_readonly(req) {
+    if !is_read_only(req) {
         check_requests(exec, req, &path, &check_put)?;
     }
     check_requests(exec, req, &path, &check_range)?;
@@ -389,9 +382,9 @@ mod tests {
         assert_eq!(t.store.current_revision(), 4);
         // The store can run read-only txns without a batch, with the same answer.
         let read_only = txn(req.compare.clone(), vec![op_get("a")], req.failure.clone());
-        assert!(is_txn_readonly(&read_only));
+        assert!(is_read_only(&read_only));
         assert_eq!(t.store.read_txn(&read_only).unwrap(), resp);
-        assert!(!is_txn_readonly(&req));
+        assert!(!is_read_only(&req));
         assert!(matches!(t.store.read_txn(&req), Err(MvccError::Storage(_))));
         // An empty txn succeeds and changes nothing.
         let resp = t.txn(TxnRequest::default()).unwrap();

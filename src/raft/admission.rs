@@ -3,6 +3,7 @@
 //! (`super::peer_service`). Apply trusts what passed: the log only ever holds commands that
 //! every member can decode, replay and apply.
 
+use concord_proto::etcdserverpb::TxnRequest;
 use concord_proto::raftpb::command::Request;
 use concord_proto::raftpb::{Command, LeaseCheckpoint};
 use prost::Message;
@@ -54,6 +55,17 @@ impl Admission {
         Ok(())
     }
 
+    /// Checks a txn with etcd's rules (`checkTxnRequest` with `--max-txn-ops`, then
+    /// `checkIntervals`), and Concord's nesting limit: the store's own checks, so a txn the
+    /// store would refuse takes no Raft entry. A read-only txn, served without Raft, is checked
+    /// with this too.
+    pub fn check_txn(&self, txn: &TxnRequest) -> Result<(), Error> {
+        self.check_size(txn)?;
+        check::check_txn_limits(txn, self.max_txn_ops).map_err(|TooManyOps| Error::TooManyOps)?;
+        check::check_txn_request(txn)?;
+        Ok(())
+    }
+
     /// Checks `command` with etcd's rules for the request it carries; see the module docs.
     pub fn check(&self, command: &Command, origin: Origin) -> Result<(), Error> {
         let Some(request) = &command.request else {
@@ -68,11 +80,7 @@ impl Admission {
                 self.check_size(delete)?;
                 check::check_delete_request(delete)?;
             }
-            Request::Txn(txn) => {
-                self.check_size(txn)?;
-                check::check_txn_limits(txn, self.max_txn_ops).map_err(|TooManyOps| Error::TooManyOps)?;
-                check::check_txn_ops(txn)?;
-            }
+            Request::Txn(txn) => self.check_txn(txn)?,
             Request::Compaction(compaction) => self.check_size(compaction)?,
             // The proposer picks the ID and raises the TTL to the minimum.
             Request::LeaseGrant(grant) => {

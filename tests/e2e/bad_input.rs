@@ -1,6 +1,6 @@
 //! Bad input gets etcd's error (or etcd's answer), and leaves the store unchanged.
 
-use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use crate::client_kv::connect;
 use crate::harness::Server;
@@ -106,4 +106,59 @@ async fn services_not_built_yet_answer_unimplemented() {
     // Auth is the one etcd service not served yet.
     let err = status(c.user_list().await.unwrap_err());
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
+
+/// The member's last Raft log index.
+async fn raft_index(c: &mut Client) -> u64 {
+    c.status().await.unwrap().raft_index()
+}
+
+/// A txn the store would refuse is refused at the edge, and one that only reads is served as a
+/// read (as etcd does): neither takes a Raft log entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_read_only_txns_take_no_raft_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server).await;
+    c.put("a", "1", None).await.unwrap();
+    let before = raft_index(&mut c).await;
+
+    let dup = status(
+        c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(dup.message(), "etcdserver: duplicate key given in txn request");
+
+    let compare = Compare::value("a", CompareOp::Equal, "1");
+    let read = c
+        .txn(
+            Txn::new()
+                .when([compare.clone()])
+                .and_then([TxnOp::get("a", None)]),
+        )
+        .await
+        .unwrap();
+    assert!(read.succeeded());
+    let serializable = c
+        .txn(
+            Txn::new()
+                .when([compare])
+                .and_then([TxnOp::get("a", Some(GetOptions::new().with_serializable()))]),
+        )
+        .await
+        .unwrap();
+    assert!(serializable.succeeded());
+    for response in [read, serializable] {
+        let etcd_client::TxnOpResponse::Get(got) = &response.op_responses()[0] else {
+            panic!("a range answers a range");
+        };
+        assert_eq!(got.kvs()[0].value(), b"1");
+        assert_eq!(response.header().unwrap().revision(), 2);
+    }
+    assert_eq!(
+        raft_index(&mut c).await,
+        before,
+        "a refused or read-only txn took a Raft entry"
+    );
 }
