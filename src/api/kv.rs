@@ -9,7 +9,7 @@ use concord_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
+use concord_proto::raftpb::command::Request as Cmd;
 use concord_proto::txn;
 use tonic::{Request, Response, Status};
 
@@ -28,14 +28,6 @@ impl KvService {
     pub fn new(api: Arc<Api>) -> Self {
         Self { api }
     }
-
-    async fn propose(&self, cmd: Cmd) -> Result<Res, Status> {
-        Ok(self.api.propose(cmd).await?)
-    }
-}
-
-fn unexpected(what: &str) -> Status {
-    Status::internal(format!("etcdserver: unexpected response to {what}"))
 }
 
 #[tonic::async_trait]
@@ -56,13 +48,7 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
-        match self.propose(Cmd::Put(req)).await? {
-            Res::Put(mut resp) => {
-                self.api.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("put")),
-        }
+        Ok(Response::new(self.api.answer(Cmd::Put(req)).await?))
     }
 
     async fn delete_range(
@@ -70,13 +56,7 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
-        match self.propose(Cmd::DeleteRange(req)).await? {
-            Res::DeleteRange(mut resp) => {
-                self.api.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("delete range")),
-        }
+        Ok(Response::new(self.api.answer(Cmd::DeleteRange(req)).await?))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -91,13 +71,7 @@ impl Kv for KvService {
             self.api.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
-        match self.propose(Cmd::Txn(req)).await? {
-            Res::Txn(mut resp) => {
-                self.api.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("txn")),
-        }
+        Ok(Response::new(self.api.answer(Cmd::Txn(req)).await?))
     }
 
     async fn compact(
@@ -105,12 +79,6 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        match self.propose(Cmd::Compaction(req)).await? {
-            Res::Compaction(mut resp) => {
-                self.api.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("compaction")),
-        }
+        Ok(Response::new(self.api.answer(Cmd::Compaction(req)).await?))
     }
 }

@@ -19,7 +19,7 @@ use concord_proto::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 use concord_proto::raftpb::LeaseCheckpoints;
-use concord_proto::raftpb::{command::Request as Cmd, command_response::Response as Res};
+use concord_proto::raftpb::command::Request as Cmd;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -170,10 +170,6 @@ fn relay_error(status: Status) -> Error {
     }
 }
 
-fn unexpected(what: &str) -> Status {
-    Status::internal(format!("etcdserver: unexpected response to {what}"))
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -192,14 +188,10 @@ impl Lease for LeaseService {
             let id = if server_chosen { self.ids.next() } else { req.id };
             match self
                 .api
-                .propose(Cmd::LeaseGrant(LeaseGrantRequest { ttl, id }))
+                .answer(Cmd::LeaseGrant(LeaseGrantRequest { ttl, id }))
                 .await
             {
-                Ok(Res::LeaseGrant(mut resp)) => {
-                    self.api.fill_header(&mut resp.header);
-                    return Ok(Response::new(resp));
-                }
-                Ok(_) => return Err(unexpected("lease grant")),
+                Ok(granted) => return Ok(Response::new(granted)),
                 Err(Error::Mvcc(MvccError::LeaseExists)) if server_chosen && attempts < GRANT_ATTEMPTS => {}
                 Err(err) => return Err(err.into()),
             }
@@ -211,13 +203,7 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = request.into_inner();
-        match self.api.propose(Cmd::LeaseRevoke(req)).await? {
-            Res::LeaseRevoke(mut resp) => {
-                self.api.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("lease revoke")),
-        }
+        Ok(Response::new(self.api.answer(Cmd::LeaseRevoke(req)).await?))
     }
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;

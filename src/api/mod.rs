@@ -4,6 +4,7 @@
 //! keys) and proposed to Raft; a read waits for a read index (linearizable) or reads locally (serializable). Errors
 //! become `tonic::Status` in exactly one place, `crate::error`.
 
+pub mod answer;
 pub mod cluster;
 pub mod election;
 pub mod health;
@@ -127,6 +128,20 @@ impl Api {
             CommandResult::Rejected(err) => Err(err.into()),
             CommandResult::Empty => Err(Error::Raft("state machine returned no result".into())),
         }
+    }
+
+    /// Proposes `request` (see [`Api::propose`]) and returns its typed response with the
+    /// header filled in.
+    pub async fn answer<T: answer::Answer>(&self, request: Request) -> Result<T, Error> {
+        let response = self.propose(request).await?;
+        let mut answer = T::from_response(response).ok_or_else(|| {
+            Error::Raft(format!(
+                "the state machine answered a {} with something else",
+                T::REQUEST
+            ))
+        })?;
+        self.fill_header(answer.header_mut());
+        Ok(answer)
     }
 
     /// Waits until this member may serve a linearizable read: on the leader, leadership
