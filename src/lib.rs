@@ -10,7 +10,8 @@
 //! Beside it, [`lease`]: leases and their keys, applied with the store, and the leader's clock
 //! that expires them through Raft.
 //!
-//! Around it: [`config`] (flags → validated config), [`server`] (listeners and lifecycle),
+//! Around it: [`config`] (flags → validated config), [`member`] (a member assembled, top to
+//! bottom), [`server`] (listeners, services and the ordered stop),
 //! [`error`] (the one error type and its mapping to `tonic::Status`), [`crash`] (a member that
 //! cannot go on exits instead of serving nothing) and [`failpoint`] (test-only crash points).
 
@@ -20,6 +21,7 @@ pub mod crash;
 pub mod error;
 pub mod failpoint;
 pub mod lease;
+pub mod member;
 pub mod mvcc;
 pub mod net;
 pub mod raft;

@@ -13,6 +13,7 @@ use concord_proto::v3electionpb::election_server::ElectionServer;
 use concord_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
@@ -24,12 +25,13 @@ use crate::api::{
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
+use crate::member::Member;
 use crate::net::{CoalescingStream, listen};
+use crate::raft::identity::initial_members;
 use crate::raft::network::PEER_MESSAGE_BYTES;
-use crate::raft::node::initial_members;
 use crate::raft::peer_gate::PeerGate;
 use crate::raft::peer_service::PeerService;
-use crate::raft::{RaftNode, watchdog};
+use crate::raft::watchdog;
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
 /// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
@@ -48,8 +50,9 @@ pub async fn bind_client_listeners(config: &Config) -> Result<Vec<TcpListener>, 
     Ok(listeners)
 }
 
-/// Runs a member: starts Raft on the data directory, serves clients on `listeners` until
-/// `shutdown` completes, then stops serving, shuts Raft down and closes the databases.
+/// Runs a member: assembles it on the data directory ([`Member::start`]), serves peers and
+/// clients until `shutdown` completes, then stops in order: serving, publishing, the lease
+/// clock (after a final checkpoint), watch catch-up, and Raft.
 pub async fn run(
     config: Config,
     listeners: Vec<TcpListener>,
@@ -59,69 +62,37 @@ pub async fn run(
     for addr in &config.peer_addrs {
         peer_listeners.push(listen::bind(*addr).map_err(Error::Listen)?);
     }
-    let node = RaftNode::start(&config).await?;
+    let member = Member::start(&config).await?;
     tracing::info!(
-        name = %node.identity.name,
-        member = %format!("{:x}", node.identity.member_id),
-        cluster = %format!("{:x}", node.identity.cluster_id),
+        name = %member.identity.name,
+        member = %format!("{:x}", member.identity.member_id),
+        cluster = %format!("{:x}", member.identity.cluster_id),
         "raft started"
     );
-    tokio::spawn(watchdog::run(node.raft.clone(), node.stopping.clone()));
-    let api = Api::new(node, &config);
-    let routes = routes(&api, &config);
-    let (stop_catch_up, catch_up_stopped) = tokio::sync::oneshot::channel::<()>();
-    let catch_up = tokio::spawn(api.node().hub.clone().run_catch_up(async move {
-        let _ = catch_up_stopped.await;
-    }));
-    let (stop_publish, publish_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (published_tx, mut published) = tokio::sync::watch::channel(false);
-    let publisher = {
-        let (api, config) = (api.clone(), config.clone());
-        tokio::spawn(async move {
-            cluster::publish(api, &config, published_tx, async move {
-                let _ = publish_stopped.await;
-            })
-            .await;
-        })
-    };
-    let (stop_leases, leases_stopped) = tokio::sync::oneshot::channel::<()>();
-    let lease_clock = tokio::spawn(expiry::run(
-        api.node().lessor.clone(),
-        api.node().raft.clone(),
-        async move {
-            let _ = leases_stopped.await;
-        },
-    ));
+    tokio::spawn(watchdog::run(member.raft.clone(), member.stopping.clone()));
+    let api = Api::new(member, &config);
 
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    // The member's background work, each stopped in its own turn below.
+    let catch_up = Stage::spawn(|stop| api.node().hub.clone().run_catch_up(stop));
+    let (published_tx, mut published) = tokio::sync::watch::channel(false);
+    let publisher = Stage::spawn(|stop| {
+        let (api, config) = (api.clone(), config.clone());
+        async move { cluster::publish(api, &config, published_tx, stop).await }
+    });
+    let lease_clock =
+        Stage::spawn(|stop| expiry::run(api.node().lessor.clone(), api.node().raft.clone(), stop));
+
+    let serving = CancellationToken::new();
     let mut servers = Vec::new();
-    let node = api.node();
-    let gate = PeerGate::new(
-        node.raft.clone(),
-        node.peers.clone(),
-        node.identity.member_id,
-        node.identity.cluster_id,
-        initial_members(&config),
-    );
-    let peer_service = PeerService::new(
-        api.node().raft.clone(),
-        gate,
-        api.node().identity.cluster_id,
-        api.node().snapshot_dir.clone(),
-        api.request_timeout(),
-        api.admission(),
-    );
+    let peer_service = peer_service(&api, &config);
     for listener in peer_listeners {
         tracing::info!(addr = %listener.local_addr()?, "serving peer requests");
-        let mut stop = stop_tx.subscribe();
         let service = RaftPeerServer::new(peer_service.clone())
             .max_decoding_message_size(PEER_MESSAGE_BYTES)
             .max_encoding_message_size(PEER_MESSAGE_BYTES);
         let server = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), async move {
-                let _ = stop.recv().await;
-            });
+            .serve_with_incoming_shutdown(incoming(listener), serving.clone().cancelled_owned());
         servers.push(tokio::spawn(server));
     }
     // Like etcd, serve clients once this member's name and client URLs are in the membership,
@@ -141,18 +112,16 @@ pub async fn run(
         }
         () = &mut shutdown => true,
     };
+    let routes = routes(&api, &config);
     for listener in listeners.into_iter().filter(|_| !stopping_early) {
         tracing::info!(addr = %listener.local_addr()?, "serving client requests");
-        let mut stop = stop_tx.subscribe();
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(tower::util::MapResponseLayer::new(transport_errors::as_grpc_go))
             .add_routes(routes.clone())
             // Serving our own listener skips tonic's socket options; CoalescingStream turns
             // Nagle off and batches the connection's writes itself (see `crate::net`).
-            .serve_with_incoming_shutdown(incoming(listener), async move {
-                let _ = stop.recv().await;
-            });
+            .serve_with_incoming_shutdown(incoming(listener), serving.clone().cancelled_owned());
         servers.push(tokio::spawn(server));
     }
 
@@ -160,7 +129,7 @@ pub async fn run(
         shutdown.await;
     }
     tracing::info!("shutting down");
-    let _ = stop_tx.send(());
+    serving.cancel();
     // Open streams (a watch) never end by themselves: like etcd, wait for requests in flight
     // up to the request timeout, then close what is left.
     let graceful_until = tokio::time::Instant::now() + api.request_timeout();
@@ -175,15 +144,59 @@ pub async fn run(
             }
         }
     }
-    let _ = stop_publish.send(());
-    let _ = publisher.await;
+    publisher.stop().await;
     expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;
-    let _ = stop_leases.send(());
-    let _ = lease_clock.await;
-    let _ = stop_catch_up.send(());
-    let _ = catch_up.await;
+    lease_clock.stop().await;
+    catch_up.stop().await;
     api.node().shutdown().await;
     Ok(())
+}
+
+/// A background task that runs until its turn in the ordered stop: told to stop, then
+/// waited for.
+struct Stage {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stage {
+    /// Spawns `run`, handing it the future that completes when the stage is told to stop.
+    fn spawn<F>(run: impl FnOnce(WaitForCancellationFutureOwned) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(stop.clone().cancelled_owned()));
+        Stage { stop, task }
+    }
+
+    /// Tells the task to stop and waits until it has.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(err) = self.task.await {
+            tracing::warn!(error = %err, "a background task failed");
+        }
+    }
+}
+
+/// The peer service, admitting only members of this cluster.
+fn peer_service(api: &Arc<Api>, config: &Config) -> PeerService {
+    let member = api.node();
+    let gate = PeerGate::new(
+        member.raft.clone(),
+        member.peers.clone(),
+        member.identity.member_id,
+        member.identity.cluster_id,
+        initial_members(config),
+    );
+    PeerService::new(
+        member.raft.clone(),
+        gate,
+        member.identity.cluster_id,
+        member.snapshot_dir.clone(),
+        api.request_timeout(),
+        api.admission(),
+    )
 }
 
 /// Accepted connections, wrapped for write coalescing.
@@ -196,47 +209,39 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
 /// gzip-compressed requests and answers uncompressed.
 fn routes(api: &Arc<Api>, config: &Config) -> Routes {
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Every client service takes requests up to the limit, compressed with gzip or not, and
+    // answers without a limit of its own (a range answer may be large).
+    macro_rules! client_service {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX)
+                .accept_compressed(CompressionEncoding::Gzip)
+        };
+    }
     let kv_service = KvService::new(api.clone());
     let lease_service = LeaseService::new(api.clone(), config);
     let recipes_kv = LocalKv::new(api, kv_service.clone(), lease_service.clone());
-    let kv = KvServer::new(kv_service)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let watch = WatchServer::new(WatchService::new(
-        api.clone(),
-        config.watch_progress_notify_interval,
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(usize::MAX)
-    .accept_compressed(CompressionEncoding::Gzip);
-    let lease = LeaseServer::new(lease_service)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let cluster = ClusterServer::new(ClusterService::new(api.clone(), config))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let lock = LockServer::new(LockService::new(recipes_kv.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let election = ElectionServer::new(ElectionService::new(recipes_kv))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip);
-    let mut routes = Routes::new(kv)
-        .add_service(cluster)
-        .add_service(maintenance)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(lock)
-        .add_service(election);
+    let progress_interval = config.watch_progress_notify_interval;
+    let mut routes = Routes::new(client_service!(KvServer::new(kv_service)))
+        .add_service(client_service!(ClusterServer::new(ClusterService::new(
+            api.clone(),
+            config
+        ))))
+        .add_service(client_service!(MaintenanceServer::new(MaintenanceService::new(
+            api.clone()
+        ))))
+        .add_service(client_service!(WatchServer::new(WatchService::new(
+            api.clone(),
+            progress_interval
+        ))))
+        .add_service(client_service!(LeaseServer::new(lease_service)))
+        .add_service(client_service!(LockServer::new(LockService::new(
+            recipes_kv.clone()
+        ))))
+        .add_service(client_service!(ElectionServer::new(ElectionService::new(
+            recipes_kv
+        ))));
     let router = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = router
         .merge(health::router(api.clone()))

@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use crate::config::Config;
 use crate::raft::MemberNode;
+use crate::raft::identity::member_id;
 use crate::raft::membership::{self, MembershipChange};
-use crate::raft::node::member_id;
 
 /// The Cluster service over the shared [`Api`].
 #[derive(Clone)]

@@ -28,22 +28,23 @@ use prost::Message;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::member::Member;
 use crate::mvcc::MvccStore;
 use crate::raft::admission::{Admission, Origin};
 use crate::raft::membership::{self, MembershipChange};
 use crate::raft::peer_error::PeerError;
-use crate::raft::{Command, CommandResult, MemberNode, RaftNode};
+use crate::raft::{Command, CommandResult, MemberNode};
 
 /// What every service needs: the Raft member, its store and the request limits.
 pub struct Api {
-    node: RaftNode,
+    node: Member,
     admission: Admission,
     request_timeout: Duration,
 }
 
 impl Api {
     /// Wraps a started Raft member.
-    pub fn new(node: RaftNode, config: &Config) -> Arc<Self> {
+    pub fn new(node: Member, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             node,
             admission: Admission::new(config),
@@ -53,7 +54,7 @@ impl Api {
     }
 
     /// The Raft member.
-    pub fn node(&self) -> &RaftNode {
+    pub fn node(&self) -> &Member {
         &self.node
     }
 

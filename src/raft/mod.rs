@@ -9,25 +9,27 @@
 //! - [`wal`]: the write-ahead log: append-only, preallocated, CRC-checked segment files.
 //! - [`durable`]: directory fsync and atomic file replacement.
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the
-//!   applied log id, and builds/installs snapshots.
+//!   applied log id ([`applied`]), and builds/installs snapshots.
 //! - [`network`] and [`peer_service`]: the peer transport (client and server sides) over gRPC;
 //!   [`peer_gate`] admits only members of this cluster, and [`peer_error`] says why a member
 //!   did not do what another asked.
 //! - [`membership`]: member add/remove/update/promote and publishing client URLs.
-//! - [`node`]: starting a Raft node on a data directory.
+//! - [`identity`]: who the members are (etcd's member and cluster IDs, `--initial-cluster`).
+//! - [`timing`]: openraft's configuration for etcd's flags.
 //! - [`watchdog`]: ends the process when Raft stops on its own (a storage failure).
 
 pub mod admission;
+pub mod applied;
 pub mod codec;
 pub mod command;
 pub mod durable;
 #[cfg(test)]
 mod fuzz;
+pub mod identity;
 pub mod log_cache;
 pub mod log_store;
 pub mod membership;
 pub mod network;
-pub mod node;
 pub mod peer_error;
 pub mod peer_gate;
 pub mod peer_service;
@@ -35,11 +37,12 @@ pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]
 mod storage_suite;
+pub mod timing;
 pub mod wal;
 pub mod watchdog;
 
 pub use command::{Command, CommandResult};
-pub use node::{MemberNode, RaftNode};
+pub use identity::MemberNode;
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for Concord.

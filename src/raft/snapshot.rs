@@ -12,9 +12,9 @@ use std::sync::Arc;
 use openraft::storage::RaftSnapshotBuilder;
 use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
 
+use super::applied::{read_applied_state_in, storage_err, write_applied_state};
 use super::codec::{decode_json, encode_json};
 use super::durable::sync_dir;
-use super::state_machine::{read_applied_state_in, storage_err, write_applied_state};
 use super::{SnapshotMeta, TypeConfig};
 use crate::mvcc::{self, MvccStore};
 use crate::{crash, lease};

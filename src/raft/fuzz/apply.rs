@@ -22,9 +22,10 @@ use crate::config::Config;
 use crate::lease::{Lessor, Renewal};
 use crate::mvcc::MvccStore;
 use crate::raft::admission::Origin;
+use crate::raft::applied::{read_applied_state, write_applied_state};
 use crate::raft::codec::log_id;
 use crate::raft::snapshot::{self, SnapshotBuilder, SnapshotFile};
-use crate::raft::state_machine::{apply_command, read_applied_state, write_applied_state};
+use crate::raft::state_machine::apply_command;
 use crate::raft::{Command, CommandResult, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 

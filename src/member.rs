@@ -1,0 +1,160 @@
+//! A member, assembled in one place, top to bottom (as openraft's examples keep it in one
+//! `app.rs`): its identity, the Raft log, the state's database with the MVCC store, the lessor
+//! and the watch hub over it, the state machine that applies to them, the network to the other
+//! members, and Raft over all of it. `crate::server` then serves it.
+//!
+//! Layout of `--data-dir`:
+//! - `member/identity.json`: this member's identity, written once at bootstrap;
+//! - `member/wal/`: the Raft log, vote and committed log id (see [`crate::raft::wal`]);
+//! - `member/db.redb`: the state machine (MVCC tables + applied log id), no fsync per commit;
+//! - `member/snap/`: the newest snapshot.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use openraft::RaftMetrics;
+use openraft::async_runtime::WatchReceiver;
+use redb::Database;
+
+use crate::config::{ClusterState, Config};
+use crate::error::Error;
+use crate::lease::Lessor;
+use crate::mvcc::MvccStore;
+use crate::raft::durable::sync_dir;
+use crate::raft::identity::{self, Identity};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{PeerNetwork, Peers};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{Raft, TypeConfig, timing};
+use crate::watch::WatchHub;
+
+/// A running member: Raft and the store it applies to.
+pub struct Member {
+    /// The openraft handle.
+    pub raft: Raft,
+    /// The MVCC store the state machine applies to; reads go straight to it.
+    pub store: Arc<MvccStore>,
+    /// Every lease and its keys.
+    pub lessor: Arc<Lessor>,
+    /// Delivers committed changes to watchers.
+    pub hub: Arc<WatchHub>,
+    /// The state machine's database (for size statistics).
+    pub db: Arc<Database>,
+    /// Who we are.
+    pub identity: Identity,
+    /// Path of the state machine's database file.
+    pub db_path: std::path::PathBuf,
+    /// Directory of snapshots (incoming ones are received there too).
+    pub snapshot_dir: std::path::PathBuf,
+    /// Channels to the other members.
+    pub peers: Peers,
+    /// Set once an orderly shutdown begins (Raft stopping is then expected).
+    pub stopping: Arc<AtomicBool>,
+}
+
+fn storage(err: impl std::fmt::Display) -> Error {
+    Error::Io(std::io::Error::other(err.to_string()))
+}
+
+fn open_db(path: &Path) -> Result<Database, Error> {
+    Database::create(path).map_err(|e| storage(format!("{}: {e}", path.display())))
+}
+
+impl Member {
+    /// Opens (or creates) the data directory and starts Raft; bootstraps a new cluster on first
+    /// start.
+    pub async fn start(config: &Config) -> Result<Self, Error> {
+        // The data directory.
+        let member_dir = config.data_dir.join("member");
+        if !member_dir.exists() {
+            std::fs::create_dir_all(&member_dir)?;
+            sync_dir(&config.data_dir)?;
+        }
+        // Who this member is (a member joining an existing cluster asks it for its ID), and the
+        // credentials its calls to other members carry.
+        let peers = Peers::default();
+        let derived = identity::member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+        peers.credentials().set(derived, None);
+        let identity = identity::load_identity(&member_dir.join("identity.json"), config, &peers).await?;
+        peers
+            .credentials()
+            .set(identity.member_id, Some(identity.cluster_id));
+        // The Raft log.
+        let log_store = LogStore::open(&member_dir.join("wal"))?;
+
+        // The state: one database for the MVCC store and the lease table, the watch hub fed
+        // from it, and the state machine that applies committed commands to all three.
+        let db_path = member_dir.join("db.redb");
+        let db = Arc::new(open_db(&db_path)?);
+        let store = Arc::new(MvccStore::open(db.clone())?);
+        let lessor = Arc::new(Lessor::open(&store)?);
+        let snapshot_dir = member_dir.join("snap");
+        let hub = WatchHub::new(store.clone(), config.max_request_bytes);
+        let state_machine =
+            StateMachine::open(store.clone(), lessor.clone(), hub.clone(), snapshot_dir.clone())?;
+
+        // Raft over the log, the state machine and the network to the other members.
+        let raft = Raft::new(
+            identity.member_id,
+            Arc::new(timing::raft_config(config)?),
+            PeerNetwork::new(peers.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+
+        // A member of a new cluster bootstraps it on its first start.
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if !initialized && config.initial_cluster_state == ClusterState::New {
+            let members = identity::initial_members(config);
+            let voters: BTreeSet<u64> = members.keys().copied().collect();
+            tracing::info!(member = %format!("{:x}", identity.member_id), ?voters, "bootstrapping a new cluster");
+            raft.initialize(members)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        Ok(Self {
+            raft,
+            store,
+            lessor,
+            hub,
+            db,
+            identity,
+            db_path,
+            snapshot_dir,
+            peers,
+            stopping: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Reads Raft's current metrics without copying them.
+    pub fn with_metrics<T>(&self, read: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
+        let metrics = self.raft.metrics();
+        let current = metrics.borrow_watched();
+        read(&current)
+    }
+
+    /// The leader this member knows of. None once this member has been removed from the
+    /// cluster: a removed leader's Raft goes on naming itself, and nothing newer reaches it.
+    pub fn leader(&self) -> Option<u64> {
+        let me = self.identity.member_id;
+        self.with_metrics(|m| {
+            let member = m.membership_config.membership().get_node(&me).is_some();
+            m.current_leader.filter(|_| member)
+        })
+    }
+
+    /// Stops Raft; the databases close when the last handle drops.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown");
+        }
+    }
+}
