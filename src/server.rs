@@ -30,7 +30,7 @@ use crate::net::{CoalescingStream, listen};
 use crate::raft::identity::initial_members;
 use crate::raft::network::PEER_MESSAGE_BYTES;
 use crate::raft::peer_gate::PeerGate;
-use crate::raft::peer_service::PeerService;
+use crate::raft::peer_service::{LeaseClock, PeerService};
 use crate::raft::watchdog;
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
@@ -82,9 +82,11 @@ pub async fn run(
     let lease_clock =
         Stage::spawn(|stop| expiry::run(api.node().lessor.clone(), api.node().raft.clone(), stop));
 
+    // The Lease service answers clients, and followers relaying theirs when this member leads.
+    let lease_service = LeaseService::new(api.clone(), &config);
     let serving = CancellationToken::new();
     let mut servers = Vec::new();
-    let peer_service = peer_service(&api, &config);
+    let peer_service = peer_service(&api, &config, Arc::new(lease_service.clone()));
     for listener in peer_listeners {
         tracing::info!(addr = %listener.local_addr()?, "serving peer requests");
         let service = RaftPeerServer::new(peer_service.clone())
@@ -112,7 +114,7 @@ pub async fn run(
         }
         () = &mut shutdown => true,
     };
-    let routes = routes(&api, &config);
+    let routes = routes(&api, &config, lease_service);
     for listener in listeners.into_iter().filter(|_| !stopping_early) {
         tracing::info!(addr = %listener.local_addr()?, "serving client requests");
         let server = tonic::transport::Server::builder()
@@ -179,8 +181,8 @@ impl Stage {
     }
 }
 
-/// The peer service, admitting only members of this cluster.
-fn peer_service(api: &Arc<Api>, config: &Config) -> PeerService {
+/// The peer service, admitting only members of this cluster; lease relays go to `clock`.
+fn peer_service(api: &Arc<Api>, config: &Config, clock: Arc<dyn LeaseClock>) -> PeerService {
     let member = api.node();
     let gate = PeerGate::new(
         member.raft.clone(),
@@ -192,6 +194,7 @@ fn peer_service(api: &Arc<Api>, config: &Config) -> PeerService {
     PeerService::new(
         member.raft.clone(),
         gate,
+        clock,
         member.identity.cluster_id,
         member.snapshot_dir.clone(),
         api.request_timeout(),
@@ -207,7 +210,7 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
 
 /// Every client service, with etcd's limits. Like etcd (grpc-go), a server accepts
 /// gzip-compressed requests and answers uncompressed.
-fn routes(api: &Arc<Api>, config: &Config) -> Routes {
+fn routes(api: &Arc<Api>, config: &Config, lease_service: LeaseService) -> Routes {
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     // Every client service takes requests up to the limit, compressed with gzip or not, and
     // answers without a limit of its own (a range answer may be large).
@@ -220,7 +223,6 @@ fn routes(api: &Arc<Api>, config: &Config) -> Routes {
         };
     }
     let kv_service = KvService::new(api.clone());
-    let lease_service = LeaseService::new(api.clone(), config);
     let recipes_kv = LocalKv::new(api, kv_service.clone(), lease_service.clone());
     let progress_interval = config.watch_progress_notify_interval;
     let mut routes = Routes::new(client_service!(KvServer::new(kv_service)))

@@ -4,14 +4,15 @@
 //! Grants and revokes go through Raft. Keepalives are answered by the leader's clock
 //! ([`Lessor::renew`](crate::lease::Lessor::renew)) without a Raft round trip, except when the
 //! lease's recorded remaining time must first be raised back to its full TTL (see
-//! `crate::lease::lessor`). A follower relays keepalives, TimeToLive and Leases to the leader's
-//! client API, as etcd does.
+//! `crate::lease::lessor`). A follower relays keepalives, TimeToLive and Leases to the leader
+//! over the peer link (`super::leader`), as etcd does; the leader answers them from its
+//! [`LeaseClock`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::lease_server::Lease;
 use concord_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -23,15 +24,15 @@ use concord_proto::raftpb::command::Request as Cmd;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
+use super::leader::Here;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::{LeaseIdGenerator, MAX_TTL_SECS, Renewal, expiry, min_ttl_secs};
 use crate::mvcc::MvccError;
-use crate::raft::membership;
+use crate::raft::peer_service::LeaseClock;
 
 /// How many times a grant retries with a fresh server-chosen ID that turned out to be taken.
 const GRANT_ATTEMPTS: usize = 3;
@@ -58,34 +59,6 @@ impl LeaseService {
             min_ttl: min_ttl_secs(config.heartbeat_interval, config.election_timeout),
             promotion_wait: 3 * config.election_timeout,
         }
-    }
-
-    /// Where requests that need the leader's clock go: here, or the leader's client API.
-    /// A leader that has just started may not have published its client URLs yet: this waits
-    /// for them up to `promotion_wait`.
-    async fn clock(&self) -> Result<Clock, Error> {
-        let node = self.api.node();
-        let (is_leader, leader) = node.with_metrics(|m| (m.state.is_leader(), m.current_leader));
-        if is_leader {
-            return Ok(Clock::Here);
-        }
-        let leader = leader.ok_or(Error::NoLeader)?;
-        let published = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
-            m.current_leader != Some(leader)
-                || membership::members_in(m)
-                    .iter()
-                    .any(|(id, n, _)| *id == leader && !n.client_urls.is_empty())
-        };
-        let _ = node
-            .raft
-            .wait(Some(self.promotion_wait))
-            .metrics(published, "the leader's client URLs")
-            .await;
-        let url = membership::member(&node.raft, leader)
-            .and_then(|(member, _)| member.client_urls.first().cloned())
-            .ok_or(Error::NoLeader)?;
-        let channel = node.peers.channel(&url).map_err(Error::Raft)?;
-        Ok(Clock::Leader(LeaseClient::new(channel)))
     }
 
     /// Waits until this member's lease clock runs for the term it leads.
@@ -119,19 +92,28 @@ impl LeaseService {
     /// One keepalive: the lease's TTL after renewing it, or 0 if it does not exist. A follower
     /// relays it to the leader, whose clock it is.
     pub(crate) async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
-        if let Clock::Leader(mut leader) = self.clock().await? {
-            let request = LeaseKeepAliveRequest { id };
-            let mut answers = leader
-                .lease_keep_alive(tokio_stream::iter([request]))
-                .await
-                .map_err(relay_error)?
-                .into_inner();
-            return answers
-                .message()
-                .await
-                .map_err(relay_error)?
-                .ok_or_else(|| Error::Raft("the leader closed the keepalive stream".into()));
+        let peers = &self.api.node().peers;
+        self.api
+            .on_leader(
+                || self.here(|| self.keep_alive_here(id)),
+                |leader| async move { peers.lease_keep_alive(&leader, id).await },
+            )
+            .await
+    }
+
+    /// Serves a request on this member's clock if it leads; otherwise says whom to ask.
+    async fn here<T, F>(&self, serve: impl FnOnce() -> F) -> Here<T>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        match self.api.elsewhere() {
+            Some(elsewhere) => elsewhere,
+            None => Here::Done(serve().await),
         }
+    }
+
+    /// A keepalive on this member's clock (it leads).
+    async fn keep_alive_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         self.await_clock().await?;
         let ttl = match self.api.node().lessor.renew(id) {
             Renewal::NotFound => 0,
@@ -152,21 +134,69 @@ impl LeaseService {
             ttl,
         })
     }
+
+    /// A lease's time to live on this member's clock (it leads).
+    fn time_to_live_here(&self, req: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+        match self.api.node().lessor.time_to_live(req.id, req.keys) {
+            Some(found) => LeaseTimeToLiveResponse {
+                header: self.api.current_header(),
+                id: req.id,
+                ttl: found.remaining,
+                granted_ttl: found.granted,
+                keys: found.keys,
+            },
+            // etcd answers a missing lease with TTL -1 rather than an error.
+            None => LeaseTimeToLiveResponse {
+                header: self.api.current_header(),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Every lease, as this member (it leads) knows them.
+    fn leases_here(&self) -> LeaseLeasesResponse {
+        let leases = self
+            .api
+            .node()
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        LeaseLeasesResponse {
+            header: self.api.current_header(),
+            leases,
+        }
+    }
 }
 
-/// Where lease requests that need the leader's clock are served.
-enum Clock {
-    /// This member leads.
-    Here,
-    /// Another member leads: relay to its client API.
-    Leader(LeaseClient<Channel>),
-}
+/// The leader's side of the lease relays (see `crate::raft::peer_service`).
+#[tonic::async_trait]
+impl LeaseClock for LeaseService {
+    async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        match self.here(|| self.keep_alive_here(id)).await {
+            Here::Done(answer) => answer,
+            Here::Ask(_) => Err(Error::NotLeader),
+            Here::NoLeader => Err(Error::NoLeader),
+        }
+    }
 
-/// A relayed request's failure, as this member's client should see it.
-fn relay_error(status: Status) -> Error {
-    match status.code() {
-        tonic::Code::Unavailable => Error::NoLeader,
-        _ => Error::Raft(format!("relaying to the leader: {}", status.message())),
+    async fn time_to_live(&self, request: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Error> {
+        match self.api.elsewhere::<()>() {
+            None => Ok(self.time_to_live_here(&request)),
+            Some(Here::NoLeader) => Err(Error::NoLeader),
+            Some(_) => Err(Error::NotLeader),
+        }
+    }
+
+    async fn leases(&self) -> Result<LeaseLeasesResponse, Error> {
+        match self.api.elsewhere::<()>() {
+            None => Ok(self.leases_here()),
+            Some(Here::NoLeader) => Err(Error::NoLeader),
+            Some(_) => Err(Error::NotLeader),
+        }
     }
 }
 
@@ -233,53 +263,30 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let req = request.into_inner();
-        if let Clock::Leader(mut leader) = self.clock().await? {
-            return leader
-                .lease_time_to_live(req)
-                .await
-                .map_err(|s| relay_error(s).into());
-        }
-        let resp = match self.api.node().lessor.time_to_live(req.id, req.keys) {
-            Some(found) => LeaseTimeToLiveResponse {
-                header: self.api.current_header(),
-                id: req.id,
-                ttl: found.remaining,
-                granted_ttl: found.granted,
-                keys: found.keys,
-            },
-            // etcd answers a missing lease with TTL -1 rather than an error.
-            None => LeaseTimeToLiveResponse {
-                header: self.api.current_header(),
-                id: req.id,
-                ttl: -1,
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(resp))
+        let req = &request.into_inner();
+        let peers = &self.api.node().peers;
+        let answer = self
+            .api
+            .on_leader(
+                || self.here(|| async { Ok(self.time_to_live_here(req)) }),
+                |leader| async move { peers.lease_time_to_live(&leader, *req).await },
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn lease_leases(
         &self,
-        request: Request<LeaseLeasesRequest>,
+        _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        if let Clock::Leader(mut leader) = self.clock().await? {
-            return leader
-                .lease_leases(request.into_inner())
-                .await
-                .map_err(|s| relay_error(s).into());
-        }
-        let leases = self
+        let peers = &self.api.node().peers;
+        let answer = self
             .api
-            .node()
-            .lessor
-            .ids()
-            .into_iter()
-            .map(|id| LeaseStatus { id })
-            .collect();
-        Ok(Response::new(LeaseLeasesResponse {
-            header: self.api.current_header(),
-            leases,
-        }))
+            .on_leader(
+                || self.here(|| async { Ok(self.leases_here()) }),
+                |leader| async move { peers.lease_leases(&leader).await },
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 }

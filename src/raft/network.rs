@@ -1,6 +1,6 @@
 //! The peer transport, client side: openraft's RPCs to other members over gRPC
-//! (`concordraftpb.RaftPeer` on their peer URLs), plus the two calls a follower makes to the
-//! leader on a client's behalf (forwarded writes, read indexes).
+//! (`concordraftpb.RaftPeer` on their peer URLs), plus the calls a follower makes to the leader
+//! on a client's behalf (forwarded writes, read indexes, membership changes, lease relays).
 //!
 //! One lazily connected tonic channel per peer URL is cached in [`Peers`] and shared by every
 //! replication stream and forwarder. openraft's request and response types travel as JSON
@@ -12,10 +12,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use concord_proto::raftpb::lease_relay_response::Outcome as LeaseOutcome;
 use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
 use concord_proto::raftpb::{
-    AppendEntriesMessage, ClusterInfoResponse, JsonMessage, ReadIndexRequest, SnapshotChunk,
-    read_index_response,
+    AppendEntriesMessage, ClusterInfoResponse, JsonMessage, LeaseRelayResponse, ReadIndexRequest,
+    SnapshotChunk, read_index_response,
 };
 use openraft::OptionalSend;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -95,8 +100,7 @@ impl Interceptor for Credentials {
     }
 }
 
-/// The cached channels to other members, by URL (peer URLs for Raft, client URLs for
-/// requests a follower relays to the leader's client API), and the credentials peer calls carry.
+/// The cached channels to other members, by peer URL, and the credentials peer calls carry.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -177,6 +181,53 @@ impl Peers {
         Ok(answer.into_inner())
     }
 
+    /// Relays a client's keepalive of lease `id` to the leader at `leader`.
+    pub async fn lease_keep_alive(
+        &self,
+        leader: &MemberNode,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
+        let answer = client
+            .lease_keep_alive(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|status| PeerError::from_call(&status))?;
+        match lease_answer(answer.into_inner())? {
+            LeaseOutcome::KeepAlive(answer) => Ok(answer),
+            _ => Err(PeerError::Failed("the leader answered something else".into())),
+        }
+    }
+
+    /// Relays a client's time-to-live request to the leader at `leader`.
+    pub async fn lease_time_to_live(
+        &self,
+        leader: &MemberNode,
+        request: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
+        let answer = client
+            .lease_time_to_live(request)
+            .await
+            .map_err(|status| PeerError::from_call(&status))?;
+        match lease_answer(answer.into_inner())? {
+            LeaseOutcome::TimeToLive(answer) => Ok(answer),
+            _ => Err(PeerError::Failed("the leader answered something else".into())),
+        }
+    }
+
+    /// Relays a client's request for every lease to the leader at `leader`.
+    pub async fn lease_leases(&self, leader: &MemberNode) -> Result<LeaseLeasesResponse, PeerError> {
+        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
+        let answer = client
+            .lease_leases(LeaseLeasesRequest {})
+            .await
+            .map_err(|status| PeerError::from_call(&status))?;
+        match lease_answer(answer.into_inner())? {
+            LeaseOutcome::Leases(answer) => Ok(answer),
+            _ => Err(PeerError::Failed("the leader answered something else".into())),
+        }
+    }
+
     /// Asks the leader at `leader` for a read index.
     pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, PeerError> {
         let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
@@ -190,6 +241,15 @@ impl Peers {
             Some(read_index_response::Outcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
             None => Err(PeerError::Failed("the leader answered no read index".into())),
         }
+    }
+}
+
+/// A relayed lease request's answer, or why there is none.
+fn lease_answer(answer: LeaseRelayResponse) -> Result<LeaseOutcome, PeerError> {
+    match answer.outcome {
+        Some(LeaseOutcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
+        Some(outcome) => Ok(outcome),
+        None => Err(PeerError::Failed("the leader answered nothing".into())),
     }
 }
 

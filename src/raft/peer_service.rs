@@ -1,17 +1,22 @@
 //! The peer transport, server side: `concordraftpb.RaftPeer` on the peer URLs, handing
-//! openraft's RPCs to the local Raft and serving followers' forwarded writes and read indexes
-//! when this member leads.
+//! openraft's RPCs to the local Raft and serving followers' forwarded writes, read indexes,
+//! membership changes and lease requests when this member leads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use concord_proto::raftpb::forward_response::Outcome;
+use concord_proto::raftpb::lease_relay_response::Outcome as LeaseOutcome;
 use concord_proto::raftpb::raft_peer_server::RaftPeer;
 use concord_proto::raftpb::read_index_response::Outcome as ReadOutcome;
 use concord_proto::raftpb::{
     self, AppendEntriesMessage, ChangeMembershipResponse, ClusterInfoRequest, ClusterInfoResponse,
-    ForwardResponse, JsonMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ForwardResponse, JsonMessage, LeaseRelayResponse, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
@@ -30,11 +35,24 @@ use super::snapshot::{self, SnapshotFile};
 use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::error::Error;
 
+/// The leader's lease clock, as this member serves it to followers relaying their clients'
+/// lease requests (the Lease service implements it).
+#[tonic::async_trait]
+pub trait LeaseClock: Send + Sync + 'static {
+    /// A keepalive on this member's clock; `NotLeader` or `NoLeader` when it does not lead.
+    async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error>;
+    /// A lease's time to live on this member's clock.
+    async fn time_to_live(&self, request: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Error>;
+    /// Every lease, as this member (the leader) knows them.
+    async fn leases(&self) -> Result<LeaseLeasesResponse, Error>;
+}
+
 /// Serves other members.
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
     gate: Arc<PeerGate>,
+    clock: Arc<dyn LeaseClock>,
     cluster_id: u64,
     snapshot_dir: PathBuf,
     request_timeout: Duration,
@@ -42,12 +60,13 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// A peer service over `raft` in cluster `cluster_id`, admitting callers through `gate`;
-    /// incoming snapshots are written into `snapshot_dir`; forwarded writes pass `admission` and
-    /// give up after `request_timeout`.
+    /// A peer service over `raft` in cluster `cluster_id`, admitting callers through `gate`
+    /// and answering lease relays from `clock`; incoming snapshots are written into
+    /// `snapshot_dir`; forwarded writes pass `admission` and give up after `request_timeout`.
     pub fn new(
         raft: Raft,
         gate: PeerGate,
+        clock: Arc<dyn LeaseClock>,
         cluster_id: u64,
         snapshot_dir: PathBuf,
         request_timeout: Duration,
@@ -56,6 +75,7 @@ impl PeerService {
         PeerService {
             raft,
             gate: Arc::new(gate),
+            clock,
             cluster_id,
             snapshot_dir,
             request_timeout,
@@ -217,6 +237,32 @@ impl RaftPeer for PeerService {
         }))
     }
 
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseRelayResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
+        let answer = self.clock.keep_alive(request.into_inner().id).await;
+        Ok(relayed(answer.map(LeaseOutcome::KeepAlive)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseRelayResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
+        let answer = self.clock.time_to_live(request.into_inner()).await;
+        Ok(relayed(answer.map(LeaseOutcome::TimeToLive)))
+    }
+
+    async fn lease_leases(
+        &self,
+        request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseRelayResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
+        Ok(relayed(self.clock.leases().await.map(LeaseOutcome::Leases)))
+    }
+
     async fn read_index(
         &self,
         request: Request<ReadIndexRequest>,
@@ -238,6 +284,14 @@ impl RaftPeer for PeerService {
         };
         Ok(Response::new(response))
     }
+}
+
+/// The answer to a relayed lease request.
+fn relayed(answer: Result<LeaseOutcome, Error>) -> Response<LeaseRelayResponse> {
+    let outcome = answer.unwrap_or_else(|err| LeaseOutcome::Failed(PeerError::from(err).to_proto()));
+    Response::new(LeaseRelayResponse {
+        outcome: Some(outcome),
+    })
 }
 
 /// A snapshot file being received: removed when the call ends, whichever way (a completed one
