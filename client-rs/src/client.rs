@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::kv_client::KvClient;
-use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, PutRequest, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest,
@@ -14,15 +12,11 @@ use concord_proto::mvccpb::KeyValue;
 use concord_proto::rpctypes;
 use concord_recipes::kv::prefix_end;
 use concord_recipes::{Kv, WatchStream};
-use tonic::transport::Channel;
 
-use crate::endpoints::{Endpoints, Idempotence};
+use crate::endpoints::{Endpoints, Idempotence, kv, lease, unary};
 use crate::error::Result;
 use crate::lease::KeepAlives;
 use crate::options::ClientOptions;
-
-/// The largest response the client accepts (etcd's clients allow `math.MaxInt32`).
-pub(crate) const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// A connection to a Concord (or etcd) cluster through a list of endpoints.
 ///
@@ -263,19 +257,4 @@ impl Kv for Client {
             .await;
         Ok(revoked?)
     }
-}
-
-/// A unary request carrying `timeout` as its `grpc-timeout`, so the server gives up too.
-pub(crate) fn unary<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
-fn kv(channel: Channel) -> KvClient<Channel> {
-    KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
-}
-
-fn lease(channel: Channel) -> LeaseClient<Channel> {
-    LeaseClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }

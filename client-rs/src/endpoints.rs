@@ -21,11 +21,33 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::kv_client::KvClient;
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::Error;
 use crate::options::ClientOptions;
+
+/// The largest response the client accepts (etcd's clients allow `math.MaxInt32`).
+pub(crate) const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// A unary request carrying `timeout` as its `grpc-timeout`, so the server gives up too.
+pub(crate) fn unary<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+pub(crate) fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
+    LeaseClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
 
 /// Whether a request may be sent twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::client::MAX_RESPONSE_BYTES;
 use crate::endpoints::Conn;
+use crate::endpoints::MAX_RESPONSE_BYTES;
 
 /// The shared keep-alive stream, opened on first use and after any failure.
 #[derive(Default)]

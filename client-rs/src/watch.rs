@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::client::MAX_RESPONSE_BYTES;
+use crate::endpoints::MAX_RESPONSE_BYTES;
 
 /// An open watch: the request side (kept open, since closing it ends the stream on the
 /// server) and the responses.

@@ -1,4 +1,7 @@
-//! The leader's lease task: proposes expiries and checkpoints through Raft.
+//! The leader's lease task: proposes expiries and checkpoints through consensus.
+//!
+//! It sees consensus only through [`Consensus`] (which `crate::raft` implements for its Raft
+//! handle), so leases stand on their own: Raft applies to the lessor, never the reverse.
 //!
 //! Every [`TICK`] it starts or stops the lease clock as this member gains or loses leadership
 //! (see `Promotion`), then proposes at most [`EXPIRIES_PER_TICK`] expired leases in one
@@ -13,11 +16,9 @@ use std::time::Duration;
 
 use concord_proto::raftpb::command::Request;
 use concord_proto::raftpb::{LeaseCheckpoint, LeaseCheckpoints, LeaseExpiry};
-use openraft::async_runtime::WatchReceiver;
 use tokio::sync::Semaphore;
 
 use super::Lessor;
-use crate::raft::{Command, Raft};
 
 /// How often the task looks at the clock.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -28,29 +29,30 @@ pub const EXPIRIES_IN_FLIGHT: usize = 2;
 /// The most checkpoints one command carries (etcd's batch limit too).
 pub const CHECKPOINTS_PER_COMMAND: usize = 1000;
 
-/// The term this member leads, if it is the leader.
-pub fn leader_term(raft: &Raft) -> Option<u64> {
-    leadership(raft).term
+/// What the lease task needs of consensus.
+pub trait Consensus: Clone + Send + Sync + 'static {
+    /// Where this member's leadership stands now.
+    fn leadership(&self) -> Leadership;
+
+    /// Proposes `request` on this member (never forwarded: only the leader's clock proposes)
+    /// and waits until it is applied.
+    fn propose(&self, request: Request) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// Where this member's leadership stands, from Raft's metrics.
-struct Leadership {
+/// Where a member's leadership stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
     /// The term it leads, if it is the leader.
-    term: Option<u64>,
+    pub term: Option<u64>,
     /// Index of the last entry in its log.
-    last_log_index: u64,
+    pub last_log_index: u64,
     /// Index of the last applied entry.
-    last_applied: u64,
+    pub last_applied: u64,
 }
 
-fn leadership(raft: &Raft) -> Leadership {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    Leadership {
-        term: m.state.is_leader().then_some(m.current_term),
-        last_log_index: m.last_log_index.unwrap_or(0),
-        last_applied: m.last_applied.as_ref().map_or(0, |id| id.index),
-    }
+/// The term this member leads, if it is the leader.
+pub fn leader_term(consensus: &impl Consensus) -> Option<u64> {
+    consensus.leadership().term
 }
 
 /// Starts and stops the lease clock as leadership comes and goes. A new leader's clock starts
@@ -65,8 +67,8 @@ struct Promotion {
 
 impl Promotion {
     /// True if the clock runs for the term this member leads now.
-    fn update(&mut self, lessor: &Lessor, raft: &Raft) -> bool {
-        let now = leadership(raft);
+    fn update(&mut self, lessor: &Lessor, consensus: &impl Consensus) -> bool {
+        let now = consensus.leadership();
         let promoted = lessor.promoted_term();
         let Some(term) = now.term else {
             self.pending = None;
@@ -98,16 +100,8 @@ impl Promotion {
     }
 }
 
-/// Proposes `request` and waits until it is applied.
-pub async fn propose(raft: &Raft, request: Request) -> Result<(), String> {
-    raft.client_write(Command::from(request))
-        .await
-        .map(|_| ())
-        .map_err(|err| err.to_string())
-}
-
 /// Runs the lease task until `shutdown` completes.
-pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output = ()>) {
+pub async fn run(lessor: Arc<Lessor>, raft: impl Consensus, shutdown: impl Future<Output = ()>) {
     let expiries = Arc::new(Semaphore::new(EXPIRIES_IN_FLIGHT));
     let mut promotion = Promotion::default();
     let mut ticker = tokio::time::interval(TICK);
@@ -128,7 +122,7 @@ pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output =
                 tracing::debug!(leases = ids.len(), "expiring leases");
                 let raft = raft.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = propose(&raft, Request::LeaseExpiry(LeaseExpiry { ids })).await {
+                    if let Err(err) = raft.propose(Request::LeaseExpiry(LeaseExpiry { ids })).await {
                         tracing::warn!(error = %err, "lease expiry not committed; will retry");
                     }
                     drop(permit);
@@ -140,7 +134,7 @@ pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output =
             let raft = raft.clone();
             tokio::spawn(async move {
                 let request = Request::LeaseCheckpoints(LeaseCheckpoints { checkpoints });
-                if let Err(err) = propose(&raft, request).await {
+                if let Err(err) = raft.propose(request).await {
                     tracing::debug!(error = %err, "lease checkpoint not committed");
                 }
             });
@@ -151,7 +145,7 @@ pub async fn run(lessor: Arc<Lessor>, raft: Raft, shutdown: impl Future<Output =
 /// Records every live lease's remaining time before a clean shutdown, so the next leader (or
 /// this member after its restart) continues each countdown exactly. Best effort, bounded by
 /// `timeout`.
-pub async fn final_checkpoint(lessor: &Lessor, raft: &Raft, timeout: Duration) {
+pub async fn final_checkpoint(lessor: &Lessor, raft: &impl Consensus, timeout: Duration) {
     if lessor.promoted_term().is_none() || leader_term(raft) != lessor.promoted_term() {
         return;
     }
@@ -159,12 +153,9 @@ pub async fn final_checkpoint(lessor: &Lessor, raft: &Raft, timeout: Duration) {
     let proposals = all
         .chunks(CHECKPOINTS_PER_COMMAND)
         .map(|chunk: &[LeaseCheckpoint]| {
-            propose(
-                raft,
-                Request::LeaseCheckpoints(LeaseCheckpoints {
-                    checkpoints: chunk.to_vec(),
-                }),
-            )
+            raft.propose(Request::LeaseCheckpoints(LeaseCheckpoints {
+                checkpoints: chunk.to_vec(),
+            }))
         });
     match tokio::time::timeout(timeout, futures::future::join_all(proposals)).await {
         Ok(results) => {

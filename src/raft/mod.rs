@@ -14,6 +14,7 @@
 //!   [`peer_gate`] admits only members of this cluster, and [`peer_error`] says why a member
 //!   did not do what another asked.
 //! - [`membership`]: member add/remove/update/promote and publishing client URLs.
+//! - `lease_consensus`: Raft as the leader's lease task sees it (`crate::lease::expiry`).
 //! - [`identity`]: who the members are (etcd's member and cluster IDs, `--initial-cluster`).
 //! - [`timing`]: openraft's configuration for etcd's flags.
 //! - [`watchdog`]: ends the process when Raft stops on its own (a storage failure).
@@ -26,6 +27,7 @@ pub mod durable;
 #[cfg(test)]
 mod fuzz;
 pub mod identity;
+mod lease_consensus;
 pub mod log_cache;
 pub mod log_store;
 pub mod membership;
