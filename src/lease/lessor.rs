@@ -11,6 +11,8 @@
 //!   leases to expire and to checkpoint ([`Lessor::take_expired`],
 //!   [`Lessor::take_due_checkpoints`]); the expiry task proposes them through Raft.
 //!
+//! The clock is tokio's (`tokio::time::Instant`), so tests pause and advance it.
+//!
 //! # Remaining TTL across leader changes and restarts
 //!
 //! etcd gives every lease its full TTL again when a new leader takes over (or the cluster
@@ -33,7 +35,9 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use concord_proto::mvccpb::Event;
 use concord_proto::mvccpb::event::EventType;

@@ -169,20 +169,17 @@ fn leases_and_keys_survive_reopening() {
     assert_eq!(reopened.time_to_live(1, true).unwrap().keys, [b"k1".to_vec()]);
 }
 
-#[test]
-fn the_clock_runs_only_when_promoted() {
+#[tokio::test(start_paused = true)]
+async fn the_clock_runs_only_when_promoted() {
     let f = open();
     f.grant(1, 1).unwrap();
     assert!(f.lessor.take_expired(10).is_empty());
     f.lessor.promote(3);
-    {
-        let mut state = f.lessor.lock();
-        // Pretend the lease ran out.
-        let past = Instant::now() - Duration::from_millis(1);
-        state.leases.get_mut(&1).unwrap().deadline = past;
-        state.expiry_queue.clear();
-        state.expiry_queue.push(Reverse((past, 1)));
-    }
+    assert!(
+        f.lessor.take_expired(10).is_empty(),
+        "not before its second is up"
+    );
+    tokio::time::advance(Duration::from_millis(1_001)).await;
     assert_eq!(f.lessor.promoted_term(), Some(3));
     assert_eq!(
         f.lessor.renew(1),
@@ -231,15 +228,17 @@ fn keepalive_asks_to_record_the_full_ttl_after_a_checkpoint() {
     assert_eq!(f.lessor.renew(99), Renewal::NotFound);
 }
 
-#[test]
-fn a_checkpoint_from_before_a_keepalive_cannot_shorten_the_record() {
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_from_before_a_keepalive_cannot_shorten_the_record() {
     let f = open();
-    f.grant(1, 10).unwrap();
+    f.grant(1, 10).unwrap(); // slack 5 s
     f.lessor.promote(1);
-    // The clock checkpoints 3 s in generation 0; before that is applied, a keepalive
-    // records the full TTL in generation 1, and its record is applied first.
-    let early = f.lessor.lock().leases[&1].checkpoint(1, Duration::from_secs(3));
-    f.lessor.lock().leases.get_mut(&1).unwrap().recorded = Duration::from_secs(3);
+    // 7 s in, the clock checkpoints the 3 s left (generation 0); before that is applied, a
+    // keepalive records the full TTL (generation 1), and its record is applied first.
+    tokio::time::advance(Duration::from_secs(7)).await;
+    let early = f.lessor.take_due_checkpoints(10);
+    assert_eq!(early.len(), 1);
+    assert_eq!((early[0].remaining_ms, early[0].generation), (3_000, 0));
     let Renewal::Renewed {
         record: Some(full), ..
     } = f.lessor.renew(1)
@@ -247,30 +246,25 @@ fn a_checkpoint_from_before_a_keepalive_cannot_shorten_the_record() {
         panic!("the full TTL must be recorded");
     };
     checkpoint(&f, full);
-    checkpoint(&f, early);
+    checkpoint(&f, early[0]);
     let reopened = Lessor::open(&f.store).unwrap();
     reopened.promote(2);
     let ttl = reopened.time_to_live(1, false).unwrap();
     assert!(ttl.remaining >= 9, "the stale checkpoint was ignored: {ttl:?}");
 }
 
-#[test]
-fn checkpoints_come_once_the_record_drifts_by_the_slack() {
+#[tokio::test(start_paused = true)]
+async fn checkpoints_come_once_the_record_drifts_by_the_slack() {
     let f = open();
     f.grant(1, 4).unwrap(); // slack 2 s
     f.lessor.promote(1);
     assert!(f.lessor.take_due_checkpoints(10).is_empty());
-    {
-        // Two and a half seconds later.
-        let mut state = f.lessor.lock();
-        let lease = state.leases.get_mut(&1).unwrap();
-        lease.deadline -= Duration::from_millis(2_500);
-        state.checkpoint_queue.clear();
-        state.checkpoint_queue.push(Reverse((Instant::now(), 1)));
-    }
+    tokio::time::advance(Duration::from_millis(1_900)).await;
+    assert!(f.lessor.take_due_checkpoints(10).is_empty(), "within the slack");
+    tokio::time::advance(Duration::from_millis(600)).await;
     let due = f.lessor.take_due_checkpoints(10);
     assert_eq!(due.len(), 1);
-    assert!((1_400..=1_500).contains(&due[0].remaining_ms), "{due:?}");
+    assert_eq!(due[0].remaining_ms, 1_500, "{due:?}");
     assert!(f.lessor.take_due_checkpoints(10).is_empty(), "not twice");
 }
 
