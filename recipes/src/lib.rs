@@ -11,6 +11,7 @@ pub mod barrier;
 pub mod election;
 pub mod error;
 pub mod kv;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod mutex;
 pub mod pubsub;

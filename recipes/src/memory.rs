@@ -1,5 +1,16 @@
 //! [`MemoryKv`]: an in-memory [`Kv`] with etcd's semantics, for testing recipes without a
-//! server.
+//! server. It is a test double, built only for tests (and with the `testing` feature); every
+//! recipe also runs against the real server in `tests/e2e/recipes/`, so the double and the store
+//! cannot drift apart unnoticed.
+//!
+//! What it does not do, so a recipe's unit test must not need it:
+//! - nested txns (refused with `UNIMPLEMENTED`);
+//! - ranges at a revision inside a txn (refused with `UNIMPLEMENTED`);
+//! - compaction: history is kept forever (a test that needs a compacted watch wraps it, as
+//!   `pubsub`'s tests do);
+//! - time: leases never expire on their own; a test ends one with
+//!   [`MemoryKv::expire_lease`];
+//! - limits: no `--max-request-bytes`, no `--max-txn-ops`.
 //!
 //! One `std::sync::Mutex` guards the whole store. No call awaits while holding it, and one lock
 //! makes each txn, and the events it hands to watchers, atomic and in revision order with no
