@@ -57,8 +57,6 @@ pub fn copy(read: &ReadTransaction, write: &WriteTransaction) -> Result<(), Mvcc
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     #[test]

@@ -175,8 +175,6 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Intervals<'_>, MvccError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     fn put(k: &str) -> RequestOp {

@@ -48,7 +48,6 @@ pub fn compact(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::CompactionRequest;

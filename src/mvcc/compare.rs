@@ -79,8 +79,6 @@ pub fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     fn kv() -> KeyValue {

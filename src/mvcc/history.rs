@@ -144,8 +144,6 @@ pub fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     fn kv() -> KeyValue {

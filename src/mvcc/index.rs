@@ -198,8 +198,6 @@ impl TreeIndex {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     fn rev(main: i64) -> Revision {

@@ -217,8 +217,6 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     fn rev(main: i64) -> Revision {

@@ -217,8 +217,6 @@ pub fn range<H: History>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::super::test_util::{self, TestStore, get, keys, range, rev_of, values};
     use super::*;
 

@@ -56,8 +56,6 @@ fn decode_part(b: [u8; 8]) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
 
     #[test]

@@ -281,7 +281,6 @@ fn ensure_tables(db: &Database) -> Result<(), MvccError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};

@@ -193,7 +193,6 @@ fn set_txn_headers(resp: &mut TxnResponse, rev: i64) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};

@@ -359,7 +359,6 @@ impl<'a> WriteBatch<'a> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use crate::mvcc::test_util::ANY_LEASE;
 
     use concord_proto::etcdserverpb::request_op::Request;

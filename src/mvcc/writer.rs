@@ -220,7 +220,6 @@ impl ReadView for TxnWriter<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use crate::mvcc::test_util::ANY_LEASE;
 
     use super::super::test_util::{self, keys, put, range, rev_of};

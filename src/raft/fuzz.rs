@@ -15,8 +15,6 @@
 //! bug found is pinned by a plain test of that input. A property that finds a bug not yet fixed
 //! is `#[ignore]`d with the bug named; `cargo test raft::fuzz -- --ignored` runs them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 mod apply;
 mod decode;
 mod strategies;

@@ -248,8 +248,6 @@ fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use concord_proto::etcdserverpb::PutRequest;
 
     use super::*;

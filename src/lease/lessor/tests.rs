@@ -1,6 +1,4 @@
 //! Unit tests of the lessor: apply, key tracking, the leader's clock and checkpoints.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 
 use concord_proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
