@@ -37,9 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(Ok(membership)) = members.next().await {
             for change in membership.changes {
                 match change {
-                    MembershipChange::Joined(instance) => println!("+ {}", instance.id),
+                    MembershipChange::Added(instance) => println!("+ {}", instance.id),
                     MembershipChange::Updated(instance) => println!("~ {}", instance.id),
-                    MembershipChange::Left { id } => println!("- {id}"),
+                    MembershipChange::Removed { id } => println!("- {id}"),
                 }
             }
         }

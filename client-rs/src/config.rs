@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::follow::{Follow, Step};
+use concord_recipes::follow::{Follow, Step};
 
 /// A decoded value and its version (the key's mod revision when it was written).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,8 @@ impl Client {
         };
         let response = self.range(request).await?;
         let revision = response.header.map_or(0, |h| h.revision);
-        let follow = Follow::new(self.clone(), key.as_bytes().to_vec(), Vec::new(), revision + 1);
+        let follow = Follow::new(self.clone(), key.as_bytes().to_vec(), Vec::new(), revision + 1)
+            .with_backoff(self.backoff());
         let mut watch = ConfigWatch {
             client: self.clone(),
             key,
@@ -126,7 +127,7 @@ impl Client {
 pub struct ConfigWatch<T> {
     client: Client,
     key: String,
-    follow: Follow,
+    follow: Follow<Client>,
     /// The last version that decoded, unless the key was deleted since.
     current: Option<Versioned<T>>,
     /// The key's mod revision as last seen (0: it does not exist).

@@ -36,7 +36,6 @@
 //! - `client.rs`: [`Client`], the basic key-value calls, and the [`Kv`] implementation.
 //! - `endpoints.rs`: the endpoint list, one cached channel per endpoint, the retry policy.
 //! - `watch.rs`: one watch on its own Watch stream; `lease.rs`: the shared keep-alive stream.
-//! - `follow.rs`: a watch that reopens itself where it stopped, for the long-lived watches.
 //! - `owned.rs`: a session owned by one handle, ended (in the background if need be) with it.
 //! - `lock.rs`, `registry.rs`, `config.rs`, `election.rs`: the coordination helpers.
 //! - `options.rs`: [`ClientOptions`]; `error.rs`: [`Error`].
@@ -46,7 +45,6 @@ mod config;
 mod election;
 mod endpoints;
 mod error;
-mod follow;
 mod lease;
 mod lock;
 mod options;
@@ -62,7 +60,9 @@ pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, Result};
 pub use lock::LockGuard;
 pub use options::ClientOptions;
-pub use registry::{Instance, Membership, MembershipChange, Registration, SERVICES_PREFIX, ServiceWatch};
+pub use registry::{
+    Endpoint, Instance, Membership, MembershipChange, Registration, SERVICES_PREFIX, ServiceWatch,
+};
 
 pub use concord_recipes::election::LeaderKey;
 pub use concord_recipes::{Kv, WatchBatch, WatchStream};

@@ -10,12 +10,14 @@
 pub mod barrier;
 pub mod election;
 pub mod error;
+pub mod follow;
 pub mod kv;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod mutex;
 pub mod pubsub;
 pub mod queue;
+pub mod registry;
 pub mod rwmutex;
 pub mod semaphore;
 pub mod session;

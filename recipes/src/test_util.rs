@@ -1,11 +1,17 @@
 //! Helpers shared by the recipes' unit tests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::RangeRequest;
 use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use concord_proto::etcdserverpb::{
+    LeaseGrantResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest,
+};
+use futures::StreamExt;
 
-use crate::kv::{Kv, prefix_end};
+use crate::error::{Error, Result};
+use crate::kv::{Kv, WatchStream, prefix_end};
 use crate::memory::MemoryKv;
 use crate::session::Session;
 
@@ -48,4 +54,77 @@ pub async fn until(mut condition: impl AsyncFnMut() -> bool) {
         }
     })
     .await
+}
+
+/// A [`MemoryKv`] with what the double lacks for long-lived watches: history before
+/// [`compact`](Self::compact)ed revisions is gone (watches and ranges from before it fail with
+/// the server's compaction error), and [`cut_watches`](Self::cut_watches) ends every open watch
+/// stream, as a server restart or a broken connection does.
+#[derive(Clone, Default)]
+pub struct FlakyKv {
+    pub inner: MemoryKv,
+    compacted: Arc<AtomicI64>,
+    cuts: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl FlakyKv {
+    /// Forgets the history before `revision`.
+    pub fn compact(&self, revision: i64) {
+        self.compacted.store(revision, Ordering::SeqCst);
+    }
+
+    /// Ends every open watch stream with an error.
+    pub fn cut_watches(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn compacted(&self, revision: i64) -> bool {
+        revision > 0 && revision < self.compacted.load(Ordering::SeqCst)
+    }
+}
+
+fn compaction() -> Error {
+    Error::Store(concord_proto::rpctypes::COMPACTED.status())
+}
+
+impl Kv for FlakyKv {
+    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse> {
+        self.inner.txn(request).await
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
+        if self.compacted(request.revision) {
+            return Err(compaction());
+        }
+        self.inner.range(request).await
+    }
+
+    async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
+        if self.compacted(request.start_revision) {
+            return Ok(Box::pin(futures::stream::iter([Err(compaction())])));
+        }
+        let mut cut = self.cuts.subscribe();
+        cut.borrow_and_update();
+        let inner = self.inner.watch(request).await?;
+        let stream = futures::stream::unfold(Some((inner, cut)), |state| async move {
+            let (mut inner, mut cut) = state?;
+            tokio::select! {
+                item = inner.next() => item.map(|item| (item, Some((inner, cut)))),
+                _ = cut.changed() => Some((Err(Error::WatchEnded("cut".into())), None)),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+        self.inner.lease_grant(ttl).await
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        self.inner.lease_keep_alive(id).await
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<()> {
+        self.inner.lease_revoke(id).await
+    }
 }

@@ -230,13 +230,13 @@ async fn registrations_come_and_go() {
     let found = observer.discover("api").await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(
-        (found[0].id.as_str(), found[0].address.as_str()),
+        (found[0].id.as_str(), found[0].endpoint.addr.as_str()),
         ("a1", "10.0.0.1:80")
     );
     assert_eq!(found[0].lease, a1.lease());
     let joined = next_change(&mut members).await;
     assert!(
-        matches!(&joined, MembershipChange::Joined(i) if i.id == "a1"),
+        matches!(&joined, MembershipChange::Added(i) if i.id == "a1"),
         "{joined:?}"
     );
 
@@ -249,7 +249,7 @@ async fn registrations_come_and_go() {
     a1.deregister().await.unwrap();
     assert!(observer.discover("api").await.unwrap().is_empty());
     let left = next_change(&mut members).await;
-    assert_eq!(left, MembershipChange::Left { id: "a1".into() });
+    assert_eq!(left, MembershipChange::Removed { id: "a1".into() });
 
     // A process that dies without deregistering: its runtime (and the heartbeat task) goes
     // away, nothing is sent, and the instance leaves when its lease expires.
@@ -273,14 +273,43 @@ async fn registrations_come_and_go() {
     assert_eq!(found[0].lease, lease);
     let joined = next_change(&mut members).await;
     assert!(
-        matches!(&joined, MembershipChange::Joined(i) if i.id == "a2"),
+        matches!(&joined, MembershipChange::Added(i) if i.id == "a2"),
         "{joined:?}"
     );
     let left = next_change(&mut members).await;
-    assert_eq!(left, MembershipChange::Left { id: "a2".into() });
+    assert_eq!(left, MembershipChange::Removed { id: "a2".into() });
     let after = crashed.elapsed();
     assert!(after < Duration::from_secs(5), "expired after {after:?}");
     assert!(observer.discover("api").await.unwrap().is_empty());
+}
+
+/// The registry is stored in etcd's `naming/endpoints` format: etcdctl reads Concord's
+/// instances as etcd's Go client writes them, and an instance written that way by hand (as Go's
+/// `endpoints.Manager` writes it) is discovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_in_etcds_naming_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = connect(&server).await;
+    let _a1 = client
+        .register("api", "a1", "10.0.0.1:80", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let stored = server.ctl(&["get", "services/api/a1", "--print-value-only"]);
+    assert_eq!(stored.trim(), r#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":null}"#);
+
+    let by_go = r#"{"Op":0,"Addr":"10.0.0.2:80","Metadata":{"zone":"b"}}"#;
+    server.ctl(&["put", "services/api/go-1", by_go]);
+    server.ctl(&["put", "services/api/not-json", "10.0.0.3:80"]);
+    let found = client.discover("api").await.unwrap();
+    let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a1", "go-1"],
+        "a value not in the format is skipped, as etcd's resolver skips it"
+    );
+    assert_eq!(found[1].endpoint.addr, "10.0.0.2:80");
+    assert_eq!(found[1].endpoint.metadata, Some(serde_json::json!({"zone": "b"})));
 }
 
 /// The one change of the next membership.

@@ -1,9 +1,8 @@
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::{LeaseGrantResponse, RangeResponse, TxnRequest, TxnResponse};
-
 use super::*;
 use crate::memory::MemoryKv;
+use crate::test_util::FlakyKv;
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -118,56 +117,13 @@ async fn retention_lease_expiry_removes_old_messages() {
     assert!(gone.to_string().contains("lease not found"), "{gone}");
 }
 
-/// A store whose history before `compacted` is gone (MemoryKv never compacts): watches from
-/// before it fail the way the server's do.
-#[derive(Clone)]
-struct Compacted {
-    inner: MemoryKv,
-    compacted: i64,
-}
-
-impl Kv for Compacted {
-    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse> {
-        self.inner.txn(request).await
-    }
-
-    async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
-        self.inner.range(request).await
-    }
-
-    async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
-        if request.start_revision > 0 && request.start_revision < self.compacted {
-            let status =
-                tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
-            return Ok(Box::pin(futures::stream::iter([Err(Error::Store(status))])));
-        }
-        self.inner.watch(request).await
-    }
-
-    async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
-        self.inner.lease_grant(ttl).await
-    }
-
-    async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        self.inner.lease_keep_alive(id).await
-    }
-
-    async fn lease_revoke(&self, id: i64) -> Result<()> {
-        self.inner.lease_revoke(id).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn resuming_from_a_compacted_revision_is_an_error_not_a_gap() {
-    let inner = MemoryKv::new();
-    let topic = Topic::new(inner.clone(), "audit");
+    let kv = FlakyKv::default();
+    let topic = Topic::new(kv.clone(), "audit");
     let first = topic.publish("m0", None).await.unwrap();
     let second = topic.publish("m1", None).await.unwrap();
-    let kv = Compacted {
-        inner,
-        compacted: second,
-    };
-    let topic = Topic::new(kv, "audit");
+    kv.compact(second);
 
     let mut subscription = topic.subscribe(first).await.unwrap();
     let Some(Err(Error::Store(status))) = bounded(subscription.next()).await else {
