@@ -108,9 +108,12 @@ impl Kv for FlakyKv {
         let inner = self.inner.watch(request).await?;
         let stream = futures::stream::unfold(Some((inner, cut)), |state| async move {
             let (mut inner, mut cut) = state?;
+            // A cut stream ends at once, losing what it had not delivered yet, as a broken
+            // connection does (and deterministically so).
             tokio::select! {
-                item = inner.next() => item.map(|item| (item, Some((inner, cut)))),
+                biased;
                 _ = cut.changed() => Some((Err(Error::WatchEnded("cut".into())), None)),
+                item = inner.next() => item.map(|item| (item, Some((inner, cut)))),
             }
         });
         Ok(Box::pin(stream))
