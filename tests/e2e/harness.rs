@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -44,12 +45,16 @@ pub struct Server {
     data_dir: PathBuf,
     /// Every flag but `--data-dir`, as passed at launch (reused by [`Server::restart`]).
     args: Vec<String>,
+    /// Environment variables set at launch (reused by [`Server::restart`]).
+    env: Vec<(String, String)>,
     /// Whether (re)starting waits for `/health` (a lone member elects itself; a cluster member
     /// cannot be healthy until a quorum is up).
     await_health: bool,
     log_tail: Arc<Mutex<VecDeque<String>>>,
     /// Every line of this run's stderr (up to [`LOG_KEEP_LINES`]).
     log_all: Arc<Mutex<Vec<String>>>,
+    /// Set once the process's stderr has been read to its end.
+    log_done: Arc<AtomicBool>,
 }
 
 /// A `concord` process that was spawned but has not reported its client address yet.
@@ -58,10 +63,12 @@ pub struct Spawned {
     child: Option<Child>,
     data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     await_health: bool,
     listening: mpsc::Receiver<Result<String, ()>>,
     log_tail: Arc<Mutex<VecDeque<String>>>,
     log_all: Arc<Mutex<Vec<String>>>,
+    log_done: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -82,6 +89,16 @@ impl Server {
     /// [`Spawned::listening`] to wait for its client listener (and, with `await_health`, for
     /// `/health`).
     pub fn spawn(data_dir: PathBuf, args: Vec<String>, await_health: bool) -> Spawned {
+        Self::spawn_with_env(data_dir, args, Vec::new(), await_health)
+    }
+
+    /// [`Server::spawn`] with environment variables (a test-only failpoint, say).
+    pub fn spawn_with_env(
+        data_dir: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        await_health: bool,
+    ) -> Spawned {
         let label = args
             .iter()
             .position(|a| a == "--name")
@@ -92,6 +109,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -103,6 +121,8 @@ impl Server {
         let tail = log_tail.clone();
         let log_all: Arc<Mutex<Vec<String>>> = Arc::default();
         let all = log_all.clone();
+        let log_done: Arc<AtomicBool> = Arc::default();
+        let done = log_done.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
@@ -129,6 +149,7 @@ impl Server {
                 }
                 tail.push_back(line);
             }
+            done.store(true, Ordering::SeqCst);
             // stderr closed: the process exited (or closed it) before it ever listened.
             if !sent {
                 let _ = tx.send(Err(()));
@@ -138,10 +159,12 @@ impl Server {
             child: Some(child),
             data_dir,
             args,
+            env,
             await_health,
             listening: rx,
             log_tail,
             log_all,
+            log_done,
         }
     }
 
@@ -164,6 +187,27 @@ impl Server {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `within` for the process to exit on its own, then until its log has been
+    /// read to the end; its exit status, or `None` if it still runs (it is killed then).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill9();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read_by = Instant::now() + Duration::from_secs(5);
+        while !self.log_done.load(Ordering::SeqCst) && Instant::now() < read_by {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        status
     }
 
     /// Blocks until `GET /health` answers `{"health":"true"}`.
@@ -295,7 +339,13 @@ impl Server {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let next = Server::spawn(self.data_dir.clone(), self.args.clone(), self.await_health).listening();
+        let next = Server::spawn_with_env(
+            self.data_dir.clone(),
+            self.args.clone(),
+            self.env.clone(),
+            self.await_health,
+        )
+        .listening();
         *self = next;
     }
 }
@@ -329,9 +379,11 @@ impl Spawned {
             endpoint,
             data_dir: std::mem::take(&mut self.data_dir),
             args: std::mem::take(&mut self.args),
+            env: std::mem::take(&mut self.env),
             await_health: self.await_health,
             log_tail: self.log_tail.clone(),
             log_all: self.log_all.clone(),
+            log_done: self.log_done.clone(),
         };
         if server.await_health {
             server.wait_healthy();
