@@ -195,7 +195,6 @@ fn peer_service(api: &Arc<Api>, config: &Config, clock: Arc<dyn LeaseClock>) -> 
         member.raft.clone(),
         gate,
         clock,
-        member.identity.cluster_id,
         member.snapshot_dir.clone(),
         api.request_timeout(),
         api.admission(),

@@ -36,6 +36,16 @@ pub enum Here<T> {
 }
 
 impl<T> Here<T> {
+    /// What a member that serves a request only while it leads answers: the request served
+    /// here, or `not leader` / `no leader` (the asking follower then asks again).
+    pub fn served(self) -> Result<T, Error> {
+        match self {
+            Here::Done(answer) => answer,
+            Here::Ask(_) => Err(Error::NotLeader),
+            Here::NoLeader => Err(Error::NoLeader),
+        }
+    }
+
     /// What Raft refusing a request here with `err` means: `forward` names the leader, if any.
     fn refused(forward: Option<&ForwardToLeader<TypeConfig>>, err: &impl std::fmt::Display) -> Self {
         match forward {

@@ -176,27 +176,17 @@ impl LeaseService {
 #[tonic::async_trait]
 impl LeaseClock for LeaseService {
     async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
-        match self.here(|| self.keep_alive_here(id)).await {
-            Here::Done(answer) => answer,
-            Here::Ask(_) => Err(Error::NotLeader),
-            Here::NoLeader => Err(Error::NoLeader),
-        }
+        self.here(|| self.keep_alive_here(id)).await.served()
     }
 
     async fn time_to_live(&self, request: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Error> {
-        match self.api.elsewhere::<()>() {
-            None => Ok(self.time_to_live_here(&request)),
-            Some(Here::NoLeader) => Err(Error::NoLeader),
-            Some(_) => Err(Error::NotLeader),
-        }
+        self.here(|| async { Ok(self.time_to_live_here(&request)) })
+            .await
+            .served()
     }
 
     async fn leases(&self) -> Result<LeaseLeasesResponse, Error> {
-        match self.api.elsewhere::<()>() {
-            None => Ok(self.leases_here()),
-            Some(Here::NoLeader) => Err(Error::NoLeader),
-            Some(_) => Err(Error::NotLeader),
-        }
+        self.here(|| async { Ok(self.leases_here()) }).await.served()
     }
 }
 

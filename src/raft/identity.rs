@@ -117,7 +117,7 @@ async fn existing_cluster_id(config: &Config, me: u64, peers: &Peers) -> Result<
                     tracing::info!(cluster = %format!("{id:x}"), from = %node.name, "joining an existing cluster");
                     return Ok(id);
                 }
-                Err(err) => tracing::debug!(member = %node.name, error = %err, "asking for the cluster ID"),
+                Err(err) => tracing::debug!(member = %node.name, error = ?err, "asking for the cluster ID"),
             }
         }
         if tokio::time::Instant::now() >= deadline {

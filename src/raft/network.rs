@@ -109,7 +109,7 @@ pub struct Peers {
 
 impl Peers {
     /// The cached channel to `url` (created, lazily connecting, on first use).
-    pub fn channel(&self, url: &str) -> Result<Channel, String> {
+    fn channel(&self, url: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
@@ -141,14 +141,47 @@ impl Peers {
         )
     }
 
+    /// Calls `rpc` on the member at `node`: its answer, or why there is none (a member that
+    /// could not be reached never saw the call).
+    async fn ask<T, F, Fut>(&self, node: &MemberNode, rpc: F) -> Result<T, PeerError>
+    where
+        F: FnOnce(PeerRpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.client(node).map_err(PeerError::Unreachable)?;
+        rpc(client)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| PeerError::from_call(&status))
+    }
+
+    /// Relays a client's lease request to the leader at `leader` with `rpc`; `pick` takes the
+    /// answer it expects out of the leader's.
+    async fn relay<T, F, Fut>(
+        &self,
+        leader: &MemberNode,
+        rpc: F,
+        pick: fn(LeaseOutcome) -> Option<T>,
+    ) -> Result<T, PeerError>
+    where
+        F: FnOnce(PeerRpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<LeaseRelayResponse>, tonic::Status>>,
+    {
+        match self.ask(leader, rpc).await?.outcome {
+            Some(LeaseOutcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
+            Some(outcome) => {
+                pick(outcome).ok_or_else(|| PeerError::Failed("the leader answered something else".into()))
+            }
+            None => Err(PeerError::Failed("the leader answered nothing".into())),
+        }
+    }
+
     /// Hands `command` to the leader at `leader` and returns what its state machine answered.
     pub async fn forward(&self, leader: &MemberNode, command: &Command) -> Result<CommandResult, PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .forward(command.0.clone())
-            .await
-            .map_err(|status| PeerError::from_call(&status))?
-            .into_inner();
+        let command = command.0.clone();
+        let answer = self
+            .ask(leader, |mut c| async move { c.forward(command).await })
+            .await?;
         CommandResult::from_forward(answer.outcome)
     }
 
@@ -158,27 +191,21 @@ impl Peers {
         leader: &MemberNode,
         change: &MembershipChange,
     ) -> Result<(), PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .change_membership(JsonMessage { json: json(change) })
-            .await
-            .map_err(|status| PeerError::from_call(&status))?
-            .into_inner();
+        let request = JsonMessage { json: json(change) };
+        let answer = self
+            .ask(leader, |mut c| async move { c.change_membership(request).await })
+            .await?;
         answer
             .failed
             .map_or(Ok(()), |failed| Err(PeerError::from_proto(failed)))
     }
 
     /// Asks the member at `node` for the cluster's ID and its members' IDs.
-    pub async fn cluster_info(&self, node: &MemberNode) -> Result<ClusterInfoResponse, String> {
-        let mut client = self.client(node)?;
+    pub async fn cluster_info(&self, node: &MemberNode) -> Result<ClusterInfoResponse, PeerError> {
         let mut request = tonic::Request::new(concord_proto::raftpb::ClusterInfoRequest {});
         request.set_timeout(CONNECT_TIMEOUT);
-        let answer = client
-            .cluster_info(request)
+        self.ask(node, |mut c| async move { c.cluster_info(request).await })
             .await
-            .map_err(|s| s.message().to_string())?;
-        Ok(answer.into_inner())
     }
 
     /// Relays a client's keepalive of lease `id` to the leader at `leader`.
@@ -187,15 +214,12 @@ impl Peers {
         leader: &MemberNode,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .lease_keep_alive(LeaseKeepAliveRequest { id })
-            .await
-            .map_err(|status| PeerError::from_call(&status))?;
-        match lease_answer(answer.into_inner())? {
-            LeaseOutcome::KeepAlive(answer) => Ok(answer),
-            _ => Err(PeerError::Failed("the leader answered something else".into())),
-        }
+        let rpc = |mut c: PeerRpc| async move { c.lease_keep_alive(LeaseKeepAliveRequest { id }).await };
+        self.relay(leader, rpc, |outcome| match outcome {
+            LeaseOutcome::KeepAlive(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     /// Relays a client's time-to-live request to the leader at `leader`.
@@ -204,52 +228,37 @@ impl Peers {
         leader: &MemberNode,
         request: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .lease_time_to_live(request)
-            .await
-            .map_err(|status| PeerError::from_call(&status))?;
-        match lease_answer(answer.into_inner())? {
-            LeaseOutcome::TimeToLive(answer) => Ok(answer),
-            _ => Err(PeerError::Failed("the leader answered something else".into())),
-        }
+        let rpc = |mut c: PeerRpc| async move { c.lease_time_to_live(request).await };
+        self.relay(leader, rpc, |outcome| match outcome {
+            LeaseOutcome::TimeToLive(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     /// Relays a client's request for every lease to the leader at `leader`.
     pub async fn lease_leases(&self, leader: &MemberNode) -> Result<LeaseLeasesResponse, PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .lease_leases(LeaseLeasesRequest {})
-            .await
-            .map_err(|status| PeerError::from_call(&status))?;
-        match lease_answer(answer.into_inner())? {
-            LeaseOutcome::Leases(answer) => Ok(answer),
-            _ => Err(PeerError::Failed("the leader answered something else".into())),
-        }
+        let rpc = |mut c: PeerRpc| async move { c.lease_leases(LeaseLeasesRequest {}).await };
+        self.relay(leader, rpc, |outcome| match outcome {
+            LeaseOutcome::Leases(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     /// Asks the leader at `leader` for a read index.
     pub async fn read_index(&self, leader: &MemberNode) -> Result<u64, PeerError> {
-        let mut client = self.client(leader).map_err(PeerError::Unreachable)?;
-        let answer = client
-            .read_index(ReadIndexRequest {})
-            .await
-            .map_err(|status| PeerError::from_call(&status))?
-            .into_inner();
+        let answer = self
+            .ask(
+                leader,
+                |mut c| async move { c.read_index(ReadIndexRequest {}).await },
+            )
+            .await?;
         match answer.outcome {
             Some(read_index_response::Outcome::Index(index)) => Ok(index),
             Some(read_index_response::Outcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
             None => Err(PeerError::Failed("the leader answered no read index".into())),
         }
-    }
-}
-
-/// A relayed lease request's answer, or why there is none.
-fn lease_answer(answer: LeaseRelayResponse) -> Result<LeaseOutcome, PeerError> {
-    match answer.outcome {
-        Some(LeaseOutcome::Failed(failed)) => Err(PeerError::from_proto(failed)),
-        Some(outcome) => Ok(outcome),
-        None => Err(PeerError::Failed("the leader answered nothing".into())),
     }
 }
 

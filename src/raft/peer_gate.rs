@@ -84,6 +84,11 @@ impl PeerGate {
         }
     }
 
+    /// The cluster this member belongs to.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
     /// Admits a call with `metadata` and returns its sender's ID, or the status it is refused
     /// with.
     pub async fn admit(&self, metadata: &MetadataMap, call: Call) -> Result<u64, Status> {

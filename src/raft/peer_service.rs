@@ -53,21 +53,19 @@ pub struct PeerService {
     raft: Raft,
     gate: Arc<PeerGate>,
     clock: Arc<dyn LeaseClock>,
-    cluster_id: u64,
     snapshot_dir: PathBuf,
     request_timeout: Duration,
     admission: Admission,
 }
 
 impl PeerService {
-    /// A peer service over `raft` in cluster `cluster_id`, admitting callers through `gate`
-    /// and answering lease relays from `clock`; incoming snapshots are written into
+    /// A peer service over `raft`, admitting callers of its cluster through `gate` and
+    /// answering lease relays from `clock`; incoming snapshots are written into
     /// `snapshot_dir`; forwarded writes pass `admission` and give up after `request_timeout`.
     pub fn new(
         raft: Raft,
         gate: PeerGate,
         clock: Arc<dyn LeaseClock>,
-        cluster_id: u64,
         snapshot_dir: PathBuf,
         request_timeout: Duration,
         admission: Admission,
@@ -76,7 +74,6 @@ impl PeerService {
             raft,
             gate: Arc::new(gate),
             clock,
-            cluster_id,
             snapshot_dir,
             request_timeout,
             admission,
@@ -232,7 +229,7 @@ impl RaftPeer for PeerService {
             .map(|(id, _, _)| id)
             .collect();
         Ok(Response::new(ClusterInfoResponse {
-            cluster_id: self.cluster_id,
+            cluster_id: self.gate.cluster_id(),
             member_ids,
         }))
     }
