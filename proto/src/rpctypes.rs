@@ -138,7 +138,8 @@ pub const STOPPED: RpcError = RpcError::new(Code::Unavailable, "etcdserver: serv
 
 // Watch.
 
-/// A create request with a watch ID the stream already uses (a canceled watch's reason).
+/// A create request with a watch ID the stream already uses: etcd's `ErrWatcherDuplicateID`,
+/// prefix included, sent verbatim as the canceled watch's `cancel_reason`.
 pub const DUPLICATE_WATCH_ID: RpcError = RpcError::new(
     Code::InvalidArgument,
     "mvcc: duplicate watch ID provided on the WatchStream",
@@ -153,6 +154,14 @@ pub const ELECTION_NOT_LEADER: RpcError = RpcError::new(Code::Unknown, "election
 pub const ELECTION_NO_LEADER: RpcError = RpcError::new(Code::Unknown, "election: no leader");
 /// `"leader" field must be provided` (Proclaim or Resign without a leader key).
 pub const MISSING_LEADER_KEY: RpcError = RpcError::new(Code::Unknown, "\"leader\" field must be provided");
+
+/// What etcd's transport (grpc-go) answers a request of `found` bytes over its `limit`:
+/// `RESOURCE_EXHAUSTED` `grpc: received message larger than max (found vs. limit)`.
+pub fn message_too_large(found: &str, limit: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ))
+}
 
 /// Whether `status` says the requested revision has been compacted.
 pub fn is_compacted(status: &Status) -> bool {

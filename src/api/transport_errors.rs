@@ -8,6 +8,7 @@
 //! message larger than max (N vs. LIMIT)". A request above `--max-request-bytes` but within
 //! the gRPC limit reaches the service and gets etcd's `request is too large`, as in etcd.
 
+use concord_proto::rpctypes;
 use tonic::{Code, Status};
 
 /// What tonic's refusal of an oversized message starts with.
@@ -40,9 +41,7 @@ fn rewrite(status: &Status) -> Option<Status> {
     let rest = status.message().strip_prefix(TONIC_TOO_LARGE)?;
     let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
     let limit = rest.strip_suffix(" bytes")?;
-    Some(Status::resource_exhausted(format!(
-        "grpc: received message larger than max ({found} vs. {limit})"
-    )))
+    Some(rpctypes::message_too_large(found, limit))
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ pub fn check_txn_limits(r: &TxnRequest, max_ops: usize) -> Result<(), TooManyOps
 
 /// etcd's `checkTxnRequest` without the op counts: every key present, every op well formed, in
 /// both branches and every nested txn (no overlap check: see [`check_txn_request`]).
-pub fn check_txn_ops(r: &TxnRequest) -> Result<(), MvccError> {
+fn check_txn_ops(r: &TxnRequest) -> Result<(), MvccError> {
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(MvccError::EmptyKey);
     }

@@ -38,10 +38,6 @@ pub struct StreamId {
 /// Responses a stream buffers for its client before its watchers fall back to catch-up.
 pub const STREAM_CAPACITY: usize = 256;
 
-/// etcd's text when a client picks a watch id its stream already uses (etcd's
-/// `mvcc.ErrWatcherDuplicateID`, prefix included: it is sent as `cancel_reason` verbatim).
-pub const ERR_DUPLICATE_ID: &str = concord_proto::rpctypes::DUPLICATE_WATCH_ID.text();
-
 /// etcd fragments a watch response only when it is larger than `--max-request-bytes` plus the
 /// 512 KiB of gRPC overhead it allows requests (its watch server's `maxRequestBytes` is
 /// `MaxRequestBytes + grpcOverheadBytes`): with `--max-request-bytes 65536`, etcd 3.4 sends a
@@ -177,7 +173,7 @@ impl WatchHub {
             ids.next_auto += 1;
             ids.next_auto - 1
         } else if ids.used.contains(&requested) {
-            return Err(ERR_DUPLICATE_ID);
+            return Err(concord_proto::rpctypes::DUPLICATE_WATCH_ID.text());
         } else {
             requested
         };
@@ -482,7 +478,10 @@ mod tests {
         let f = fixture();
         let stream = f.hub.new_stream(0);
         assert_eq!(f.hub.reserve(stream, 1).unwrap().0, 1);
-        assert_eq!(f.hub.reserve(stream, 1), Err(ERR_DUPLICATE_ID));
+        assert_eq!(
+            f.hub.reserve(stream, 1),
+            Err(concord_proto::rpctypes::DUPLICATE_WATCH_ID.text())
+        );
         assert_eq!(f.hub.reserve(stream, 0).unwrap().0, 0);
         assert_eq!(f.hub.reserve(stream, 0).unwrap().0, 2);
         assert!(f.hub.cancel(stream, 1));
