@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "proto/v3lockpb/v3lock.proto",
     "proto/v3electionpb/v3election.proto",
     "proto/concord/raftpb.proto",
+    "proto/concord/registry/v1/registry.proto",
+    "proto/concord/pubsub/v1/pubsub.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use concord_proto::concord::pubsub::v1::pub_sub_server::PubSubServer;
+use concord_proto::concord::registry::v1::registry_server::RegistryServer;
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
@@ -20,7 +22,7 @@ use tonic::service::Routes;
 use crate::api::{
     Api, cluster, cluster::ClusterService, election::ElectionService, health, kv::KvService,
     lease::LeaseService, local_kv::LocalKv, lock::LockService, maintenance::MaintenanceService, metrics,
-    transport_errors, watch::WatchService,
+    pubsub::PubSubService, registry::RegistryService, transport_errors, watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -241,6 +243,14 @@ fn routes(api: &Arc<Api>, config: &Config, lease_service: LeaseService) -> Route
             recipes_kv.clone()
         ))))
         .add_service(client_service!(ElectionServer::new(ElectionService::new(
+            recipes_kv.clone()
+        ))))
+        .add_service(client_service!(RegistryServer::new(RegistryService::new(
+            api.clone(),
+            recipes_kv.clone()
+        ))))
+        .add_service(client_service!(PubSubServer::new(PubSubService::new(
+            api.clone(),
             recipes_kv
         ))));
     let router = std::mem::take(routes.axum_router_mut());

@@ -23,6 +23,8 @@ use std::sync::{Mutex, PoisonError};
 
 use std::time::Duration;
 
+use concord_proto::concord::pubsub::v1::pub_sub_client::PubSubClient;
+use concord_proto::concord::registry::v1::registry_client::RegistryClient;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::{Channel, Endpoint};
@@ -47,6 +49,14 @@ pub(crate) fn kv(channel: Channel) -> KvClient<Channel> {
 
 pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
     LeaseClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub(crate) fn registry(channel: Channel) -> RegistryClient<Channel> {
+    RegistryClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub(crate) fn pubsub(channel: Channel) -> PubSubClient<Channel> {
+    PubSubClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// Whether a request may be sent twice.
@@ -263,6 +273,45 @@ impl Endpoints {
     }
 }
 
+/// A server stream opened by [`Endpoints::open_stream`], with the channel it runs on.
+pub(crate) struct OpenStream<T> {
+    /// The responses.
+    pub(crate) responses: tonic::Streaming<T>,
+    index: usize,
+    generation: u64,
+}
+
+impl Endpoints {
+    /// Opens a server stream with `open` (retried on the next endpoint like a read until the
+    /// server answers).
+    pub(crate) async fn open_stream<T, F, Fut>(&self, mut open: F) -> Result<OpenStream<T>, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
+    {
+        self.call(Idempotence::Idempotent, |conn| {
+            let (index, generation) = (conn.index, conn.generation);
+            let opened = open(conn.channel);
+            async move {
+                Ok(OpenStream {
+                    responses: opened.await?.into_inner(),
+                    index,
+                    generation,
+                })
+            }
+        })
+        .await
+    }
+
+    /// A stream opened by [`open_stream`](Self::open_stream) broke with `status`: if that says
+    /// its endpoint failed, the next request goes to the next endpoint.
+    pub(crate) fn stream_broke<T>(&self, stream: &OpenStream<T>, status: &Status) {
+        if is_transient(status) {
+            self.failed(stream.index, Some(stream.generation));
+        }
+    }
+}
+
 /// Checks and configures one endpoint.
 fn slot(uri: &str, options: &ClientOptions) -> Result<Slot, Error> {
     let invalid = |reason: String| Error::InvalidEndpoint {
@@ -299,6 +348,12 @@ fn slot(uri: &str, options: &ClientOptions) -> Result<Slot, Error> {
         endpoint,
         channel: Mutex::new(None),
     })
+}
+
+/// Whether `status` says the endpoint failed (unreachable, broken, unhealthy, too slow) rather
+/// than answered: a long-lived stream that ends with it is reopened, elsewhere if need be.
+pub(crate) fn is_transient(status: &Status) -> bool {
+    classify(status) != Failure::Final
 }
 
 /// How a failed attempt failed.

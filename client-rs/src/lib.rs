@@ -8,10 +8,14 @@
 //!
 //! - key-values: [`Client::put`], [`Client::get`], [`Client::get_prefix`], [`Client::delete`];
 //! - locks: [`Client::lock`] gives a [`LockGuard`] (with a fencing compare);
-//! - service registry: [`Client::register`] gives a heartbeating [`Registration`];
-//!   [`Client::discover`] lists instances, [`Client::watch_service`] follows membership;
+//! - service registry (through the server's Registry service): [`Client::register`] gives a
+//!   heartbeating [`Registration`] that registers again by itself after a lost lease;
+//!   [`Client::discover`] gives an always-current [`Discovery`] with pickers,
+//!   [`Client::watch_service`] follows membership, [`Client::instances`] lists it once;
 //! - typed config hot reload: [`Client::config`] gives a [`ConfigWatch`];
 //!   [`Client::put_config`] and [`Client::put_config_if`] write it;
+//! - pub/sub (through the server's PubSub service): [`Client::publish`], and
+//!   [`Client::subscribe`] gives a [`Subscription`] that resumes by itself;
 //! - leader election: [`Client::campaign`] gives a [`Leadership`]; [`Client::observe`]
 //!   follows the leader.
 //!
@@ -49,6 +53,7 @@ mod lease;
 mod lock;
 mod options;
 mod owned;
+mod pubsub;
 mod registry;
 mod watch;
 
@@ -60,8 +65,10 @@ pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, Result};
 pub use lock::LockGuard;
 pub use options::ClientOptions;
+pub use pubsub::{Message, Retention, Subscription, TOPICS_PREFIX, TopicStatus};
 pub use registry::{
-    Endpoint, Instance, Membership, MembershipChange, Registration, SERVICES_PREFIX, ServiceWatch,
+    Discovery, Endpoint, Instance, Membership, MembershipChange, NewInstance, Registration,
+    RegistrationState, SERVICES_PREFIX, ServiceWatch,
 };
 
 pub use concord_recipes::election::LeaderKey;

@@ -15,6 +15,7 @@
 //! - [`v3lockpb`]: the `Lock` service.
 //! - [`v3electionpb`]: the `Election` service.
 //! - [`raftpb`]: Concord's own Raft log commands and entries (not etcd's API).
+//! - [`concord`]: Concord's own client services (`concord.registry.v1`, `concord.pubsub.v1`).
 //!
 //! Every service has a generated server (`<service>_server::{Trait, TraitServer}`)
 //! and client (`<service>_client::<Service>Client`), all on [`codec::GuardedCodec`], which
@@ -61,6 +62,27 @@ pub mod v3electionpb {
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod raftpb {
     tonic::include_proto!("concordraftpb");
+}
+
+/// Concord's own client services (package `concord.*`), beside etcd's.
+pub mod concord {
+    /// The service registry (package `concord.registry.v1`).
+    pub mod registry {
+        /// Version 1.
+        #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+        pub mod v1 {
+            tonic::include_proto!("concord.registry.v1");
+        }
+    }
+
+    /// Publish/subscribe (package `concord.pubsub.v1`).
+    pub mod pubsub {
+        /// Version 1.
+        #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+        pub mod v1 {
+            tonic::include_proto!("concord.pubsub.v1");
+        }
+    }
 }
 
 #[cfg(test)]

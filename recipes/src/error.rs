@@ -30,6 +30,15 @@ pub enum Error {
     /// The caller's input cannot be used (an empty name, a zero-sized semaphore, ...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A revision or version outside what is kept (below a topic's retention, ...).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Something named does not exist (a config namespace, a version no longer kept, ...).
+    #[error("{0}")]
+    NotFound(String),
+    /// A compare-and-set lost: what the caller expected is not what is stored.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl Error {
@@ -51,6 +60,24 @@ impl Error {
             Error::SessionExpired => tonic::Status::unknown(rpctypes::LEASE_NOT_FOUND.text()),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(self.to_string()),
             _ => tonic::Status::unknown(self.to_string()),
+        }
+    }
+
+    /// The gRPC status Concord's own services (registry, config, pub/sub) answer with: the
+    /// store's status unchanged, and a code of its own for each of the recipes' errors.
+    pub fn to_service_status(&self) -> tonic::Status {
+        use tonic::Status;
+        match self {
+            Error::Store(status) => status.clone(),
+            Error::WatchEnded(_) => Status::unavailable(self.to_string()),
+            Error::SessionExpired => rpctypes::LEASE_NOT_FOUND.status(),
+            Error::InvalidArgument(_) => Status::invalid_argument(self.to_string()),
+            Error::OutOfRange(_) => Status::out_of_range(self.to_string()),
+            Error::NotFound(_) => Status::not_found(self.to_string()),
+            Error::Conflict(_) | Error::Locked => Status::failed_precondition(self.to_string()),
+            Error::NotLeader | Error::NoLeader | Error::NotHeld(_) => {
+                Status::failed_precondition(self.to_string())
+            }
         }
     }
 }

@@ -255,7 +255,7 @@ pub(crate) fn revision_of(response: &TxnResponse) -> i64 {
 }
 
 /// Nanoseconds since the Unix epoch (0 if the clock is before it).
-fn unix_nanos() -> u128 {
+pub(crate) fn unix_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos())

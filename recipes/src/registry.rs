@@ -21,7 +21,7 @@
 
 mod endpoint;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use concord_proto::etcdserverpb::{
@@ -69,16 +69,22 @@ pub enum MembershipChange {
     },
 }
 
-/// A service's membership at one revision, and how it got there from the previous one.
+/// How a service's membership changed at one revision.
+///
+/// The membership itself (every instance) is [`ServiceWatch::instances`], as of the last
+/// `Membership` yielded; it is kept once per watch, not copied into every change, so a watch of
+/// a service with thousands of instances costs one map, not one map per revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Membership {
-    /// The revision this membership is as of.
+    /// The revision this change is as of.
     pub revision: i64,
-    /// Every instance, by ID.
-    pub instances: Vec<Instance>,
     /// The changes since the previous membership. The first membership a watch yields lists
     /// every instance as [`Added`](MembershipChange::Added).
     pub changes: Vec<MembershipChange>,
+    /// True when the history between the previous membership and this one was compacted
+    /// away, so the changes were found by reading the membership again (and comparing) rather
+    /// than from the history: the intermediate revisions are not reported.
+    pub resynced: bool,
 }
 
 /// A registry under one key prefix.
@@ -271,8 +277,8 @@ impl<K: Kv> Registry<K> {
         };
         let first = Membership {
             revision,
-            instances: members.values().cloned().collect(),
             changes: members.values().cloned().map(MembershipChange::Added).collect(),
+            resynced: false,
         };
         let follow = Follow::new(
             self.kv.clone(),
@@ -286,7 +292,8 @@ impl<K: Kv> Registry<K> {
             prefix,
             members,
             follow,
-            ready: vec![first],
+            first: Some(first),
+            pending: VecDeque::new(),
         })
     }
 }
@@ -298,8 +305,10 @@ pub struct ServiceWatch<K: Kv> {
     prefix: String,
     members: BTreeMap<String, Instance>,
     follow: Follow<K>,
-    /// Memberships to yield before reading on (in reverse order).
-    ready: Vec<Membership>,
+    /// The first membership, until it is yielded.
+    first: Option<Membership>,
+    /// Events read but not yet applied, in revision order.
+    pending: VecDeque<Event>,
 }
 
 impl<K: Kv> ServiceWatch<K> {
@@ -312,14 +321,27 @@ impl<K: Kv> ServiceWatch<K> {
         self
     }
 
+    /// Every instance, by ID, as of the last membership [`next`](Self::next) yielded.
+    pub fn instances(&self) -> impl ExactSizeIterator<Item = &Instance> {
+        self.members.values()
+    }
+
+    /// The instance `id`, as of the last membership [`next`](Self::next) yielded.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.members.get(id)
+    }
+
     /// The next membership: the first call gives the membership the watch started from.
     pub async fn next(&mut self) -> Result<Membership> {
+        if let Some(first) = self.first.take() {
+            return Ok(first);
+        }
         loop {
-            if let Some(membership) = self.ready.pop() {
+            if let Some(membership) = self.apply_one_revision() {
                 return Ok(membership);
             }
             match self.follow.next().await? {
-                Step::Batch(batch) => self.apply(batch.events),
+                Step::Batch(batch) => self.pending.extend(batch.events),
                 Step::Compacted => {
                     // Revisions were lost: compare with a fresh read instead.
                     let (revision, now) = self.registry.members(&self.service, 0).await?;
@@ -341,19 +363,22 @@ impl<K: Kv> ServiceWatch<K> {
                     self.members = now;
                     self.follow.restart_at(revision + 1);
                     if !changes.is_empty() {
-                        return Ok(self.membership(revision, changes));
+                        return Ok(Membership {
+                            revision,
+                            changes,
+                            resynced: true,
+                        });
                     }
                 }
             }
         }
     }
 
-    /// Applies a batch's events, queueing one membership per revision that changes it.
-    fn apply(&mut self, events: Vec<Event>) {
-        let mut queued = Vec::new();
+    /// Applies the pending events of the oldest revision that changes the membership; `None`
+    /// once no pending event does.
+    fn apply_one_revision(&mut self) -> Option<Membership> {
         let mut changes = Vec::new();
-        let mut events = events.into_iter().peekable();
-        while let Some(event) = events.next() {
+        while let Some(event) = self.pending.pop_front() {
             let Some(kv) = event.kv else { continue };
             let revision = kv.mod_revision;
             if event.r#type == EventType::Delete as i32 {
@@ -368,24 +393,26 @@ impl<K: Kv> ServiceWatch<K> {
                     None => changes.push(MembershipChange::Added(instance)),
                     Some(_) => changes.push(MembershipChange::Updated(instance)),
                 }
+            } else if let Some(id) = kv.key.strip_prefix(self.prefix.as_bytes()) {
+                // An instance overwritten with something unreadable is gone.
+                let id = String::from_utf8_lossy(id).into_owned();
+                if self.members.remove(&id).is_some() {
+                    changes.push(MembershipChange::Removed { id });
+                }
             }
-            let revision_ends = events
-                .peek()
+            let revision_ends = self
+                .pending
+                .front()
                 .is_none_or(|next| next.kv.as_ref().is_none_or(|kv| kv.mod_revision != revision));
             if revision_ends && !changes.is_empty() {
-                queued.push(self.membership(revision, std::mem::take(&mut changes)));
+                return Some(Membership {
+                    revision,
+                    changes,
+                    resynced: false,
+                });
             }
         }
-        queued.reverse();
-        self.ready = queued;
-    }
-
-    fn membership(&self, revision: i64, changes: Vec<MembershipChange>) -> Membership {
-        Membership {
-            revision,
-            instances: self.members.values().cloned().collect(),
-            changes,
-        }
+        None
     }
 }
 

@@ -16,6 +16,8 @@ pub mod local_kv;
 pub mod lock;
 pub mod maintenance;
 pub mod metrics;
+pub mod pubsub;
+pub mod registry;
 pub mod transport_errors;
 pub mod watch;
 

@@ -227,7 +227,7 @@ async fn registrations_come_and_go() {
     let ttl = Duration::from_secs(2);
     let a1 = client.register("api", "a1", "10.0.0.1:80", ttl).await.unwrap();
     assert_eq!(a1.key(), "services/api/a1");
-    let found = observer.discover("api").await.unwrap();
+    let found = observer.instances("api").await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(
         (found[0].id.as_str(), found[0].endpoint.addr.as_str()),
@@ -242,12 +242,12 @@ async fn registrations_come_and_go() {
 
     // Heartbeats keep it past its TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(observer.discover("api").await.unwrap().len(), 1);
-    assert!(!a1.is_lost());
+    assert_eq!(observer.instances("api").await.unwrap().len(), 1);
+    assert!(a1.is_registered());
 
     // Deregistered: gone at once.
     a1.deregister().await.unwrap();
-    assert!(observer.discover("api").await.unwrap().is_empty());
+    assert!(observer.instances("api").await.unwrap().is_empty());
     let left = next_change(&mut members).await;
     assert_eq!(left, MembershipChange::Removed { id: "a1".into() });
 
@@ -268,7 +268,7 @@ async fn registrations_come_and_go() {
     .join()
     .unwrap();
     let crashed = Instant::now();
-    let found = observer.discover("api").await.unwrap();
+    let found = observer.instances("api").await.unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].lease, lease);
     let joined = next_change(&mut members).await;
@@ -280,7 +280,7 @@ async fn registrations_come_and_go() {
     assert_eq!(left, MembershipChange::Removed { id: "a2".into() });
     let after = crashed.elapsed();
     assert!(after < Duration::from_secs(5), "expired after {after:?}");
-    assert!(observer.discover("api").await.unwrap().is_empty());
+    assert!(observer.instances("api").await.unwrap().is_empty());
 }
 
 /// The registry is stored in etcd's `naming/endpoints` format: etcdctl reads Concord's
@@ -301,7 +301,7 @@ async fn the_registry_is_in_etcds_naming_format() {
     let by_go = r#"{"Op":0,"Addr":"10.0.0.2:80","Metadata":{"zone":"b"}}"#;
     server.ctl(&["put", "services/api/go-1", by_go]);
     server.ctl(&["put", "services/api/not-json", "10.0.0.3:80"]);
-    let found = client.discover("api").await.unwrap();
+    let found = client.instances("api").await.unwrap();
     let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(
         ids,

@@ -30,18 +30,18 @@ fn payloads(messages: &[Message]) -> Vec<String> {
 async fn subscribers_see_history_then_live_messages_in_revision_order() {
     let kv = MemoryKv::new();
     let topic = Topic::new(kv.clone(), "news");
-    let first = topic.publish("m0", None).await.unwrap();
+    let first = topic.publish("m0").await.unwrap();
     for i in 1..3 {
-        topic.publish(format!("m{i}"), None).await.unwrap();
+        topic.publish(format!("m{i}")).await.unwrap();
     }
     Topic::new(kv.clone(), "other")
-        .publish("elsewhere", None)
+        .publish("elsewhere")
         .await
         .unwrap();
     let mut from_start = topic.subscribe(first).await.unwrap();
     let mut live_only = topic.subscribe(0).await.unwrap();
     for i in 3..6 {
-        topic.publish(format!("m{i}"), None).await.unwrap();
+        topic.publish(format!("m{i}")).await.unwrap();
     }
     let seen = take(&mut from_start, 6).await;
     assert_eq!(payloads(&seen), ["m0", "m1", "m2", "m3", "m4", "m5"]);
@@ -62,7 +62,7 @@ async fn resuming_from_the_last_seen_revision_plus_one_has_no_gap_and_no_duplica
     let topic = Topic::new(kv.clone(), "log");
     let mut published = Vec::new();
     for i in 0..5 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     let mut received = Vec::new();
     let mut subscription = topic.subscribe(1).await.unwrap();
@@ -70,14 +70,14 @@ async fn resuming_from_the_last_seen_revision_plus_one_has_no_gap_and_no_duplica
     drop(subscription); // the subscriber crashes after processing three
 
     for i in 5..8 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     let last_seen = received.last().unwrap().revision;
     let mut subscription = topic.subscribe(last_seen + 1).await.unwrap();
     let resumed = take(&mut subscription, 5).await;
     received.extend(resumed);
     for i in 8..10 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     received.extend(take(&mut subscription, 2).await);
 
@@ -90,39 +90,90 @@ async fn resuming_from_the_last_seen_revision_plus_one_has_no_gap_and_no_duplica
 }
 
 #[tokio::test(start_paused = true)]
-async fn retention_lease_expiry_removes_old_messages() {
+async fn retention_keeps_the_newest_messages_and_refuses_starts_below_it() {
     let kv = MemoryKv::new();
     let topic = Topic::new(kv.clone(), "ticks");
-    let retention = kv.lease_grant(60).await.unwrap().id;
-    let first = topic.publish("old 1", Some(retention)).await.unwrap();
-    topic.publish("old 2", Some(retention)).await.unwrap();
-    topic.publish("kept", None).await.unwrap();
-    assert_eq!(
-        payloads(&topic.retained().await.unwrap()),
-        ["old 1", "old 2", "kept"]
-    );
+    let first = topic.publish("m0").await.unwrap();
+    topic
+        .set_retention(Retention {
+            max_messages: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut published = vec![first];
+    for i in 1..6 {
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
+    }
+    assert_eq!(payloads(&topic.retained().await.unwrap()), ["m3", "m4", "m5"]);
+    let status = topic.status().await.unwrap();
+    assert_eq!((status.floor, status.kept), (published[2] + 1, 3));
 
-    kv.expire_lease(retention);
-    assert_eq!(payloads(&topic.retained().await.unwrap()), ["kept"]);
-    // The expiry is not a message; a replay from before it still has the history.
-    let mut replay = topic.subscribe(first).await.unwrap();
-    topic.publish("new", None).await.unwrap();
-    assert_eq!(
-        payloads(&take(&mut replay, 4).await),
-        ["old 1", "old 2", "kept", "new"]
+    // A start below the floor would replay removed messages: refused, naming the floor.
+    let Err(Error::OutOfRange(message)) = topic.subscribe(first).await else {
+        panic!("expected a start below retention to be refused");
+    };
+    assert!(
+        message.contains(&format!("oldest revision still kept is {}", status.floor)),
+        "{message}"
     );
+    // From the floor on: exactly the kept messages, then new ones.
+    let mut from_floor = topic.subscribe(status.floor).await.unwrap();
+    topic.publish("m6").await.unwrap();
+    assert_eq!(
+        payloads(&take(&mut from_floor, 4).await),
+        ["m3", "m4", "m5", "m6"]
+    );
+    // The topic's state is beside its messages, not among them: nothing else arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), from_floor.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(topic.retained().await.unwrap().len(), 3);
+}
 
-    // Publishing with a lease that is gone fails with the store's error.
-    let gone = topic.publish("late", Some(retention)).await.unwrap_err();
-    assert!(gone.to_string().contains("lease not found"), "{gone}");
+#[tokio::test(start_paused = true)]
+async fn retention_by_age_removes_messages_older_than_it() {
+    let kv = MemoryKv::new();
+    let topic = Topic::new(kv.clone(), "events");
+    let old = topic.publish("old").await.unwrap();
+    topic
+        .set_retention(Retention {
+            max_age: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Young enough: kept.
+    assert_eq!(topic.status().await.unwrap().kept, 1);
+    // An hour later by the clock the keys were stamped with: removed.
+    let later = crate::queue::unix_nanos() + Duration::from_secs(3600).as_nanos();
+    let floor = topic.trim_at(later).await.unwrap();
+    assert_eq!(floor, old + 1);
+    assert!(topic.retained().await.unwrap().is_empty());
+    assert!(matches!(topic.subscribe(old).await, Err(Error::OutOfRange(_))));
+    // Zero limits are refused and change nothing.
+    let zero = Retention {
+        max_messages: Some(0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        topic.set_retention(zero).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        topic.status().await.unwrap().retention.max_age,
+        Some(Duration::from_secs(60))
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn resuming_from_a_compacted_revision_is_an_error_not_a_gap() {
     let kv = FlakyKv::default();
     let topic = Topic::new(kv.clone(), "audit");
-    let first = topic.publish("m0", None).await.unwrap();
-    let second = topic.publish("m1", None).await.unwrap();
+    let first = topic.publish("m0").await.unwrap();
+    let second = topic.publish("m1").await.unwrap();
     kv.compact(second);
 
     let mut subscription = topic.subscribe(first).await.unwrap();

@@ -20,7 +20,7 @@ use concord_client::proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
 use concord_client::recipes::Error;
 use concord_client::recipes::barrier::{Barrier, DoubleBarrier};
 use concord_client::recipes::kv::prefix_end;
-use concord_client::recipes::pubsub::{Message, Subscription, Topic};
+use concord_client::recipes::pubsub::{Message, Retention, Subscription, Topic};
 use concord_client::recipes::queue::{PriorityQueue, Queue};
 use concord_client::recipes::rwmutex::RwMutex;
 use concord_client::recipes::semaphore::Semaphore;
@@ -451,17 +451,17 @@ async fn pubsub_delivers_in_order_and_a_resumed_subscription_has_no_gap() {
     let topic = Topic::new(kv.clone(), "news");
     let mut published = Vec::new();
     for i in 0..3 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     let other = Topic::new(kv.clone(), "other");
-    other.publish("elsewhere", None).await.unwrap();
+    other.publish("elsewhere").await.unwrap();
 
     // From the first message's revision: the history, then live. From 0: only what follows.
     let subscriber = Topic::new(client(&server).await, "news");
     let mut from_start = subscriber.subscribe(published[0]).await.unwrap();
     let mut live_only = subscriber.subscribe(0).await.unwrap();
     for i in 3..6 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     let seen = take(&mut from_start, 6).await;
     assert_eq!(payloads(&seen), numbered(0, 6));
@@ -474,12 +474,12 @@ async fn pubsub_delivers_in_order_and_a_resumed_subscription_has_no_gap() {
     // The subscriber stops after processing m3, and resumes after it: no gap, no duplicate.
     drop((from_start, live_only));
     for i in 6..8 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     let mut resumed = subscriber.subscribe(seen[3].revision + 1).await.unwrap();
     let mut received = take(&mut resumed, 4).await;
     for i in 8..10 {
-        published.push(topic.publish(format!("m{i}"), None).await.unwrap());
+        published.push(topic.publish(format!("m{i}")).await.unwrap());
     }
     received.extend(take(&mut resumed, 2).await);
     assert_eq!(payloads(&received), numbered(4, 10));
@@ -489,23 +489,32 @@ async fn pubsub_delivers_in_order_and_a_resumed_subscription_has_no_gap() {
     assert_eq!(payloads(&retained), numbered(0, 10));
     assert_eq!(revisions(&retained), published);
 
-    // A message on a retention lease goes with the lease; the deletion is no message, and a
-    // replay from before it still has it.
-    let lease = kv.lease_grant(60).await.unwrap().id;
-    let old = topic.publish("old", Some(lease)).await.unwrap();
-    assert_eq!(subscriber.retained().await.unwrap().len(), 11);
-    kv.lease_revoke(lease).await.unwrap();
+    // A retention of 4 messages removes the oldest at once; a start below it is refused with
+    // the oldest revision still kept, and a start from there replays exactly what is kept.
+    let four = Retention {
+        max_messages: Some(4),
+        ..Default::default()
+    };
+    topic.set_retention(four).await.unwrap();
     let retained = subscriber.retained().await.unwrap();
-    assert_eq!(payloads(&retained), numbered(0, 10));
-    topic.publish("new", None).await.unwrap();
-    let mut replay = subscriber.subscribe(old).await.unwrap();
-    assert_eq!(payloads(&take(&mut replay, 2).await), ["old", "new"]);
+    assert_eq!(payloads(&retained), numbered(6, 10));
+    let floor = published[5] + 1;
+    let below = subscriber.subscribe(published[0]).await.err().unwrap();
+    assert!(
+        below
+            .to_string()
+            .contains(&format!("oldest revision still kept is {floor}")),
+        "{below}"
+    );
+    let mut replay = subscriber.subscribe(floor).await.unwrap();
+    topic.publish("new").await.unwrap();
+    assert_eq!(
+        payloads(&take(&mut replay, 5).await),
+        ["m6", "m7", "m8", "m9", "new"]
+    );
     let more = tokio::time::timeout(STILL_WAITING, replay.next()).await;
     assert!(more.is_err(), "a message nobody published: {more:?}");
-
-    // Publishing with a lease that is gone fails with the store's error.
-    let gone = topic.publish("late", Some(lease)).await.unwrap_err();
-    assert!(gone.to_string().contains("lease not found"), "{gone}");
+    assert_eq!(subscriber.retained().await.unwrap().len(), 4);
 }
 
 /// The one pub/sub behaviour the double cannot show (it never compacts; the unit test wraps
@@ -516,8 +525,8 @@ async fn pubsub_resuming_from_a_compacted_revision_is_an_error_not_a_gap() {
     let server = Server::start(dir.path(), &[]);
     let kv = client(&server).await;
     let topic = Topic::new(kv.clone(), "audit");
-    let first = topic.publish("m0", None).await.unwrap();
-    let second = topic.publish("m1", None).await.unwrap();
+    let first = topic.publish("m0").await.unwrap();
+    let second = topic.publish("m1").await.unwrap();
     let mut etcd = super::support::connect(&server).await;
     etcd.compact(second, None).await.unwrap();
 
@@ -540,6 +549,6 @@ async fn pubsub_resuming_from_a_compacted_revision_is_an_error_not_a_gap() {
     assert!(after.is_none(), "the stream ends after its error");
 
     let mut from_retained = topic.subscribe(second).await.unwrap();
-    topic.publish("m2", None).await.unwrap();
+    topic.publish("m2").await.unwrap();
     assert_eq!(payloads(&take(&mut from_retained, 2).await), ["m1", "m2"]);
 }
