@@ -8,6 +8,7 @@
 //! order of arrival and needs no clocks.
 
 pub mod barrier;
+pub mod config;
 pub mod election;
 pub mod error;
 pub mod follow;
