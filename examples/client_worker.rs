@@ -13,8 +13,8 @@ use std::time::Duration;
 use concord_client::{Client, MembershipChange};
 use futures::StreamExt;
 
-/// The workers' config, as JSON in `config/workers`.
-#[derive(Debug, serde::Deserialize)]
+/// The workers' config: namespace `workers`, key `settings`, as JSON.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 struct WorkerConfig {
     batch_size: u32,
 }
@@ -45,18 +45,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let mut config = client.config::<WorkerConfig>("config/workers").await?;
-    println!("config: {:?}", config.current().map(|c| &c.value));
+    if client.config_version("workers", "settings", 0).await.is_err() {
+        client
+            .put_config("workers", "settings", &WorkerConfig { batch_size: 10 })
+            .await?;
+    }
+    let mut config = client.config::<WorkerConfig>("workers", "settings").await?;
+    println!("config: {:?}", config.current().map(|c| c.value.batch_size));
     tokio::spawn(async move {
-        loop {
-            match config.changed().await {
-                Ok(Some(new)) => println!("config v{}: batch size {}", new.version, new.value.batch_size),
-                Ok(None) => println!("config removed"),
-                Err(err) => {
-                    eprintln!("config: {err}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        while let Ok(Some(new)) = config.changed().await {
+            println!("config v{}: batch size {}", new.version, new.value.batch_size);
         }
     });
 

@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/concord/raftpb.proto",
     "proto/concord/registry/v1/registry.proto",
     "proto/concord/pubsub/v1/pubsub.proto",
+    "proto/concord/config/v1/config.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

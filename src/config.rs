@@ -68,6 +68,9 @@ pub struct Flags {
     /// `5s`, `500ms`).
     #[arg(long, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: String,
+    /// How many versions of each config-center key are kept (Concord's own flag).
+    #[arg(long, default_value_t = concord_recipes::config::DEFAULT_KEEP)]
+    pub config_history_limit: u64,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -124,6 +127,8 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Interval of progress notifications for watchers that asked for them.
     pub watch_progress_notify_interval: Duration,
+    /// Versions kept per config-center key.
+    pub config_history_limit: u64,
 }
 
 impl Default for Config {
@@ -179,6 +184,9 @@ impl Config {
                 flags.election_timeout, flags.heartbeat_interval
             )));
         }
+        if flags.config_history_limit == 0 {
+            return Err(Error::Config("--config-history-limit must be positive".into()));
+        }
         if flags.max_txn_ops == 0 || flags.max_request_bytes == 0 {
             return Err(Error::Config(
                 "--max-txn-ops and --max-request-bytes must be positive".into(),
@@ -202,6 +210,7 @@ impl Config {
             watch_progress_notify_interval: parse_duration(
                 &flags.experimental_watch_progress_notify_interval,
             )?,
+            config_history_limit: flags.config_history_limit,
         })
     }
 }

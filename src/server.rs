@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use concord_proto::concord::config::v1::config_server::ConfigServer;
 use concord_proto::concord::pubsub::v1::pub_sub_server::PubSubServer;
 use concord_proto::concord::registry::v1::registry_server::RegistryServer;
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -20,9 +21,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
 use crate::api::{
-    Api, cluster, cluster::ClusterService, election::ElectionService, health, kv::KvService,
-    lease::LeaseService, local_kv::LocalKv, lock::LockService, maintenance::MaintenanceService, metrics,
-    pubsub::PubSubService, registry::RegistryService, transport_errors, watch::WatchService,
+    Api, cluster, cluster::ClusterService, config_center::ConfigService, election::ElectionService, health,
+    kv::KvService, lease::LeaseService, local_kv::LocalKv, lock::LockService,
+    maintenance::MaintenanceService, metrics, pubsub::PubSubService, registry::RegistryService,
+    transport_errors, watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -248,6 +250,11 @@ fn routes(api: &Arc<Api>, config: &Config, lease_service: LeaseService) -> Route
         .add_service(client_service!(RegistryServer::new(RegistryService::new(
             api.clone(),
             recipes_kv.clone()
+        ))))
+        .add_service(client_service!(ConfigServer::new(ConfigService::new(
+            api.clone(),
+            recipes_kv.clone(),
+            config.config_history_limit
         ))))
         .add_service(client_service!(PubSubServer::new(PubSubService::new(
             api.clone(),

@@ -77,12 +77,6 @@ impl Client {
         self.inner.endpoints.options()
     }
 
-    /// The pause before the `n`th retry in a row, as the options say (for long-lived watches).
-    pub(crate) fn backoff(&self) -> impl Fn(usize) -> std::time::Duration + Send + Sync + 'static {
-        let options = self.options().clone();
-        move |n| options.backoff(n)
-    }
-
     /// Every endpoint's URL, in the order given.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.uris()

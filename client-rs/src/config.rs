@@ -1,245 +1,282 @@
-//! Typed configuration in one key, as JSON: [`Client::config`] follows it, [`Client::put_config`]
-//! and [`Client::put_config_if`] write it.
+//! Typed configuration through the server's `concord.config.v1.Config` service:
+//! [`Client::config`] follows a key as a typed value, [`Client::put_config`] and friends write
+//! it.
 //!
-//! A value's *version* is the key's mod revision, so versions grow with every write, across
-//! keys, and a compare-and-swap on a version is a compare on the mod revision.
+//! A key's versions are numbered 1, 2, 3 ... by the server, which parses every value in its
+//! format (JSON, YAML, TOML, text) and checks it against the namespace's schema before storing
+//! it. The client decodes each version into the caller's type. A version that does not decode
+//! keeps the last good one, is logged, and is reported to the server as rejected, so
+//! `concordctl config status` shows who runs what and who refused what.
 
-use std::collections::VecDeque;
+mod cache;
+mod follow;
 
-use concord_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest, compare};
-use concord_proto::mvccpb::{KeyValue, event::EventType};
-use concord_recipes::Kv;
-use concord_recipes::kv::{create_revision_is, get_op, put_op, range_result};
-use futures::Stream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use concord_proto::concord::config::v1 as pb;
+use concord_recipes::config::Format;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::client::Client;
+use crate::endpoints::{Idempotence, config, is_transient, unary};
 use crate::error::{Error, Result};
-use concord_recipes::follow::{Follow, Step};
 
-/// A decoded value and its version (the key's mod revision when it was written).
+/// A decoded config value and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned<T> {
     /// The value.
     pub value: T,
-    /// The key's mod revision.
-    pub version: i64,
+    /// The key's version (1, 2, 3 ...).
+    pub version: u64,
+    /// The store revision that wrote it.
+    pub revision: i64,
+}
+
+/// A version the client could not decode into its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The version.
+    pub version: u64,
+    /// Why it was rejected.
+    pub error: String,
+}
+
+/// How [`Client::config_with`] follows a key.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOptions {
+    /// A file that keeps the last good version: written after each applied version, and read
+    /// at start when no member can be reached, so the program starts with its last good config.
+    pub cache_file: Option<PathBuf>,
+    /// The ID this client reports under (default: `<host>-<pid>`).
+    pub client_id: Option<String>,
 }
 
 impl Client {
-    /// Follows the JSON value of `key` as a `T`: [`ConfigWatch::current`] is the value now,
-    /// [`ConfigWatch::changed`] waits for the next version. The watch survives endpoint
-    /// failures and misses no version; a version that fails to decode is reported as an
-    /// [`Error::Decode`] and the watch carries on.
+    /// Writes `value` as JSON to `namespace`/`key`; its new version.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// let version = client.put_config("billing", "limits", &serde_json::json!({"max": 10})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_config<T: Serialize + ?Sized>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<u64> {
+        let text = encode(key, value)?;
+        self.put_config_text(namespace, key, &text, "json", None).await
+    }
+
+    /// Writes `value` as JSON if the key is at `version` (0: if it has none yet); its new
+    /// version, or [`Error::VersionMismatch`] with the version found.
+    pub async fn put_config_if<T: Serialize + ?Sized>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &T,
+        version: u64,
+    ) -> Result<u64> {
+        let text = encode(key, value)?;
+        match self
+            .put_config_text(namespace, key, &text, "json", Some(version))
+            .await
+        {
+            Err(Error::Status(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                let current = match self.config_version(namespace, key, 0).await {
+                    Ok(found) => found.version,
+                    Err(_) => 0,
+                };
+                Err(Error::VersionMismatch {
+                    key: format!("{namespace}/{key}"),
+                    expected: version as i64,
+                    current: current as i64,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Writes `text` in `format` (json, yaml, toml, text; empty: the key's current format) to
+    /// `namespace`/`key`, if given only when the key is at `if_version`; its new version. The
+    /// server refuses a value that does not parse, with the line and column.
+    pub async fn put_config_text(
+        &self,
+        namespace: &str,
+        key: &str,
+        text: &str,
+        format: &str,
+        if_version: Option<u64>,
+    ) -> Result<u64> {
+        let request = pb::PutRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            value: text.to_string(),
+            format: format.to_string(),
+            if_version,
+            author: self.identity(),
+            comment: String::new(),
+        };
+        let timeout = self.options().request_timeout;
+        let response = self
+            .transport()
+            .call(Idempotence::Write, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).put(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(response.version.map_or(0, |v| v.version))
+    }
+
+    /// Version `version` (0: the latest) of `namespace`/`key`, as stored.
+    pub async fn config_version(&self, namespace: &str, key: &str, version: u64) -> Result<pb::Version> {
+        let request = pb::GetRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version,
+        };
+        let timeout = self.options().request_timeout;
+        let response = self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).get(request).await }
+            })
+            .await?
+            .into_inner();
+        response
+            .version
+            .ok_or_else(|| Error::Status(tonic::Status::internal("config: an answer without a version")))
+    }
+
+    /// The latest version of `namespace`/`key` and what each client that follows it reported
+    /// running (or rejecting).
+    pub async fn config_status(&self, namespace: &str, key: &str) -> Result<pb::StatusResponse> {
+        let request = pb::StatusRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+        };
+        let timeout = self.options().request_timeout;
+        Ok(self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).status(request).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Follows `namespace`/`key` as a `T`, decoded from its format with serde: the returned
+    /// [`LiveConfig`] holds the newest version that decoded, updated in the background (across
+    /// endpoint failures and outages, missing nothing). A version that does not decode keeps
+    /// the last good one, is logged and reported to the server as rejected.
     ///
     /// ```no_run
     /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
     /// #[derive(serde::Deserialize)]
     /// struct Limits { max_connections: u32 }
     ///
-    /// let mut limits = client.config::<Limits>("config/limits").await?;
+    /// let mut limits = client.config::<Limits>("billing", "limits").await?;
     /// loop {
-    ///     match limits.changed().await {
-    ///         Ok(Some(new)) => println!("v{}: {}", new.version, new.value.max_connections),
-    ///         Ok(None) => println!("limits removed"),
-    ///         Err(err) => eprintln!("bad limits: {err}"), // a Decode error: keep going
+    ///     if let Some(limits) = limits.current() {
+    ///         println!("v{}: {}", limits.version, limits.value.max_connections);
     ///     }
+    ///     limits.changed().await?;
     /// }
     /// # }
     /// ```
-    pub async fn config<T: DeserializeOwned>(&self, key: impl Into<String>) -> Result<ConfigWatch<T>> {
-        let key = key.into();
-        let request = RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let response = self.range(request).await?;
-        let revision = response.header.map_or(0, |h| h.revision);
-        let follow = Follow::new(self.clone(), key.as_bytes().to_vec(), Vec::new(), revision + 1)
-            .with_backoff(self.backoff());
-        let mut watch = ConfigWatch {
-            client: self.clone(),
-            key,
-            follow,
-            current: None,
-            version: 0,
-            queued: VecDeque::new(),
-        };
-        if let Some(kv) = response.kvs.first() {
-            match watch.decode(kv) {
-                Ok(value) => watch.current = Some(value),
-                // Reported by the first `changed`, so the watch can still start.
-                Err(err) => watch.queued.push_back(Err(err)),
-            }
-            watch.version = kv.mod_revision;
-        }
-        Ok(watch)
-    }
-
-    /// Writes `value` as JSON at `key`; its new version.
-    pub async fn put_config<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<i64> {
-        let txn = TxnRequest {
-            success: vec![put_op(key, encode(key, value)?, 0)],
-            ..Default::default()
-        };
-        Ok(self.txn(txn).await?.header.map_or(0, |h| h.revision))
-    }
-
-    /// Writes `value` as JSON at `key` if the key is at `version` (0: if it does not exist);
-    /// its new version, or [`Error::VersionMismatch`] with the version found.
-    pub async fn put_config_if<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        version: i64,
-    ) -> Result<i64> {
-        let compare = if version == 0 {
-            create_revision_is(key, 0)
-        } else {
-            Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Mod as i32,
-                key: key.as_bytes().to_vec(),
-                target_union: Some(compare::TargetUnion::ModRevision(version)),
-                ..Default::default()
-            }
-        };
-        let txn = TxnRequest {
-            compare: vec![compare],
-            success: vec![put_op(key, encode(key, value)?, 0)],
-            failure: vec![get_op(key)],
-        };
-        let response = self.txn(txn).await?;
-        if !response.succeeded {
-            let current = range_result(&response, 0).first().map_or(0, |kv| kv.mod_revision);
-            return Err(Error::VersionMismatch {
-                key: key.to_string(),
-                expected: version,
-                current,
-            });
-        }
-        Ok(response.header.map_or(0, |h| h.revision))
-    }
-}
-
-/// A typed value followed from one key: see [`Client::config`].
-pub struct ConfigWatch<T> {
-    client: Client,
-    key: String,
-    follow: Follow<Client>,
-    /// The last version that decoded, unless the key was deleted since.
-    current: Option<Versioned<T>>,
-    /// The key's mod revision as last seen (0: it does not exist).
-    version: i64,
-    /// What `changed` reports next: a new value (`None`: deleted), or a decode error.
-    queued: VecDeque<Result<Option<Versioned<T>>>>,
-}
-
-impl<T: DeserializeOwned> ConfigWatch<T> {
-    /// The key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The newest version that decoded; `None` if the key does not exist (or was deleted),
-    /// or no version of it has decoded yet.
-    pub fn current(&self) -> Option<&Versioned<T>> {
-        self.current.as_ref()
-    }
-
-    /// Waits for the next version and returns it (also as [`current`](Self::current) from
-    /// now on): `Some` for a new value, `None` if the key was deleted. Every version comes
-    /// once, in order; after a compaction only the newest is known.
-    ///
-    /// Errors: [`Error::Decode`] for a version that does not decode (`current` keeps the
-    /// last good one; call again for the next version); any other error means the watch could
-    /// not be resumed for now, and calling again tries again from where it stopped.
-    pub async fn changed(&mut self) -> Result<Option<&Versioned<T>>> {
-        loop {
-            if let Some(next) = self.queued.pop_front() {
-                self.current = next?;
-                return Ok(self.current.as_ref());
-            }
-            match self.follow.next().await? {
-                Step::Batch(batch) => {
-                    for event in batch.events {
-                        let Some(kv) = event.kv else { continue };
-                        self.version = kv.mod_revision;
-                        if event.r#type == EventType::Delete as i32 {
-                            self.version = 0;
-                            self.queued.push_back(Ok(None));
-                        } else {
-                            let decoded = self.decode(&kv).map(Some);
-                            self.queued.push_back(decoded);
-                        }
-                    }
-                }
-                Step::Compacted => self.catch_up().await?,
-            }
-        }
-    }
-
-    /// Turns the watch into a stream of what [`changed`](Self::changed) returns, starting with
-    /// the next version. The stream ends after an error other than [`Error::Decode`].
-    pub fn into_stream(self) -> impl Stream<Item = Result<Option<Versioned<T>>>> + Send + 'static
+    pub async fn config<T>(&self, namespace: &str, key: &str) -> Result<LiveConfig<T>>
     where
-        T: Clone + Send + 'static,
+        T: DeserializeOwned + Send + Sync + 'static,
     {
-        futures::stream::unfold(Some(self), |watch| async move {
-            let mut watch = watch?;
-            match watch.changed().await {
-                Ok(next) => {
-                    let next = next.cloned();
-                    Some((Ok(next), Some(watch)))
-                }
-                Err(err @ Error::Decode { .. }) => Some((Err(err), Some(watch))),
-                Err(err) => Some((Err(err), None)),
-            }
-        })
+        self.config_with(namespace, key, ConfigOptions::default()).await
     }
 
-    /// After a compaction: reads the key again and queues its value if it is a new version.
-    async fn catch_up(&mut self) -> Result<()> {
-        let request = RangeRequest {
-            key: self.key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let response = self.client.range(request).await?;
-        let revision = response.header.map_or(0, |h| h.revision);
-        let now = response.kvs.first().map_or(0, |kv| kv.mod_revision);
-        if now != self.version {
-            self.version = now;
-            match response.kvs.first() {
-                None => self.queued.push_back(Ok(None)),
-                Some(kv) => {
-                    let decoded = self.decode(kv).map(Some);
-                    self.queued.push_back(decoded);
-                }
-            }
-        }
-        self.follow.restart_at(revision + 1);
-        Ok(())
+    /// [`config`](Self::config) with options: a cache file, a client ID.
+    pub async fn config_with<T>(
+        &self,
+        namespace: &str,
+        key: &str,
+        options: ConfigOptions,
+    ) -> Result<LiveConfig<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        follow::start(self.clone(), namespace, key, options).await
     }
 
-    fn decode(&self, kv: &KeyValue) -> Result<Versioned<T>> {
-        match serde_json::from_slice(&kv.value) {
-            Ok(value) => Ok(Versioned {
-                value,
-                version: kv.mod_revision,
-            }),
-            Err(source) => Err(Error::Decode {
-                key: self.key.clone(),
-                version: kv.mod_revision,
-                source,
-            }),
-        }
+    /// Who this client says it is in config versions and reports: `<host>-<pid>`.
+    pub(crate) fn identity(&self) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "client".to_string());
+        format!("{host}-{}", std::process::id())
     }
 }
 
-fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| Error::Encode {
+/// A typed config value kept current in the background: see [`Client::config`].
+///
+/// Clone the [`receiver`](Self::receiver) to share it between tasks; the background task
+/// runs while any receiver is alive.
+#[derive(Debug)]
+pub struct LiveConfig<T> {
+    values: watch::Receiver<Option<Arc<Versioned<T>>>>,
+    rejections: watch::Receiver<Option<Rejection>>,
+}
+
+impl<T> LiveConfig<T> {
+    /// The newest version that decoded (`None`: the key has no version yet).
+    pub fn current(&self) -> Option<Arc<Versioned<T>>> {
+        self.values.borrow().clone()
+    }
+
+    /// Waits until a newer version is applied and returns it.
+    pub async fn changed(&mut self) -> Result<Option<Arc<Versioned<T>>>> {
+        self.values
+            .changed()
+            .await
+            .map_err(|_| Error::Status(tonic::Status::cancelled("config: the follower stopped")))?;
+        Ok(self.values.borrow_and_update().clone())
+    }
+
+    /// A receiver of the value, to share.
+    pub fn receiver(&self) -> watch::Receiver<Option<Arc<Versioned<T>>>> {
+        self.values.clone()
+    }
+
+    /// The last version that failed to decode, if one did since the last applied one.
+    pub fn rejection(&self) -> Option<Rejection> {
+        self.rejections.borrow().clone()
+    }
+}
+
+/// Decodes `text` in `format` into a `T`: parsed as the server parses it, then serde.
+pub(crate) fn decode<T: DeserializeOwned>(format: &str, text: &str) -> std::result::Result<T, String> {
+    let format: Format = if format.is_empty() {
+        Format::Text
+    } else {
+        format
+            .parse()
+            .map_err(|e: concord_recipes::Error| e.to_string())?
+    };
+    let value = format.parse(text).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Encode {
         key: key.to_string(),
         source,
     })
+}
+
+/// Whether `err` means no member could be reached (rather than an answer).
+pub(crate) fn is_unreachable(err: &Error) -> bool {
+    matches!(err, Error::Status(status) if is_transient(status))
 }

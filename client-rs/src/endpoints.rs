@@ -23,6 +23,7 @@ use std::sync::{Mutex, PoisonError};
 
 use std::time::Duration;
 
+use concord_proto::concord::config::v1::config_client::ConfigClient;
 use concord_proto::concord::pubsub::v1::pub_sub_client::PubSubClient;
 use concord_proto::concord::registry::v1::registry_client::RegistryClient;
 use concord_proto::etcdserverpb::kv_client::KvClient;
@@ -53,6 +54,10 @@ pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
 
 pub(crate) fn registry(channel: Channel) -> RegistryClient<Channel> {
     RegistryClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub(crate) fn config(channel: Channel) -> ConfigClient<Channel> {
+    ConfigClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 pub(crate) fn pubsub(channel: Channel) -> PubSubClient<Channel> {

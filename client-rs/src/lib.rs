@@ -12,8 +12,9 @@
 //!   heartbeating [`Registration`] that registers again by itself after a lost lease;
 //!   [`Client::discover`] gives an always-current [`Discovery`] with pickers,
 //!   [`Client::watch_service`] follows membership, [`Client::instances`] lists it once;
-//! - typed config hot reload: [`Client::config`] gives a [`ConfigWatch`];
-//!   [`Client::put_config`] and [`Client::put_config_if`] write it;
+//! - typed config hot reload (through the server's Config service): [`Client::config`] gives a
+//!   [`LiveConfig`] kept current in the background; [`Client::put_config`],
+//!   [`Client::put_config_if`] and [`Client::put_config_text`] write versions;
 //! - pub/sub (through the server's PubSub service): [`Client::publish`], and
 //!   [`Client::subscribe`] gives a [`Subscription`] that resumes by itself;
 //! - leader election: [`Client::campaign`] gives a [`Leadership`]; [`Client::observe`]
@@ -60,7 +61,7 @@ mod watch;
 pub use client::Client;
 /// etcd's error texts and codes, and predicates such as [`rpctypes::is_compacted`].
 pub use concord_proto::rpctypes;
-pub use config::{ConfigWatch, Versioned};
+pub use config::{ConfigOptions, LiveConfig, Rejection, Versioned};
 pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, Result};
 pub use lock::LockGuard;

@@ -15,7 +15,7 @@
 //! - [`v3lockpb`]: the `Lock` service.
 //! - [`v3electionpb`]: the `Election` service.
 //! - [`raftpb`]: Concord's own Raft log commands and entries (not etcd's API).
-//! - [`concord`]: Concord's own client services (`concord.registry.v1`, `concord.pubsub.v1`).
+//! - [`concord`]: Concord's own client services (`concord.registry.v1`, `concord.config.v1`, `concord.pubsub.v1`).
 //!
 //! Every service has a generated server (`<service>_server::{Trait, TraitServer}`)
 //! and client (`<service>_client::<Service>Client`), all on [`codec::GuardedCodec`], which
@@ -72,6 +72,15 @@ pub mod concord {
         #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
         pub mod v1 {
             tonic::include_proto!("concord.registry.v1");
+        }
+    }
+
+    /// The config center (package `concord.config.v1`).
+    pub mod config {
+        /// Version 1.
+        #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+        pub mod v1 {
+            tonic::include_proto!("concord.config.v1");
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod cluster;
+pub mod config_center;
 pub mod election;
 pub mod health;
 pub mod kv;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use concord_client::proto::etcdserverpb::{TxnRequest, WatchCreateRequest};
 use concord_client::recipes::kv::put_op;
-use concord_client::{Client, ClientOptions, Error, Kv, MembershipChange, ServiceWatch};
+use concord_client::{Client, ClientOptions, ConfigOptions, Error, Kv, MembershipChange, ServiceWatch};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -167,7 +167,8 @@ async fn requests_fail_over_when_the_member_in_use_dies() {
     };
     let client = Client::connect_with(cluster.endpoints(), options).await.unwrap();
     client.put("failover/k", "before").await.unwrap();
-    let mut config = client.config::<String>("failover/config").await.unwrap();
+    client.put_config("failover", "config", "v0").await.unwrap();
+    let mut config = client.config::<String>("failover", "config").await.unwrap();
 
     let in_use = |cluster: &Cluster, client: &Client| {
         (0..3)
@@ -201,13 +202,12 @@ async fn requests_fail_over_when_the_member_in_use_dies() {
     assert_eq!(client.get("failover/k").await.unwrap().unwrap().value, b"after");
 
     // The config watch reopened itself on a live member and missed nothing.
-    client.put_config("failover/config", "v1").await.unwrap();
+    client.put_config("failover", "config", "v1").await.unwrap();
     let seen = within("the config watch after failover", config.changed())
         .await
         .unwrap()
-        .cloned()
         .unwrap();
-    assert_eq!(seen.value, "v1");
+    assert_eq!((seen.value.as_str(), seen.version), ("v1", 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,55 +333,100 @@ async fn config_reloads_typed_versions_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let client = connect(&server).await;
-    let v1 = Settings {
-        workers: 1,
-        name: "one".into(),
+    let settings = |workers: u32, name: &str| Settings {
+        workers,
+        name: name.into(),
     };
-    let version1 = client.put_config_if("config/app", &v1, 0).await.unwrap();
-    let mut watch = client.config::<Settings>("config/app").await.unwrap();
-    let current = watch.current().unwrap();
-    assert_eq!((&current.value, current.version), (&v1, version1));
+    let version1 = client
+        .put_config_if("app", "settings", &settings(1, "one"), 0)
+        .await
+        .unwrap();
+    assert_eq!(version1, 1);
+    let options = ConfigOptions {
+        client_id: Some("worker-1".into()),
+        ..ConfigOptions::default()
+    };
+    let mut live = client
+        .config_with::<Settings>("app", "settings", options)
+        .await
+        .unwrap();
+    let current = live.current().unwrap();
+    assert_eq!((&current.value, current.version), (&settings(1, "one"), 1));
 
-    let v2 = Settings {
-        workers: 2,
-        name: "two".into(),
-    };
-    let v3 = Settings {
-        workers: 3,
-        name: "three".into(),
-    };
-    let version2 = client.put_config_if("config/app", &v2, version1).await.unwrap();
-    client.put("config/app", "{not json").await.unwrap();
-    let version3 = client.put_config("config/app", &v3).await.unwrap();
-    // A stale compare-and-swap changes nothing.
+    // Every version reaches the receiver, in order.
+    let version2 = client
+        .put_config_if("app", "settings", &settings(2, "two"), version1)
+        .await
+        .unwrap();
+    let next = within("version 2", live.changed()).await.unwrap().unwrap();
+    assert_eq!((&next.value, next.version), (&settings(2, "two"), version2));
+
+    // A version the server accepts (it is JSON) but this client cannot decode: the last good
+    // one stays, and the client reports the rejection, which the server's status shows.
+    client
+        .put_config_text("app", "settings", r#"{"workers": "many", "name": "x"}"#, "", None)
+        .await
+        .unwrap();
+    let rejected = within("the rejection", async {
+        loop {
+            let status = client.config_status("app", "settings").await.unwrap();
+            if status.clients.iter().any(|c| c.version == 3 && !c.applied) {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(rejected.latest, 3);
+    assert_eq!(rejected.clients.len(), 1, "{rejected:?}");
+    assert_eq!(rejected.clients[0].client, "worker-1");
+    assert!(rejected.clients[0].error.contains("invalid type"), "{rejected:?}");
+    assert_eq!(live.rejection().map(|r| r.version), Some(3));
+    assert_eq!(
+        live.current().unwrap().version,
+        2,
+        "a bad version keeps the last good one"
+    );
+
+    // The next good version is applied and reported.
+    let version4 = client
+        .put_config("app", "settings", &settings(4, "four"))
+        .await
+        .unwrap();
+    let next = within("version 4", live.changed()).await.unwrap().unwrap();
+    assert_eq!((next.value.workers, next.version), (4, version4));
+    within("the applied report", async {
+        loop {
+            let status = client.config_status("app", "settings").await.unwrap();
+            if status.clients.iter().any(|c| c.version == 4 && c.applied) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // A stale compare-and-swap and a value that does not parse change nothing.
     let stale = client
-        .put_config_if("config/app", &v1, version2)
+        .put_config_if("app", "settings", &settings(9, "stale"), version2)
         .await
         .unwrap_err();
     assert!(
-        matches!(stale, Error::VersionMismatch { current, .. } if current == version3),
+        matches!(stale, Error::VersionMismatch { current: 4, .. }),
         "{stale}"
     );
-
-    let next = within("version 2", watch.changed()).await.unwrap().cloned();
-    assert_eq!(next.map(|v| (v.value, v.version)), Some((v2.clone(), version2)));
-    let bad = within("the bad version", watch.changed()).await.unwrap_err();
-    assert!(matches!(bad, Error::Decode { .. }), "{bad}");
-    assert_eq!(
-        watch.current().unwrap().value,
-        v2,
-        "a bad version keeps the last good one"
+    let bad = client
+        .put_config_text("app", "settings", "workers: [1\n", "yaml", None)
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string().starts_with("config: invalid yaml at line "),
+        "{bad}"
     );
-    let next = within("version 3", watch.changed()).await.unwrap().cloned();
-    assert_eq!(next.map(|v| (v.value, v.version)), Some((v3.clone(), version3)));
-
-    // As a stream: a delete, then a new value.
-    let mut stream = Box::pin(watch.into_stream());
-    client.delete("config/app").await.unwrap();
-    let version4 = client.put_config("config/app", &v1).await.unwrap();
-    assert_eq!(within("the delete", stream.next()).await.unwrap().unwrap(), None);
-    let next = within("version 4", stream.next()).await.unwrap().unwrap();
-    assert_eq!(next.map(|v| (v.value, v.version)), Some((v1, version4)));
+    assert_eq!(
+        client.config_version("app", "settings", 0).await.unwrap().version,
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
