@@ -77,6 +77,18 @@ impl Client {
         self.inner.endpoints.options()
     }
 
+    /// A channel to an endpoint that answers (the current one, else the next), for calling a
+    /// service this client does not wrap with a generated client of [`crate::proto`].
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let conn = self
+            .transport()
+            .call(crate::endpoints::Idempotence::Idempotent, |conn| async move {
+                Ok(conn)
+            })
+            .await?;
+        Ok(conn.channel)
+    }
+
     /// Every endpoint's URL, in the order given.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.uris()

@@ -44,6 +44,27 @@ pub struct Rejection {
     pub error: String,
 }
 
+/// How [`Client::put_config_text`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigWrite {
+    /// json, yaml, toml or text; empty: the key's current format (text for a new key).
+    pub format: String,
+    /// Write only if the key is at this version (0: only if it has none yet).
+    pub if_version: Option<u64>,
+    /// Why, for the history.
+    pub comment: String,
+}
+
+impl ConfigWrite {
+    /// A write in `format`, unconditional, without a comment.
+    pub fn format(format: &str) -> Self {
+        Self {
+            format: format.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
 /// How [`Client::config_with`] follows a key.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigOptions {
@@ -69,7 +90,8 @@ impl Client {
         value: &T,
     ) -> Result<u64> {
         let text = encode(key, value)?;
-        self.put_config_text(namespace, key, &text, "json", None).await
+        let write = ConfigWrite::format("json");
+        self.put_config_text(namespace, key, &text, write).await
     }
 
     /// Writes `value` as JSON if the key is at `version` (0: if it has none yet); its new
@@ -82,10 +104,11 @@ impl Client {
         version: u64,
     ) -> Result<u64> {
         let text = encode(key, value)?;
-        match self
-            .put_config_text(namespace, key, &text, "json", Some(version))
-            .await
-        {
+        let write = ConfigWrite {
+            if_version: Some(version),
+            ..ConfigWrite::format("json")
+        };
+        match self.put_config_text(namespace, key, &text, write).await {
             Err(Error::Status(status)) if status.code() == tonic::Code::FailedPrecondition => {
                 let current = match self.config_version(namespace, key, 0).await {
                     Ok(found) => found.version,
@@ -101,25 +124,35 @@ impl Client {
         }
     }
 
-    /// Writes `text` in `format` (json, yaml, toml, text; empty: the key's current format) to
-    /// `namespace`/`key`, if given only when the key is at `if_version`; its new version. The
-    /// server refuses a value that does not parse, with the line and column.
+    /// Writes `text` to `namespace`/`key` as `write` says (format, expected version, comment);
+    /// its new version. The server refuses a value that does not parse in its format, with the
+    /// line and column, and one that breaks the namespace's schema, with the failing path.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// use concord_client::ConfigWrite;
+    ///
+    /// let yaml = "max_connections: 10\n";
+    /// let version = client
+    ///     .put_config_text("billing", "limits", yaml, ConfigWrite::format("yaml"))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_config_text(
         &self,
         namespace: &str,
         key: &str,
         text: &str,
-        format: &str,
-        if_version: Option<u64>,
+        write: ConfigWrite,
     ) -> Result<u64> {
         let request = pb::PutRequest {
             namespace: namespace.to_string(),
             key: key.to_string(),
             value: text.to_string(),
-            format: format.to_string(),
-            if_version,
+            format: write.format,
+            if_version: write.if_version,
             author: self.identity(),
-            comment: String::new(),
+            comment: write.comment,
         };
         let timeout = self.options().request_timeout;
         let response = self
@@ -172,6 +205,101 @@ impl Client {
             .into_inner())
     }
 
+    /// Every kept version of `namespace`/`key`, oldest first.
+    pub async fn config_history(&self, namespace: &str, key: &str) -> Result<Vec<pb::Version>> {
+        let request = pb::HistoryRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+        };
+        let timeout = self.options().request_timeout;
+        Ok(self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).history(request).await }
+            })
+            .await?
+            .into_inner()
+            .versions)
+    }
+
+    /// Writes version `version`'s value of `namespace`/`key` again, as a new version; the new
+    /// version. An empty `comment` says "rollback to version N".
+    pub async fn config_rollback(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: u64,
+        comment: &str,
+    ) -> Result<pb::Version> {
+        let request = pb::RollbackRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version,
+            author: self.identity(),
+            comment: comment.to_string(),
+        };
+        let timeout = self.options().request_timeout;
+        let response = self
+            .transport()
+            .call(Idempotence::Write, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).rollback(request).await }
+            })
+            .await?
+            .into_inner();
+        response
+            .version
+            .ok_or_else(|| Error::Status(tonic::Status::internal("config: an answer without a version")))
+    }
+
+    /// The JSON Schema of `namespace`, if it has one.
+    pub async fn config_schema(&self, namespace: &str) -> Result<Option<String>> {
+        let request = pb::GetSchemaRequest {
+            namespace: namespace.to_string(),
+        };
+        let timeout = self.options().request_timeout;
+        let schema = self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).get_schema(request).await }
+            })
+            .await?
+            .into_inner()
+            .schema;
+        Ok((!schema.is_empty()).then_some(schema))
+    }
+
+    /// Sets (`None`: removes) the JSON Schema of `namespace`, creating the namespace if need
+    /// be. Refused if a key's current value breaks it.
+    pub async fn set_config_schema(&self, namespace: &str, schema: Option<&str>) -> Result<()> {
+        let request = pb::SetSchemaRequest {
+            namespace: namespace.to_string(),
+            schema: schema.unwrap_or_default().to_string(),
+        };
+        let timeout = self.options().request_timeout;
+        self.transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { config(conn.channel).set_schema(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every version of `namespace` (every key, or only `key`) written at revision `from` or
+    /// later (0: from now), then every new one, as stored: a stream that reopens itself after
+    /// failures and ends only on an error retrying cannot fix.
+    pub async fn watch_config(
+        &self,
+        namespace: &str,
+        key: Option<&str>,
+        from: i64,
+    ) -> Result<ConfigVersions> {
+        follow::versions(self.clone(), namespace, key.unwrap_or_default(), from).await
+    }
+
     /// Follows `namespace`/`key` as a `T`, decoded from its format with serde: the returned
     /// [`LiveConfig`] holds the newest version that decoded, updated in the background (across
     /// endpoint failures and outages, missing nothing). A version that does not decode keeps
@@ -217,6 +345,28 @@ impl Client {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "client".to_string());
         format!("{host}-{}", std::process::id())
+    }
+}
+
+/// Stored config versions, as a stream: see [`Client::watch_config`].
+pub struct ConfigVersions {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Version>> + Send>>,
+}
+
+impl std::fmt::Debug for ConfigVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigVersions").finish_non_exhaustive()
+    }
+}
+
+impl futures::Stream for ConfigVersions {
+    type Item = Result<pb::Version>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
     }
 }
 

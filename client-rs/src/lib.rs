@@ -61,7 +61,7 @@ mod watch;
 pub use client::Client;
 /// etcd's error texts and codes, and predicates such as [`rpctypes::is_compacted`].
 pub use concord_proto::rpctypes;
-pub use config::{ConfigOptions, LiveConfig, Rejection, Versioned};
+pub use config::{ConfigOptions, ConfigVersions, ConfigWrite, LiveConfig, Rejection, Versioned};
 pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, Result};
 pub use lock::LockGuard;

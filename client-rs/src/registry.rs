@@ -151,6 +151,46 @@ impl Client {
         listed.instances.into_iter().map(from_proto).collect()
     }
 
+    /// Removes instance `id` of `service` at once, whoever registered it; false if it was not
+    /// registered. (A [`Registration`] removes its own with [`Registration::deregister`].)
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<bool> {
+        let request = pb::DeregisterRequest {
+            service: service.to_string(),
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let timeout = self.options().request_timeout;
+        Ok(self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { registry(conn.channel).deregister(request).await }
+            })
+            .await?
+            .into_inner()
+            .deregistered)
+    }
+
+    /// Marks instance `id` of `service` draining (registered, not to be picked), whoever
+    /// registered it; false if it is not registered.
+    pub async fn drain(&self, service: &str, id: &str) -> Result<bool> {
+        let request = pb::DrainRequest {
+            service: service.to_string(),
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let timeout = self.options().request_timeout;
+        Ok(self
+            .transport()
+            .call(Idempotence::Idempotent, |conn| {
+                let request = unary(request.clone(), timeout);
+                async move { registry(conn.channel).drain(request).await }
+            })
+            .await?
+            .into_inner()
+            .drained)
+    }
+
     /// An always-current view of `service`'s instances, kept up to date in the background,
     /// with round-robin and weighted pickers that skip draining instances. Returns once the
     /// view holds the membership now.

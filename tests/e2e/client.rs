@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use concord_client::proto::etcdserverpb::{TxnRequest, WatchCreateRequest};
 use concord_client::recipes::kv::put_op;
-use concord_client::{Client, ClientOptions, ConfigOptions, Error, Kv, MembershipChange, ServiceWatch};
+use concord_client::{
+    Client, ClientOptions, ConfigOptions, ConfigWrite, Error, Kv, MembershipChange, ServiceWatch,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -364,7 +366,12 @@ async fn config_reloads_typed_versions_in_order() {
     // A version the server accepts (it is JSON) but this client cannot decode: the last good
     // one stays, and the client reports the rejection, which the server's status shows.
     client
-        .put_config_text("app", "settings", r#"{"workers": "many", "name": "x"}"#, "", None)
+        .put_config_text(
+            "app",
+            "settings",
+            r#"{"workers": "many", "name": "x"}"#,
+            Default::default(),
+        )
         .await
         .unwrap();
     let rejected = within("the rejection", async {
@@ -416,7 +423,7 @@ async fn config_reloads_typed_versions_in_order() {
         "{stale}"
     );
     let bad = client
-        .put_config_text("app", "settings", "workers: [1\n", "yaml", None)
+        .put_config_text("app", "settings", "workers: [1\n", ConfigWrite::format("yaml"))
         .await
         .unwrap_err();
     assert!(

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::cache::{self, Cached};
-use super::{ConfigOptions, LiveConfig, Rejection, Versioned, decode, is_unreachable};
+use super::{ConfigOptions, ConfigVersions, LiveConfig, Rejection, Versioned, decode, is_unreachable};
 use crate::client::Client;
 use crate::endpoints::{Idempotence, OpenStream, config, is_transient, unary};
 use crate::error::{Error, Result};
@@ -110,6 +110,41 @@ where
     values.borrow_and_update();
     rejections.borrow_and_update();
     Ok(LiveConfig { values, rejections })
+}
+
+/// The raw versions of `namespace` (or of its `key`, if not empty) from revision `from`.
+pub(super) async fn versions(
+    client: Client,
+    namespace: &str,
+    key: &str,
+    from: i64,
+) -> Result<ConfigVersions> {
+    let mut follower = Follower {
+        client,
+        namespace: namespace.to_string(),
+        key: key.to_string(),
+        client_id: String::new(),
+        cache: None,
+        next_revision: from,
+        stream: None,
+        ready: Default::default(),
+        failures: 0,
+        session: None,
+    };
+    follower.open().await?;
+    let stream = futures::stream::unfold(Some(follower), |follower| async move {
+        let mut follower = follower?;
+        match follower.next().await {
+            Ok(version) => {
+                follower.next_revision = follower.next_revision.max(version.revision + 1);
+                Some((Ok(version), Some(follower)))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    });
+    Ok(ConfigVersions {
+        stream: Box::pin(stream),
+    })
 }
 
 impl Follower {

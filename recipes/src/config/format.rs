@@ -122,12 +122,20 @@ impl Schema {
     }
 }
 
-/// serde's message without the " at line L column C" it appends (reported separately).
+/// The parser's message without the " at line L column C" it carries (reported separately).
 fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
+    let mut out = message.to_string();
+    while let Some(at) = out.find(" at line ") {
+        let rest = &out[at + " at line ".len()..];
+        let line_digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let Some(after) = rest[line_digits..].strip_prefix(" column ") else {
+            break;
+        };
+        let column_digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let end = out.len() - after.len() + column_digits;
+        out.replace_range(at..end, "");
     }
+    out
 }
 
 /// The 1-based line and column of byte `offset` in `text`.
@@ -177,6 +185,7 @@ mod tests {
         );
         let yaml = refusal(Format::Yaml, "port: 80\nhosts: [a, b\n");
         assert!(yaml.starts_with("config: invalid yaml at line "), "{yaml}");
+        assert_eq!(yaml.matches(" at line ").count(), 1, "{yaml}");
         assert!(!yaml.contains("line 0"), "{yaml}");
         let duplicate = refusal(Format::Yaml, "port: 80\nport: 81\n");
         // Refused (the position is the mapping's, the message names the key).

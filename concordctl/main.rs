@@ -1,0 +1,123 @@
+//! `concordctl`: the command line for what etcdctl lacks — Concord's service registry, config
+//! center and pub/sub — plus `lock` and `elect` over etcd's Lock and Election services.
+//!
+//! Flags as etcdctl's: `--endpoints` (default `127.0.0.1:2379`), `-w simple|json|table`.
+//! Errors go to stderr with a non-zero exit.
+
+mod config;
+mod lock;
+mod output;
+mod pubsub;
+mod registry;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use concord_client::{Client, ClientOptions};
+
+use crate::output::Format;
+
+/// Concord's command line: registry, config center, pub/sub, locks and elections.
+#[derive(Debug, Parser)]
+#[command(name = "concordctl", version)]
+struct Cli {
+    /// Comma-separated endpoints (host:port or URL).
+    #[arg(long, global = true, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Output format: simple, json or table.
+    #[arg(short = 'w', long = "write-out", global = true, default_value = "simple")]
+    write_out: Format,
+    /// How long connecting to an endpoint may take.
+    #[arg(long, global = true, default_value = "2s", value_parser = humantime_secs)]
+    dial_timeout: Duration,
+    /// How long one request may take.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime_secs)]
+    command_timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The service registry.
+    #[command(subcommand)]
+    Registry(registry::Command),
+    /// The config center.
+    #[command(subcommand)]
+    Config(config::Command),
+    /// Publishes MESSAGE on TOPIC.
+    Pub(pubsub::Pub),
+    /// Prints TOPIC's messages as they are published.
+    Sub(pubsub::Sub),
+    /// Acquires lock NAME; runs COMMAND while holding it, or holds it until interrupted.
+    Lock(lock::Lock),
+    /// Campaigns in election NAME with VALUE until interrupted, or without VALUE prints its
+    /// leaders.
+    Elect(lock::Elect),
+}
+
+/// A duration as `5s`, `500ms`, `1m` or plain seconds.
+fn humantime_secs(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = digits.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("invalid duration {text:?} (use e.g. 5s, 500ms, 1m)")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("Error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let options = ClientOptions {
+        connect_timeout: cli.dial_timeout,
+        request_timeout: cli.command_timeout,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&cli.endpoints, options).await?;
+    let out = cli.write_out;
+    match cli.command {
+        Command::Registry(command) => registry::run(&client, out, command).await,
+        Command::Config(command) => config::run(&client, out, command).await,
+        Command::Pub(command) => pubsub::publish(&client, out, command).await,
+        Command::Sub(command) => pubsub::subscribe(&client, out, command).await,
+        Command::Lock(command) => lock::lock(&client, out, command).await,
+        Command::Elect(command) => lock::elect(&client, out, command).await,
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
