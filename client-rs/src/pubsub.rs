@@ -128,8 +128,15 @@ impl Client {
         })
     }
 
-    /// Sets how long `topic` keeps its messages, and trims it to that at once.
+    /// Sets how long `topic` keeps its messages, and trims it to that at once. A limit of zero
+    /// is refused (leave it out for none).
     pub async fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
+        if retention.max_messages == Some(0) || retention.max_age.is_some_and(|age| age.as_secs() == 0) {
+            return Err(crate::Error::InvalidArgument(
+                "pubsub: a retention keeps at least one message and one second; leave a limit out for none"
+                    .into(),
+            ));
+        }
         let request = pb::SetRetentionRequest {
             topic: topic.to_string(),
             retention: Some(pb::Retention {

@@ -126,6 +126,8 @@ pub type Subscription = Pin<Box<dyn Stream<Item = Result<Message>> + Send>>;
 #[derive(Clone)]
 pub struct Topic<K: Kv> {
     kv: K,
+    /// The topic's name, for messages.
+    name: String,
     /// The key holding the topic's retention and floor.
     state_key: Vec<u8>,
     /// `name/`, under which the messages are.
@@ -136,12 +138,23 @@ impl<K: Kv> Topic<K> {
     /// The topic `name` (its messages are the keys under `name/`).
     pub fn new(kv: K, name: impl Into<Vec<u8>>) -> Self {
         let state_key = name.into();
+        let name = String::from_utf8_lossy(&state_key).into_owned();
         let mut prefix = state_key.clone();
         prefix.push(b'/');
         Self {
             kv,
+            name,
             state_key,
             prefix,
+        }
+    }
+
+    /// The topic `name` kept under `root` (its messages are the keys under `<root><name>/`),
+    /// named `name` in errors.
+    pub fn under(kv: K, root: &str, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..Self::new(kv, format!("{root}{name}"))
         }
     }
 
@@ -218,7 +231,7 @@ impl<K: Kv> Topic<K> {
                 return Err(Error::OutOfRange(format!(
                     "pubsub: revision {from_revision} of topic {} is below its retention: the \
                      oldest revision still kept is {floor}",
-                    topic_name(&self.prefix)
+                    self.name
                 )));
             }
         }
@@ -231,11 +244,11 @@ impl<K: Kv> Topic<K> {
                 ..Default::default()
             })
             .await
-            .map_err(|err| compacted(err, &self.prefix, from_revision))?;
+            .map_err(|err| compacted(err, &self.name, from_revision))?;
         let state = Feed {
             watch: Some(watch),
             pending: VecDeque::new(),
-            prefix: self.prefix.clone(),
+            name: self.name.clone(),
             from_revision,
         };
         Ok(Box::pin(futures::stream::unfold(state, Feed::next)))
@@ -273,7 +286,7 @@ impl<K: Kv> Topic<K> {
         let state = serde_json::from_slice(&kv.value).map_err(|err| {
             Error::InvalidArgument(format!(
                 "pubsub: the key {} does not hold a topic's state: {err}",
-                topic_name(&self.prefix)
+                String::from_utf8_lossy(&self.state_key)
             ))
         })?;
         Ok((state, kv.mod_revision))
@@ -367,7 +380,7 @@ fn published_at(prefix: &[u8], kv: &KeyValue) -> u128 {
 struct Feed {
     watch: Option<WatchStream>,
     pending: VecDeque<Message>,
-    prefix: Vec<u8>,
+    name: String,
     from_revision: i64,
 }
 
@@ -388,8 +401,8 @@ impl Feed {
                     self.pending.extend(created);
                     continue;
                 }
-                Some(Err(err)) => compacted(err, &self.prefix, self.from_revision),
-                None => Error::WatchEnded(format!("topic {}", topic_name(&self.prefix))),
+                Some(Err(err)) => compacted(err, &self.name, self.from_revision),
+                None => Error::WatchEnded(format!("topic {}", self.name)),
             };
             self.watch = None;
             return Some((Err(error), self));
@@ -399,22 +412,16 @@ impl Feed {
 
 /// The store's compaction error, saying which topic and revision it was about; other errors
 /// unchanged.
-fn compacted(err: Error, prefix: &[u8], from_revision: i64) -> Error {
+fn compacted(err: Error, name: &str, from_revision: i64) -> Error {
     match err {
         Error::Store(status) if status.code() == tonic::Code::OutOfRange => {
             Error::Store(tonic::Status::out_of_range(format!(
-                "{} (topic {}, from revision {from_revision})",
+                "{} (topic {name}, from revision {from_revision})",
                 status.message(),
-                topic_name(prefix)
             )))
         }
         other => other,
     }
-}
-
-/// The topic's name, for messages.
-fn topic_name(prefix: &[u8]) -> String {
-    String::from_utf8_lossy(prefix.strip_suffix(b"/").unwrap_or(prefix)).into_owned()
 }
 
 #[cfg(test)]

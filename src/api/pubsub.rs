@@ -36,7 +36,7 @@ impl PubSubService {
     /// The topic `name`, checked.
     fn topic(&self, name: &str) -> Result<Topic<LocalKv>, Status> {
         check_topic_name(name).map_err(|e| e.to_service_status())?;
-        Ok(Topic::new(self.kv.clone(), format!("{TOPICS_PREFIX}{name}")))
+        Ok(Topic::under(self.kv.clone(), TOPICS_PREFIX, name))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Background `etcdctl` processes for the e2e tests: output collected as it comes, stdin fed a
+//! Background `etcdctl` (and `concordctl`) processes for the e2e tests: output collected as it comes, stdin fed a
 //! line at a time, signals sent as a user would.
 
 use std::io::{Read, Write};
@@ -43,15 +43,29 @@ fn collect(mut from: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHa
 impl Etcdctl {
     /// Starts `etcdctl --endpoints=<server> <args>` with piped stdin, stdout and stderr.
     pub fn spawn(server: &Server, args: &[&str]) -> Etcdctl {
-        let mut child = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", server.endpoint))
-            .args(args)
+            .args(args);
+        Self::start(command)
+    }
+
+    /// Starts `concordctl --endpoints <endpoints> <args>` the same way: Concord's own CLI runs
+    /// in the background (a registration, a watch, a subscription) exactly as etcdctl does.
+    pub fn concordctl(endpoints: &str, args: &[&str]) -> Etcdctl {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concordctl"));
+        command.arg("--endpoints").arg(endpoints).args(args);
+        Self::start(command)
+    }
+
+    fn start(mut command: Command) -> Etcdctl {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("etcdctl is installed");
+            .expect("the command is installed");
         let (stdout, out_reader) = collect(child.stdout.take().unwrap());
         let (stderr, err_reader) = collect(child.stderr.take().unwrap());
         Etcdctl {
@@ -61,6 +75,16 @@ impl Etcdctl {
             stderr,
             readers: vec![out_reader, err_reader],
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) without waiting for anything.
+    pub fn send(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
     }
 
     /// Writes one line to its stdin (interactive mode).
@@ -102,6 +126,24 @@ impl Etcdctl {
     /// As [`Self::stdout_like`], for stderr.
     pub async fn stderr_like(&self, expected: &str) -> String {
         Self::wait_for(&self.stderr, |out| out.len() >= expected.len()).await
+    }
+
+    /// Waits until stdout contains `needle` and returns it; fails after [`WAIT`].
+    pub async fn stdout_containing(&self, needle: &str) -> String {
+        let out = Self::wait_for(&self.stdout, |out| out.contains(needle)).await;
+        assert!(
+            out.contains(needle),
+            "{needle:?} not printed; stdout {out:?}, stderr {:?}",
+            self.stderr()
+        );
+        out
+    }
+
+    /// Waits until stderr contains `needle` and returns it; fails after [`WAIT`].
+    pub async fn stderr_containing(&self, needle: &str) -> String {
+        let err = Self::wait_for(&self.stderr, |err| err.contains(needle)).await;
+        assert!(err.contains(needle), "{needle:?} not printed to stderr: {err:?}");
+        err
     }
 
     /// Waits until stdout has `n` complete lines (or [`WAIT`] passed) and returns it.

@@ -16,5 +16,6 @@ mod harness;
 mod lease;
 mod lease_wave;
 mod recipes;
+mod services;
 mod watch;
 mod watch_lifecycle;
