@@ -400,9 +400,14 @@ impl<T> LiveConfig<T> {
         self.values.clone()
     }
 
-    /// The last version that failed to decode, if one did since the last applied one.
+    /// The newest version that failed to decode, if one did.
     pub fn rejection(&self) -> Option<Rejection> {
         self.rejections.borrow().clone()
+    }
+
+    /// A receiver of the newest rejection, to wait for the next one.
+    pub fn rejections(&self) -> watch::Receiver<Option<Rejection>> {
+        self.rejections.clone()
     }
 }
 

@@ -12,6 +12,7 @@ mod client_kv;
 mod cluster;
 mod crash;
 mod etcdctl_kv;
+mod examples;
 mod harness;
 mod lease;
 mod lease_wave;

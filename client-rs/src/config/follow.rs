@@ -273,7 +273,6 @@ impl Follower {
                     version: version.version,
                     revision: version.revision,
                 })));
-                rejections.send_replace(None);
                 if let Some(path) = &self.cache {
                     let cached = Cached {
                         namespace: self.namespace.clone(),
