@@ -15,9 +15,9 @@
 //! - [`Registry::list`] reads a service's instances and the revision of the read.
 //! - [`Registry::watch`] follows a service: first its membership, then one [`Membership`] per
 //!   revision that changes it, resumable from a revision, surviving broken streams; when the
-//!   history it needs was compacted, it reads the membership again and reports the difference,
-//!   so a subscriber never misses a change and never sees instances leave because of a
-//!   disconnect.
+//!   history it needs was compacted, it reads the membership again, so a subscriber never misses
+//!   a change. A [`MembershipView`] turns that into a current view and exact changes (a
+//!   disconnect never shows as instances leaving).
 
 mod endpoint;
 
@@ -69,22 +69,83 @@ pub enum MembershipChange {
     },
 }
 
-/// How a service's membership changed at one revision.
+/// What a [`ServiceWatch`] yields: a service's whole membership (the first time, and after a
+/// compacted gap), or how it changed at one revision.
 ///
-/// The membership itself (every instance) is [`ServiceWatch::instances`], as of the last
-/// `Membership` yielded; it is kept once per watch, not copied into every change, so a watch of
-/// a service with thousands of instances costs one map, not one map per revision.
+/// A watch keeps no membership of its own, so a server can run a thousand watches of a service
+/// with ten thousand instances without a thousand copies of it; a [`MembershipView`] turns
+/// the memberships into a current view and exact changes where one is wanted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Membership {
-    /// The revision this change is as of.
+    /// The revision this membership is as of.
     pub revision: i64,
-    /// The changes since the previous membership. The first membership a watch yields lists
-    /// every instance as [`Added`](MembershipChange::Added).
+    /// Every instance, by ID: set on the first membership a watch yields and after a gap the
+    /// store compacted away (the changes in the gap are then not reported one by one; compare
+    /// with what you knew, as [`MembershipView::apply`] does).
+    pub instances: Option<Vec<Instance>>,
+    /// The changes at this revision (empty when `instances` is set). A put that creates an
+    /// instance's key is [`Added`](MembershipChange::Added), one that rewrites it
+    /// [`Updated`](MembershipChange::Updated); a value not in etcd's format reads as the
+    /// instance's removal.
     pub changes: Vec<MembershipChange>,
-    /// True when the history between the previous membership and this one was compacted
-    /// away, so the changes were found by reading the membership again (and comparing) rather
-    /// than from the history: the intermediate revisions are not reported.
-    pub resynced: bool,
+}
+
+/// A service's current membership, kept from a [`ServiceWatch`]'s memberships.
+#[derive(Debug, Clone, Default)]
+pub struct MembershipView {
+    instances: std::sync::Arc<BTreeMap<String, Instance>>,
+}
+
+impl MembershipView {
+    /// Every instance, by ID. Shared: cheap to keep, copied only if kept while the view moves on.
+    pub fn instances(&self) -> std::sync::Arc<BTreeMap<String, Instance>> {
+        self.instances.clone()
+    }
+
+    /// Applies `membership`; the changes it made to the view: with the whole membership, the
+    /// difference from what the view held (removals first, then additions and updates by ID),
+    /// else the membership's changes as they apply (an update of an unknown instance adds it,
+    /// a removal of an unknown one is dropped).
+    pub fn apply(&mut self, membership: Membership) -> Vec<MembershipChange> {
+        if let Some(now) = membership.instances {
+            let now: BTreeMap<String, Instance> = now.into_iter().map(|i| (i.id.clone(), i)).collect();
+            let mut changes: Vec<_> = self
+                .instances
+                .keys()
+                .filter(|id| !now.contains_key(*id))
+                .map(|id| MembershipChange::Removed { id: id.clone() })
+                .collect();
+            for (id, instance) in &now {
+                match self.instances.get(id) {
+                    None => changes.push(MembershipChange::Added(instance.clone())),
+                    Some(known) if known != instance => {
+                        changes.push(MembershipChange::Updated(instance.clone()))
+                    }
+                    Some(_) => {}
+                }
+            }
+            self.instances = std::sync::Arc::new(now);
+            return changes;
+        }
+        let instances = std::sync::Arc::make_mut(&mut self.instances);
+        let mut applied = Vec::with_capacity(membership.changes.len());
+        for change in membership.changes {
+            match change {
+                MembershipChange::Added(instance) | MembershipChange::Updated(instance) => {
+                    match instances.insert(instance.id.clone(), instance.clone()) {
+                        None => applied.push(MembershipChange::Added(instance)),
+                        Some(_) => applied.push(MembershipChange::Updated(instance)),
+                    }
+                }
+                MembershipChange::Removed { id } => {
+                    if instances.remove(&id).is_some() {
+                        applied.push(MembershipChange::Removed { id });
+                    }
+                }
+            }
+        }
+        applied
+    }
 }
 
 /// A registry under one key prefix.
@@ -277,8 +338,8 @@ impl<K: Kv> Registry<K> {
         };
         let first = Membership {
             revision,
-            changes: members.values().cloned().map(MembershipChange::Added).collect(),
-            resynced: false,
+            instances: Some(members.into_values().collect()),
+            changes: Vec::new(),
         };
         let follow = Follow::new(
             self.kv.clone(),
@@ -290,7 +351,6 @@ impl<K: Kv> Registry<K> {
             registry: self.clone(),
             service: service.to_string(),
             prefix,
-            members,
             follow,
             first: Some(first),
             pending: VecDeque::new(),
@@ -303,11 +363,10 @@ pub struct ServiceWatch<K: Kv> {
     registry: Registry<K>,
     service: String,
     prefix: String,
-    members: BTreeMap<String, Instance>,
     follow: Follow<K>,
     /// The first membership, until it is yielded.
     first: Option<Membership>,
-    /// Events read but not yet applied, in revision order.
+    /// Events read but not yet yielded, in revision order.
     pending: VecDeque<Event>,
 }
 
@@ -321,83 +380,47 @@ impl<K: Kv> ServiceWatch<K> {
         self
     }
 
-    /// Every instance, by ID, as of the last membership [`next`](Self::next) yielded.
-    pub fn instances(&self) -> impl ExactSizeIterator<Item = &Instance> {
-        self.members.values()
-    }
-
-    /// The instance `id`, as of the last membership [`next`](Self::next) yielded.
-    pub fn instance(&self, id: &str) -> Option<&Instance> {
-        self.members.get(id)
-    }
-
     /// The next membership: the first call gives the membership the watch started from.
     pub async fn next(&mut self) -> Result<Membership> {
         if let Some(first) = self.first.take() {
             return Ok(first);
         }
         loop {
-            if let Some(membership) = self.apply_one_revision() {
+            if let Some(membership) = self.one_revision() {
                 return Ok(membership);
             }
             match self.follow.next().await? {
                 Step::Batch(batch) => self.pending.extend(batch.events),
                 Step::Compacted => {
-                    // Revisions were lost: compare with a fresh read instead.
+                    // Revisions were lost: the membership now, read again.
                     let (revision, now) = self.registry.members(&self.service, 0).await?;
-                    let mut changes: Vec<_> = self
-                        .members
-                        .keys()
-                        .filter(|id| !now.contains_key(*id))
-                        .map(|id| MembershipChange::Removed { id: id.clone() })
-                        .collect();
-                    for (id, instance) in &now {
-                        match self.members.get(id) {
-                            None => changes.push(MembershipChange::Added(instance.clone())),
-                            Some(known) if known != instance => {
-                                changes.push(MembershipChange::Updated(instance.clone()));
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                    self.members = now;
                     self.follow.restart_at(revision + 1);
-                    if !changes.is_empty() {
-                        return Ok(Membership {
-                            revision,
-                            changes,
-                            resynced: true,
-                        });
-                    }
+                    return Ok(Membership {
+                        revision,
+                        instances: Some(now.into_values().collect()),
+                        changes: Vec::new(),
+                    });
                 }
             }
         }
     }
 
-    /// Applies the pending events of the oldest revision that changes the membership; `None`
-    /// once no pending event does.
-    fn apply_one_revision(&mut self) -> Option<Membership> {
+    /// The changes of the oldest revision pending; `None` once nothing is pending.
+    fn one_revision(&mut self) -> Option<Membership> {
         let mut changes = Vec::new();
         while let Some(event) = self.pending.pop_front() {
             let Some(kv) = event.kv else { continue };
             let revision = kv.mod_revision;
-            if event.r#type == EventType::Delete as i32 {
-                if let Some(id) = kv.key.strip_prefix(self.prefix.as_bytes()) {
-                    let id = String::from_utf8_lossy(id).into_owned();
-                    if self.members.remove(&id).is_some() {
-                        changes.push(MembershipChange::Removed { id });
-                    }
-                }
-            } else if let Some(instance) = instance(&self.prefix, &kv) {
-                match self.members.insert(instance.id.clone(), instance.clone()) {
-                    None => changes.push(MembershipChange::Added(instance)),
-                    Some(_) => changes.push(MembershipChange::Updated(instance)),
-                }
-            } else if let Some(id) = kv.key.strip_prefix(self.prefix.as_bytes()) {
-                // An instance overwritten with something unreadable is gone.
+            if let Some(id) = kv.key.strip_prefix(self.prefix.as_bytes()) {
                 let id = String::from_utf8_lossy(id).into_owned();
-                if self.members.remove(&id).is_some() {
-                    changes.push(MembershipChange::Removed { id });
+                let put = event.r#type != EventType::Delete as i32;
+                match (put, instance(&self.prefix, &kv)) {
+                    (true, Some(instance)) if kv.version == 1 => {
+                        changes.push(MembershipChange::Added(instance))
+                    }
+                    (true, Some(instance)) => changes.push(MembershipChange::Updated(instance)),
+                    // Deleted, or overwritten with something unreadable: gone.
+                    _ => changes.push(MembershipChange::Removed { id }),
                 }
             }
             let revision_ends = self
@@ -407,8 +430,8 @@ impl<K: Kv> ServiceWatch<K> {
             if revision_ends && !changes.is_empty() {
                 return Some(Membership {
                     revision,
+                    instances: None,
                     changes,
-                    resynced: false,
                 });
             }
         }

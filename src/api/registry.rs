@@ -151,16 +151,13 @@ impl RegistryRpc for RegistryService {
             .await
             .map_err(|e| e.to_service_status())?;
         let api = self.api.clone();
-        let responses = futures::stream::unfold((Some(watch), true), move |(watch, first)| {
+        let responses = futures::stream::unfold(Some(watch), move |watch| {
             let api = api.clone();
             async move {
                 let mut watch = watch?;
                 match watch.next().await {
-                    Ok(membership) => {
-                        let response = response(&api, &watch, membership, first);
-                        Some((Ok(response), (Some(watch), false)))
-                    }
-                    Err(err) => Some((Err(err.to_service_status()), (None, false))),
+                    Ok(membership) => Some((Ok(response(&api, membership)), Some(watch))),
+                    Err(err) => Some((Err(err.to_service_status()), None)),
                 }
             }
         });
@@ -170,26 +167,12 @@ impl RegistryRpc for RegistryService {
 
 /// The answer for one membership: every instance when it starts the stream or follows a
 /// compacted gap, its changes otherwise.
-fn response(
-    api: &Api,
-    watch: &registry::ServiceWatch<LocalKv>,
-    membership: Membership,
-    first: bool,
-) -> pb::WatchResponse {
-    let reset = first || membership.resynced;
+fn response(api: &Api, membership: Membership) -> pb::WatchResponse {
     pb::WatchResponse {
         header: Some(api.header(membership.revision)),
-        reset,
-        instances: if reset {
-            watch.instances().map(to_proto).collect()
-        } else {
-            Vec::new()
-        },
-        changes: if first {
-            Vec::new()
-        } else {
-            membership.changes.iter().map(change).collect()
-        },
+        reset: membership.instances.is_some(),
+        instances: membership.instances.iter().flatten().map(to_proto).collect(),
+        changes: membership.changes.iter().map(change).collect(),
     }
 }
 

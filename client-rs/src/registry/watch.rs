@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use concord_proto::concord::registry::v1 as pb;
-use concord_recipes::registry::{Instance, MembershipChange};
+use concord_recipes::registry::{self as recipe, Instance, MembershipChange, MembershipView};
 use futures::Stream;
 
 use super::from_proto;
@@ -45,7 +45,7 @@ impl ServiceWatch {
         let follower = Follower {
             client,
             service,
-            known: Arc::default(),
+            view: MembershipView::default(),
             next_revision: 0,
             stream: None,
             failures: 0,
@@ -77,7 +77,7 @@ struct Follower {
     client: Client,
     service: String,
     /// The membership as last reported.
-    known: Arc<BTreeMap<String, Instance>>,
+    view: MembershipView,
     /// Where a new stream starts (0 before the first answer: now).
     next_revision: i64,
     stream: Option<OpenStream<pb::WatchResponse>>,
@@ -149,33 +149,30 @@ impl Follower {
     /// answer is always reported).
     fn apply(&mut self, response: pb::WatchResponse) -> Result<Option<Membership>> {
         let revision = response.header.map_or(0, |h| h.revision);
-        let changes = if response.reset {
-            let now: BTreeMap<String, Instance> = response
-                .instances
-                .into_iter()
-                .map(|i| from_proto(i).map(|i| (i.id.clone(), i)))
-                .collect::<Result<_>>()?;
-            let changes = difference(&self.known, &now);
-            self.known = Arc::new(now);
-            changes
-        } else {
-            let known = Arc::make_mut(&mut self.known);
-            let mut changes = Vec::with_capacity(response.changes.len());
-            for change in response.changes {
-                let Some(instance) = change.instance else { continue };
-                if change.r#type == pb::change::Type::Removed as i32 {
-                    known.remove(&instance.id);
-                    changes.push(MembershipChange::Removed { id: instance.id });
-                } else {
-                    let instance = from_proto(instance)?;
-                    match known.insert(instance.id.clone(), instance.clone()) {
-                        None => changes.push(MembershipChange::Added(instance)),
-                        Some(_) => changes.push(MembershipChange::Updated(instance)),
-                    }
-                }
-            }
-            changes
+        let instances = match response.reset {
+            true => Some(
+                response
+                    .instances
+                    .into_iter()
+                    .map(from_proto)
+                    .collect::<Result<_>>()?,
+            ),
+            false => None,
         };
+        let mut changes = Vec::with_capacity(response.changes.len());
+        for change in response.changes {
+            let Some(instance) = change.instance else { continue };
+            changes.push(match pb::change::Type::try_from(change.r#type) {
+                Ok(pb::change::Type::Removed) => MembershipChange::Removed { id: instance.id },
+                Ok(pb::change::Type::Added) => MembershipChange::Added(from_proto(instance)?),
+                _ => MembershipChange::Updated(from_proto(instance)?),
+            });
+        }
+        let changes = self.view.apply(recipe::Membership {
+            revision,
+            instances,
+            changes,
+        });
         self.next_revision = revision + 1;
         if changes.is_empty() && self.started {
             return Ok(None);
@@ -183,28 +180,8 @@ impl Follower {
         self.started = true;
         Ok(Some(Membership {
             revision,
-            instances: self.known.clone(),
+            instances: self.view.instances(),
             changes,
         }))
     }
-}
-
-/// What changed from `before` to `after`: removals first, then additions and updates by ID.
-fn difference(
-    before: &BTreeMap<String, Instance>,
-    after: &BTreeMap<String, Instance>,
-) -> Vec<MembershipChange> {
-    let mut changes: Vec<_> = before
-        .keys()
-        .filter(|id| !after.contains_key(*id))
-        .map(|id| MembershipChange::Removed { id: id.clone() })
-        .collect();
-    for (id, instance) in after {
-        match before.get(id) {
-            None => changes.push(MembershipChange::Added(instance.clone())),
-            Some(known) if known != instance => changes.push(MembershipChange::Updated(instance.clone())),
-            Some(_) => {}
-        }
-    }
-    changes
 }

@@ -9,9 +9,8 @@ fn ids<'a>(instances: impl Iterator<Item = &'a Instance>) -> Vec<&'a str> {
     instances.map(|i| i.id.as_str()).collect()
 }
 
-fn changes(membership: &Membership) -> Vec<String> {
-    membership
-        .changes
+fn named(changes: &[MembershipChange]) -> Vec<String> {
+    changes
         .iter()
         .map(|change| match change {
             MembershipChange::Added(i) => format!("+{}", i.id),
@@ -19,6 +18,35 @@ fn changes(membership: &Membership) -> Vec<String> {
             MembershipChange::Removed { id } => format!("-{id}"),
         })
         .collect()
+}
+
+/// A watch and the view it keeps: each step is a revision and the changes it made to the view.
+struct Viewed<K: Kv> {
+    watch: ServiceWatch<K>,
+    view: MembershipView,
+}
+
+impl<K: Kv> Viewed<K> {
+    fn new(watch: ServiceWatch<K>) -> Self {
+        Self {
+            watch,
+            view: MembershipView::default(),
+        }
+    }
+
+    async fn step(&mut self) -> (i64, Vec<String>) {
+        let membership = bounded(self.watch.next()).await.unwrap();
+        let revision = membership.revision;
+        (revision, named(&self.view.apply(membership)))
+    }
+
+    async fn changes(&mut self) -> Vec<String> {
+        self.step().await.1
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.view.instances().keys().cloned().collect()
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -124,9 +152,8 @@ async fn a_watch_sees_every_change_once_in_revision_order() {
         .register("svc", "a", &endpoint("h:1", None), lease)
         .await
         .unwrap();
-    let mut watch = registry.watch("svc", 0).await.unwrap();
-    let first = bounded(watch.next()).await.unwrap();
-    assert_eq!(changes(&first), ["+a"]);
+    let mut watch = Viewed::new(registry.watch("svc", 0).await.unwrap());
+    assert_eq!(watch.changes().await, ["+a"]);
 
     registry
         .register("svc", "b", &endpoint("h:2", None), lease)
@@ -137,18 +164,17 @@ async fn a_watch_sees_every_change_once_in_revision_order() {
     let mut seen = Vec::new();
     let mut revisions = Vec::new();
     for _ in 0..3 {
-        let membership = bounded(watch.next()).await.unwrap();
-        revisions.push(membership.revision);
-        seen.extend(changes(&membership));
+        let (revision, changes) = watch.step().await;
+        revisions.push(revision);
+        seen.extend(changes);
     }
     assert_eq!(seen, ["+b", "~a", "-b"]);
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
 
     // A lease that ends takes its instances with it.
     kv.expire_lease(lease);
-    let gone = bounded(watch.next()).await.unwrap();
-    assert_eq!(changes(&gone), ["-a"]);
-    assert_eq!(watch.instances().len(), 0);
+    assert_eq!(watch.changes().await, ["-a"]);
+    assert!(watch.ids().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,17 +191,14 @@ async fn a_watch_resumes_from_a_revision() {
         .unwrap();
     registry.deregister("svc", "a").await.unwrap();
     // From b's revision: the membership before it (a), then b joining, then a leaving.
-    let mut watch = registry.watch("svc", b).await.unwrap();
-    let first = bounded(watch.next()).await.unwrap();
-    assert_eq!((first.revision, changes(&first)), (b - 1, vec!["+a".to_string()]));
-    assert_eq!(changes(&bounded(watch.next()).await.unwrap()), ["+b"]);
-    assert_eq!(changes(&bounded(watch.next()).await.unwrap()), ["-a"]);
+    let mut watch = Viewed::new(registry.watch("svc", b).await.unwrap());
+    assert_eq!(watch.step().await, (b - 1, vec!["+a".to_string()]));
+    assert_eq!(watch.changes().await, ["+b"]);
+    assert_eq!(watch.changes().await, ["-a"]);
     // From the very start.
-    let mut from_one = registry.watch("svc", 1).await.unwrap();
-    let empty = bounded(from_one.next()).await.unwrap();
-    assert!(from_one.instances().len() == 0 && empty.changes.is_empty());
-    let joined = bounded(from_one.next()).await.unwrap();
-    assert_eq!((joined.revision, changes(&joined)), (a, vec!["+a".to_string()]));
+    let mut from_one = Viewed::new(registry.watch("svc", 1).await.unwrap());
+    assert_eq!(from_one.step().await, (0, vec![]));
+    assert_eq!(from_one.step().await, (a, vec!["+a".to_string()]));
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,8 +213,8 @@ async fn a_broken_stream_resumes_and_a_compacted_gap_is_read_again() {
         .register("svc", "b", &endpoint("h:2", None), 0)
         .await
         .unwrap();
-    let mut watch = registry.watch("svc", 0).await.unwrap();
-    assert_eq!(changes(&bounded(watch.next()).await.unwrap()), ["+a", "+b"]);
+    let mut watch = Viewed::new(registry.watch("svc", 0).await.unwrap());
+    assert_eq!(watch.changes().await, ["+a", "+b"]);
 
     // The stream breaks; the watch reopens where it left off, losing nothing.
     kv.cut_watches();
@@ -199,7 +222,7 @@ async fn a_broken_stream_resumes_and_a_compacted_gap_is_read_again() {
         .register("svc", "c", &endpoint("h:3", None), 0)
         .await
         .unwrap();
-    assert_eq!(changes(&bounded(watch.next()).await.unwrap()), ["+c"]);
+    assert_eq!(watch.changes().await, ["+c"]);
 
     // It breaks again while changes land and their history is compacted away: the watch
     // reads the membership again and reports the difference, never b or c leaving.
@@ -210,16 +233,14 @@ async fn a_broken_stream_resumes_and_a_compacted_gap_is_read_again() {
         .await
         .unwrap();
     kv.compact(d + 1);
-    let resynced = bounded(watch.next()).await.unwrap();
-    assert_eq!(changes(&resynced), ["-a", "+d"]);
-    assert!(resynced.resynced);
-    assert_eq!(ids(watch.instances()), ["b", "c", "d"]);
+    assert_eq!(watch.changes().await, ["-a", "+d"]);
+    assert_eq!(watch.ids(), ["b", "c", "d"]);
     // ... and follows on from there.
     registry.deregister("svc", "b").await.unwrap();
-    assert_eq!(changes(&bounded(watch.next()).await.unwrap()), ["-b"]);
+    assert_eq!(watch.changes().await, ["-b"]);
 
     // Resuming from a revision whose history is gone starts from the membership now.
-    let mut late = registry.watch("svc", 2).await.unwrap();
-    bounded(late.next()).await.unwrap();
-    assert_eq!(ids(late.instances()), ["c", "d"]);
+    let mut late = Viewed::new(registry.watch("svc", 2).await.unwrap());
+    late.step().await;
+    assert_eq!(late.ids(), ["c", "d"]);
 }
