@@ -25,6 +25,12 @@ enum Workload {
     Lock,
     /// Kill the leader (`--pids`) under `--clients` writers; time to the first write after.
     Failover,
+    /// Concord's Registry: `--instances` registered, `--watchers` subscribers, `--total`
+    /// registrations; register -> every subscriber sees it.
+    Registry,
+    /// Concord's Config: `--watchers` watchers of one key, `--total` versions; put -> every
+    /// watcher has it.
+    Config,
 }
 
 #[derive(Debug, Parser)]
@@ -48,9 +54,12 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
-    /// Watchers for the watch workload.
+    /// Watchers for the watch, registry and config workloads.
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
+    /// Instances registered before the registry workload's timed registrations.
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
     /// For the failover workload: the process ID serving each endpoint, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -62,6 +71,7 @@ struct Args {
 mod failover;
 mod lease;
 mod lock;
+mod services;
 mod watch;
 
 /// Clients multiplexed on one HTTP/2 connection, as etcd's own benchmark tool does by default.
@@ -94,7 +104,12 @@ async fn client_loop(
                 .await
                 .context("put")?;
             }
-            Workload::Watch | Workload::Lease | Workload::Lock | Workload::Failover => {
+            Workload::Watch
+            | Workload::Lease
+            | Workload::Lock
+            | Workload::Failover
+            | Workload::Registry
+            | Workload::Config => {
                 unreachable!("this workload has its own driver")
             }
             Workload::Get => {
@@ -125,6 +140,22 @@ async fn main() -> anyhow::Result<()> {
     if let Workload::Watch = args.workload {
         let first = args.endpoint.split(',').next().unwrap_or_default();
         return watch::run(first, args.watchers, args.total, args.value_size, &args.label).await;
+    }
+    if let Workload::Registry = args.workload {
+        let first = args.endpoint.split(',').next().unwrap_or_default();
+        return services::registry(
+            first,
+            args.instances,
+            args.watchers,
+            args.total,
+            &args.pids,
+            &args.label,
+        )
+        .await;
+    }
+    if let Workload::Config = args.workload {
+        let first = args.endpoint.split(',').next().unwrap_or_default();
+        return services::config(first, args.watchers, args.total, &args.pids, &args.label).await;
     }
     if let Workload::Failover = args.workload {
         let endpoints: Vec<&str> = args.endpoint.split(',').collect();

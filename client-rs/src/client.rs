@@ -62,11 +62,21 @@ impl Client {
         endpoints: impl IntoIterator<Item = impl AsRef<str>>,
         options: ClientOptions,
     ) -> Result<Client> {
-        let endpoints = Endpoints::new(endpoints, options)?;
-        endpoints.connect_any().await?;
+        let client = Client::new(endpoints, options)?;
+        client.transport().connect_any().await?;
+        Ok(client)
+    }
+
+    /// A client of `endpoints` that connects on first use instead of now: it can be made while
+    /// no member is reachable (a program starting from its cached config, say), and each
+    /// request then fails over as usual. Fails only on endpoints that are not valid URLs.
+    pub fn new(
+        endpoints: impl IntoIterator<Item = impl AsRef<str>>,
+        options: ClientOptions,
+    ) -> Result<Client> {
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints,
+                endpoints: Endpoints::new(endpoints, options)?,
                 keep_alives: KeepAlives::default(),
             }),
         })

@@ -303,3 +303,67 @@ async fn status_shows_which_client_runs_which_version_and_who_rejected_it() {
     .await;
     assert_eq!(json["latest"], 3);
 }
+
+/// A program that kept a cache file starts from its last good config while no member can be
+/// reached, and follows the cluster again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_file_starts_a_program_while_the_cluster_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = crate::cluster::harness::Cluster::start(dir.path(), 1);
+    cluster.wait_for_leader(super::support::WAIT);
+    let endpoint = cluster.client_url(0).to_string();
+    let cache = dir.path().join("limits.json");
+    let options = || concord_client::ConfigOptions {
+        cache_file: Some(cache.clone()),
+        ..Default::default()
+    };
+    let writer = concord_client::Client::connect([endpoint.clone()]).await.unwrap();
+    writer
+        .put_config("app", "limits", &serde_json::json!({"max": 7}))
+        .await
+        .unwrap();
+    {
+        let first = writer
+            .config_with::<Limits>("app", "limits", options())
+            .await
+            .unwrap();
+        assert_eq!(first.current().unwrap().value.max, 7);
+        assert!(cache.exists(), "the applied version is cached");
+    }
+
+    cluster.kill9(0);
+    let fast = concord_client::ClientOptions {
+        connect_timeout: std::time::Duration::from_millis(200),
+        request_timeout: std::time::Duration::from_millis(500),
+        retries: 0,
+        ..Default::default()
+    };
+    let offline = concord_client::Client::new([endpoint.clone()], fast).unwrap();
+    let mut live = super::support::within(
+        "a start from the cache",
+        offline.config_with::<Limits>("app", "limits", options()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (live.current().unwrap().value.max, live.current().unwrap().version),
+        (7, 1)
+    );
+
+    // Without a cache, the same start fails: nothing to start from.
+    let uncached = offline.config::<Limits>("app", "limits").await;
+    assert!(uncached.is_err());
+
+    // The cluster comes back: the program follows it again.
+    cluster.restart(0);
+    cluster.wait_for_leader(super::support::WAIT);
+    writer
+        .put_config("app", "limits", &serde_json::json!({"max": 9}))
+        .await
+        .unwrap();
+    let next = super::support::within("the next version after the outage", live.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.value.max, next.version), (9, 2));
+}

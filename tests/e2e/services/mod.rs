@@ -4,6 +4,7 @@
 
 mod cluster;
 mod config;
+mod ctl;
 mod pubsub;
 mod registry;
 mod support;
