@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# The examples as programs (`cargo test` builds them only as test harnesses): the e2e tests
+# run each of them against a real server.
+cargo build --examples
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
 # The docs lean on intra-doc links: a broken one fails the run.

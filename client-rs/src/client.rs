@@ -99,6 +99,29 @@ impl Client {
         Ok(conn.channel)
     }
 
+    /// Sends the unary request `request` with `call(channel, request)` through the failover
+    /// policy (see [`Client`]), each attempt within the request timeout; the answer.
+    pub(crate) async fn call_unary<Q, R, F, Fut>(
+        &self,
+        idempotence: Idempotence,
+        request: Q,
+        call: F,
+    ) -> Result<R>
+    where
+        Q: Clone,
+        F: Fn(tonic::transport::Channel, tonic::Request<Q>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let timeout = self.request_timeout();
+        let answer = self
+            .transport()
+            .call(idempotence, |conn| {
+                call(conn.channel, unary(request.clone(), timeout))
+            })
+            .await?;
+        Ok(answer.into_inner())
+    }
+
     /// Every endpoint's URL, in the order given.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.uris()

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::client::Client;
-use crate::endpoints::{Idempotence, config, is_transient, unary};
+use crate::endpoints::{Idempotence, config, is_transient};
 use crate::error::{Error, Result};
 
 /// A decoded config value and where it came from.
@@ -154,15 +154,11 @@ impl Client {
             author: self.identity(),
             comment: write.comment,
         };
-        let timeout = self.options().request_timeout;
         let response = self
-            .transport()
-            .call(Idempotence::Write, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).put(request).await }
+            .call_unary(Idempotence::Write, request, |channel, request| async move {
+                config(channel).put(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.version.map_or(0, |v| v.version))
     }
 
@@ -173,15 +169,11 @@ impl Client {
             key: key.to_string(),
             version,
         };
-        let timeout = self.options().request_timeout;
         let response = self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).get(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                config(channel).get(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         response
             .version
             .ok_or_else(|| Error::Status(tonic::Status::internal("config: an answer without a version")))
@@ -194,15 +186,10 @@ impl Client {
             namespace: namespace.to_string(),
             key: key.to_string(),
         };
-        let timeout = self.options().request_timeout;
-        Ok(self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).status(request).await }
-            })
-            .await?
-            .into_inner())
+        self.call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+            config(channel).status(request).await
+        })
+        .await
     }
 
     /// Every kept version of `namespace`/`key`, oldest first.
@@ -211,15 +198,11 @@ impl Client {
             namespace: namespace.to_string(),
             key: key.to_string(),
         };
-        let timeout = self.options().request_timeout;
         Ok(self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).history(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                config(channel).history(request).await
             })
             .await?
-            .into_inner()
             .versions)
     }
 
@@ -239,15 +222,11 @@ impl Client {
             author: self.identity(),
             comment: comment.to_string(),
         };
-        let timeout = self.options().request_timeout;
         let response = self
-            .transport()
-            .call(Idempotence::Write, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).rollback(request).await }
+            .call_unary(Idempotence::Write, request, |channel, request| async move {
+                config(channel).rollback(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         response
             .version
             .ok_or_else(|| Error::Status(tonic::Status::internal("config: an answer without a version")))
@@ -258,15 +237,11 @@ impl Client {
         let request = pb::GetSchemaRequest {
             namespace: namespace.to_string(),
         };
-        let timeout = self.options().request_timeout;
         let schema = self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).get_schema(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                config(channel).get_schema(request).await
             })
             .await?
-            .into_inner()
             .schema;
         Ok((!schema.is_empty()).then_some(schema))
     }
@@ -278,13 +253,10 @@ impl Client {
             namespace: namespace.to_string(),
             schema: schema.unwrap_or_default().to_string(),
         };
-        let timeout = self.options().request_timeout;
-        self.transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { config(conn.channel).set_schema(request).await }
-            })
-            .await?;
+        self.call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+            config(channel).set_schema(request).await
+        })
+        .await?;
         Ok(())
     }
 

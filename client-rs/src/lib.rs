@@ -56,6 +56,7 @@ mod options;
 mod owned;
 mod pubsub;
 mod registry;
+mod resuming;
 mod watch;
 
 pub use client::Client;

@@ -18,8 +18,9 @@ use concord_proto::etcdserverpb::RangeRequest;
 use futures::Stream;
 
 use crate::client::Client;
-use crate::endpoints::{Idempotence, OpenStream, is_transient, pubsub, unary};
+use crate::endpoints::{Idempotence, pubsub};
 use crate::error::Result;
+use crate::resuming::Resuming;
 use concord_recipes::Kv;
 
 /// The key prefix of the server's topics (topic `t` keeps its messages under `pubsub/t/`).
@@ -61,15 +62,11 @@ impl Client {
             topic: topic.to_string(),
             payload: payload.into(),
         };
-        let timeout = self.options().request_timeout;
         let response = self
-            .transport()
-            .call(Idempotence::Write, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { pubsub(conn.channel).publish(request).await }
+            .call_unary(Idempotence::Write, request, |channel, request| async move {
+                pubsub(channel).publish(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.revision)
     }
 
@@ -107,12 +104,10 @@ impl Client {
     /// (`OUT_OF_RANGE`, naming the oldest revision still kept).
     pub async fn subscribe_from(&self, topic: &str, from: i64) -> Result<Subscription> {
         let mut follower = Follower {
-            client: self.clone(),
+            stream: Resuming::new(self.clone(), format!("topic {topic}")),
             topic: topic.to_string(),
             next_revision: from,
-            stream: None,
             ready: VecDeque::new(),
-            failures: 0,
         };
         // Open it now, so a bad topic or start is an error here rather than on the stream.
         follower.open().await?;
@@ -144,13 +139,10 @@ impl Client {
                 max_messages: retention.max_messages.map_or(0, |max| max as i64),
             }),
         };
-        let timeout = self.options().request_timeout;
-        self.transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { pubsub(conn.channel).set_retention(request).await }
-            })
-            .await?;
+        self.call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+            pubsub(channel).set_retention(request).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -159,15 +151,11 @@ impl Client {
         let request = pb::TopicStatusRequest {
             topic: topic.to_string(),
         };
-        let timeout = self.options().request_timeout;
         let status = self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { pubsub(conn.channel).topic_status(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                pubsub(channel).topic_status(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         let retention = status.retention.unwrap_or_default();
         Ok(TopicStatus {
             retention: Retention {
@@ -203,31 +191,29 @@ impl Stream for Subscription {
 
 /// The state behind a [`Subscription`].
 struct Follower {
-    client: Client,
+    stream: Resuming<pb::SubscribeResponse>,
     topic: String,
     /// The first revision not yielded yet.
     next_revision: i64,
-    stream: Option<OpenStream<pb::SubscribeResponse>>,
     ready: VecDeque<Message>,
-    failures: usize,
 }
 
 impl Follower {
-    async fn open(&mut self) -> Result<()> {
-        let request = pb::SubscribeRequest {
+    fn request(&self) -> pb::SubscribeRequest {
+        pb::SubscribeRequest {
             topic: self.topic.clone(),
             start_revision: self.next_revision,
-        };
-        let stream = self
-            .client
-            .transport()
-            .open_stream(|channel| {
+        }
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let request = self.request();
+        self.stream
+            .open(|channel| {
                 let request = request.clone();
                 async move { pubsub(channel).subscribe(request).await }
             })
-            .await?;
-        self.stream = Some(stream);
-        Ok(())
+            .await
     }
 
     async fn next(&mut self) -> Result<Message> {
@@ -236,42 +222,18 @@ impl Follower {
                 self.next_revision = message.revision + 1;
                 return Ok(message);
             }
-            let Some(stream) = self.stream.as_mut() else {
-                match self.open().await {
-                    Ok(()) => continue,
-                    Err(crate::Error::Status(status)) if is_transient(&status) => {
-                        self.pause(&status).await;
-                        continue;
-                    }
-                    Err(err) => return Err(err),
-                }
-            };
-            let status = match stream.responses.message().await {
-                Ok(Some(response)) => {
-                    self.failures = 0;
-                    self.ready.extend(response.messages.into_iter().map(|m| Message {
-                        revision: m.revision,
-                        payload: m.payload,
-                    }));
-                    continue;
-                }
-                Ok(None) => tonic::Status::unavailable("the server ended the subscription"),
-                Err(status) => status,
-            };
-            if !is_transient(&status) {
-                return Err(status.into());
-            }
-            if let Some(broken) = self.stream.take() {
-                self.client.transport().stream_broke(&broken, &status);
-            }
-            self.pause(&status).await;
+            let request = self.request();
+            let response = self
+                .stream
+                .next(|channel| {
+                    let request = request.clone();
+                    async move { pubsub(channel).subscribe(request).await }
+                })
+                .await?;
+            self.ready.extend(response.messages.into_iter().map(|m| Message {
+                revision: m.revision,
+                payload: m.payload,
+            }));
         }
-    }
-
-    async fn pause(&mut self, status: &tonic::Status) {
-        tracing::debug!(topic = %self.topic, error = %status, "subscription broke; resubscribing");
-        let pause = self.client.options().backoff(self.failures);
-        self.failures += 1;
-        tokio::time::sleep(pause).await;
     }
 }

@@ -30,7 +30,7 @@ use serde_json::Value;
 pub use watch::{Membership, ServiceWatch};
 
 use crate::client::Client;
-use crate::endpoints::{Idempotence, registry, unary};
+use crate::endpoints::{Idempotence, registry};
 use crate::error::{Error, Result};
 
 /// An instance to register: see [`Client::register_instance`].
@@ -139,15 +139,11 @@ impl Client {
             service: service.to_string(),
             ..Default::default()
         };
-        let timeout = self.options().request_timeout;
         let listed = self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { registry(conn.channel).list(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                registry(channel).list(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         listed.instances.into_iter().map(from_proto).collect()
     }
 
@@ -159,15 +155,11 @@ impl Client {
             id: id.to_string(),
             ..Default::default()
         };
-        let timeout = self.options().request_timeout;
         Ok(self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { registry(conn.channel).deregister(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                registry(channel).deregister(request).await
             })
             .await?
-            .into_inner()
             .deregistered)
     }
 
@@ -179,15 +171,11 @@ impl Client {
             id: id.to_string(),
             ..Default::default()
         };
-        let timeout = self.options().request_timeout;
         Ok(self
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { registry(conn.channel).drain(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                registry(channel).drain(request).await
             })
             .await?
-            .into_inner()
             .drained)
     }
 

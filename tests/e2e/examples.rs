@@ -1,6 +1,7 @@
 //! Every example in `examples/` runs through once (`--bounded`) against a real server and
-//! prints what it promises. `cargo test --workspace --all-targets` (the README's test command)
-//! builds the examples before the tests run.
+//! prints what it promises. The README's test command (`scripts/test.sh`) builds the examples
+//! as programs (`cargo build --examples`) before the tests run; `cargo test` alone builds them
+//! only as test harnesses.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::cache::{self, Cached};
 use super::{ConfigOptions, ConfigVersions, LiveConfig, Rejection, Versioned, decode, is_unreachable};
 use crate::client::Client;
-use crate::endpoints::{Idempotence, OpenStream, config, is_transient, unary};
+use crate::endpoints::{Idempotence, config};
 use crate::error::{Error, Result};
 use crate::owned::OwnedSession;
+use crate::resuming::Resuming;
 
 /// The TTL of the lease a client's reports are attached to.
 const REPORT_TTL_SECS: i64 = 10;
@@ -32,9 +33,8 @@ struct Follower {
     cache: Option<PathBuf>,
     /// Where the next stream starts: the revision after the last version seen.
     next_revision: i64,
-    stream: Option<OpenStream<pb::WatchResponse>>,
+    stream: Resuming<pb::WatchResponse>,
     ready: std::collections::VecDeque<pb::Version>,
-    failures: usize,
     /// The lease reports are attached to, made on first use.
     session: Option<OwnedSession>,
 }
@@ -53,15 +53,14 @@ where
     let value_key = ConfigCenter::new(client.clone()).value_key(namespace, key)?;
     let client_id = options.client_id.unwrap_or_else(|| client.identity());
     let mut follower = Follower {
-        client,
+        client: client.clone(),
         namespace: namespace.to_string(),
         key: key.to_string(),
         client_id,
         cache: options.cache_file,
         next_revision: 0,
-        stream: None,
+        stream: Resuming::new(client.clone(), format!("config {namespace}/{key}")),
         ready: Default::default(),
-        failures: 0,
         session: None,
     };
     let (values_tx, values) = watch::channel(None);
@@ -120,15 +119,14 @@ pub(super) async fn versions(
     from: i64,
 ) -> Result<ConfigVersions> {
     let mut follower = Follower {
-        client,
+        client: client.clone(),
         namespace: namespace.to_string(),
         key: key.to_string(),
         client_id: String::new(),
         cache: None,
         next_revision: from,
-        stream: None,
+        stream: Resuming::new(client.clone(), format!("config {namespace}/{key}")),
         ready: Default::default(),
-        failures: 0,
         session: None,
     };
     follower.open().await?;
@@ -175,23 +173,23 @@ impl Follower {
         }
     }
 
-    async fn open(&mut self) -> Result<()> {
-        let request = pb::WatchRequest {
+    fn request(&self) -> pb::WatchRequest {
+        pb::WatchRequest {
             namespace: self.namespace.clone(),
             key: self.key.clone(),
             start_revision: self.next_revision,
             start_version: 0,
-        };
-        let stream = self
-            .client
-            .transport()
-            .open_stream(|channel| {
+        }
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let request = self.request();
+        self.stream
+            .open(|channel| {
                 let request = request.clone();
                 async move { config(channel).watch(request).await }
             })
-            .await?;
-        self.stream = Some(stream);
-        Ok(())
+            .await
     }
 
     async fn run<T: DeserializeOwned>(
@@ -221,40 +219,16 @@ impl Follower {
             if let Some(version) = self.ready.pop_front() {
                 return Ok(version);
             }
-            let Some(stream) = self.stream.as_mut() else {
-                match self.open().await {
-                    Ok(()) => continue,
-                    Err(Error::Status(status)) if is_transient(&status) => {
-                        self.pause(&status).await;
-                        continue;
-                    }
-                    Err(err) => return Err(err),
-                }
-            };
-            let status = match stream.responses.message().await {
-                Ok(Some(response)) => {
-                    self.failures = 0;
-                    self.ready.extend(response.versions);
-                    continue;
-                }
-                Ok(None) => tonic::Status::unavailable("the server ended the config watch"),
-                Err(status) => status,
-            };
-            if !is_transient(&status) {
-                return Err(status.into());
-            }
-            if let Some(broken) = self.stream.take() {
-                self.client.transport().stream_broke(&broken, &status);
-            }
-            self.pause(&status).await;
+            let request = self.request();
+            let response = self
+                .stream
+                .next(|channel| {
+                    let request = request.clone();
+                    async move { config(channel).watch(request).await }
+                })
+                .await?;
+            self.ready.extend(response.versions);
         }
-    }
-
-    async fn pause(&mut self, status: &tonic::Status) {
-        tracing::debug!(namespace = %self.namespace, key = %self.key, error = %status, "config watch broke; reopening");
-        let pause = self.client.options().backoff(self.failures);
-        self.failures += 1;
-        tokio::time::sleep(pause).await;
     }
 
     /// Decodes `version`: publishes it and reports it applied, or keeps the last good one and
@@ -320,22 +294,19 @@ impl Follower {
                 error: error.clone().unwrap_or_default(),
                 lease,
             };
-            let timeout = self.client.options().request_timeout;
             let sent = self
                 .client
-                .transport()
-                .call(Idempotence::Idempotent, |conn| {
-                    let request = unary(request.clone(), timeout);
-                    async move { config(conn.channel).report(request).await }
+                .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                    config(channel).report(request).await
                 })
                 .await;
             match sent {
                 Ok(_) => return,
-                Err(status) if concord_proto::rpctypes::is_lease_not_found(&status) => {
+                Err(Error::Status(status)) if concord_proto::rpctypes::is_lease_not_found(&status) => {
                     self.session = None; // expired meanwhile: a new one, once
                 }
-                Err(status) => {
-                    tracing::debug!(error = %status, "reporting a config version");
+                Err(err) => {
+                    tracing::debug!(error = %err, "reporting a config version");
                     return;
                 }
             }

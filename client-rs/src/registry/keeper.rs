@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::NewInstance;
 use crate::client::Client;
-use crate::endpoints::{Idempotence, registry, unary};
+use crate::endpoints::{Idempotence, registry};
 use crate::error::{Error, Result};
 use crate::options::ttl_secs;
 use crate::owned::OwnedSession;
@@ -291,12 +291,9 @@ impl Keeper {
         let client = self.client.clone();
         session
             .end(async move {
-                let timeout = client.options().request_timeout;
                 client
-                    .transport()
-                    .call(Idempotence::Idempotent, |conn| {
-                        let request = unary(request.clone(), timeout);
-                        async move { registry(conn.channel).deregister(request).await }
+                    .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                        registry(channel).deregister(request).await
                     })
                     .await?;
                 Ok(())
@@ -332,16 +329,12 @@ impl Keeper {
             lease,
             ..Default::default()
         };
-        let timeout = self.client.options().request_timeout;
         let response = self
             .client
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { registry(conn.channel).register(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                registry(channel).register(request).await
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.header.map_or(0, |h| h.revision))
     }
 
@@ -351,12 +344,9 @@ impl Keeper {
             id: self.instance.id.clone(),
             ..Default::default()
         };
-        let timeout = self.client.options().request_timeout;
         self.client
-            .transport()
-            .call(Idempotence::Idempotent, |conn| {
-                let request = unary(request.clone(), timeout);
-                async move { registry(conn.channel).drain(request).await }
+            .call_unary(Idempotence::Idempotent, request, |channel, request| async move {
+                registry(channel).drain(request).await
             })
             .await?;
         Ok(())

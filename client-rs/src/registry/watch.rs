@@ -19,8 +19,9 @@ use futures::Stream;
 
 use super::from_proto;
 use crate::client::Client;
-use crate::endpoints::{OpenStream, is_transient, registry};
+use crate::endpoints::registry;
 use crate::error::Result;
+use crate::resuming::Resuming;
 
 /// A service's membership at one revision, and how it got there from the previous one.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,12 +44,10 @@ pub struct ServiceWatch {
 impl ServiceWatch {
     pub(crate) fn new(client: Client, service: String) -> Self {
         let follower = Follower {
-            client,
+            stream: Resuming::new(client, format!("service {service}")),
             service,
             view: MembershipView::default(),
             next_revision: 0,
-            stream: None,
-            failures: 0,
             started: false,
         };
         let stream = futures::stream::unfold(Some(follower), |follower| async move {
@@ -74,15 +73,12 @@ impl Stream for ServiceWatch {
 
 /// The state behind a [`ServiceWatch`].
 struct Follower {
-    client: Client,
+    stream: Resuming<pb::WatchResponse>,
     service: String,
     /// The membership as last reported.
     view: MembershipView,
     /// Where a new stream starts (0 before the first answer: now).
     next_revision: i64,
-    stream: Option<OpenStream<pb::WatchResponse>>,
-    /// Failures in a row, for the backoff.
-    failures: usize,
     /// Whether the first membership was reported.
     started: bool,
 }
@@ -90,59 +86,22 @@ struct Follower {
 impl Follower {
     async fn next(&mut self) -> Result<Membership> {
         loop {
-            let stream = match self.stream.as_mut() {
-                Some(stream) => stream,
-                None => {
-                    let request = pb::WatchRequest {
-                        service: self.service.clone(),
-                        start_revision: self.next_revision,
-                        ..Default::default()
-                    };
-                    match self
-                        .client
-                        .transport()
-                        .open_stream(|channel| {
-                            let request = request.clone();
-                            async move { registry(channel).watch(request).await }
-                        })
-                        .await
-                    {
-                        Ok(stream) => self.stream.insert(stream),
-                        Err(status) if is_transient(&status) => {
-                            self.pause(&status).await;
-                            continue;
-                        }
-                        Err(status) => return Err(status.into()),
-                    }
-                }
+            let request = pb::WatchRequest {
+                service: self.service.clone(),
+                start_revision: self.next_revision,
+                ..Default::default()
             };
-            let status = match stream.responses.message().await {
-                Ok(Some(response)) => {
-                    self.failures = 0;
-                    if let Some(membership) = self.apply(response)? {
-                        return Ok(membership);
-                    }
-                    continue;
-                }
-                Ok(None) => tonic::Status::unavailable("the server ended the registry watch"),
-                Err(status) => status,
-            };
-            if !is_transient(&status) {
-                return Err(status.into());
+            let response = self
+                .stream
+                .next(|channel| {
+                    let request = request.clone();
+                    async move { registry(channel).watch(request).await }
+                })
+                .await?;
+            if let Some(membership) = self.apply(response)? {
+                return Ok(membership);
             }
-            if let Some(broken) = self.stream.take() {
-                self.client.transport().stream_broke(&broken, &status);
-            }
-            self.pause(&status).await;
         }
-    }
-
-    /// Waits before reopening a broken stream: the client's retry backoff, capped.
-    async fn pause(&mut self, status: &tonic::Status) {
-        tracing::debug!(service = %self.service, error = %status, "registry watch broke; reopening");
-        let pause = self.client.options().backoff(self.failures);
-        self.failures += 1;
-        tokio::time::sleep(pause).await;
     }
 
     /// Applies one answer; the membership to report, if it changed anything (the first
