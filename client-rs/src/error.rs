@@ -39,13 +39,14 @@ pub enum Error {
         /// serde_json's error.
         source: serde_json::Error,
     },
-    /// A stored value could not be decoded into the requested type. A
-    /// [`ConfigWatch`](crate::ConfigWatch) reports this and carries on with the next version.
+    /// A stored value could not be decoded (an instance's metadata that is not JSON, say). A
+    /// config version that does not decode is no error: [`LiveConfig`](crate::LiveConfig)
+    /// keeps the last good one and reports it as a [`Rejection`](crate::Rejection).
     #[error("decoding {key} at version {version}: {source}")]
     Decode {
-        /// The key the value was read from.
+        /// What was decoded.
         key: String,
-        /// The value's mod revision.
+        /// Its revision.
         version: i64,
         /// serde_json's error.
         source: serde_json::Error,

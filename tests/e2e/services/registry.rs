@@ -284,7 +284,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
         addr: "10.0.0.1:80".into(),
         ..Default::default()
     };
-    registry.register(valid.clone()).await.unwrap();
+    // Without a lease, the server grants one of the default TTL for the caller to keep alive.
+    let granted = registry.register(valid.clone()).await.unwrap().into_inner();
+    assert!(granted.lease != 0 && granted.ttl == 10, "{granted:?}");
     let before = revision(&server);
     let leases_before = server.ctl(&["lease", "list"]);
 
