@@ -37,6 +37,15 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.endpoints())
+            .field("current", &self.current_endpoint())
+            .finish()
+    }
+}
+
 struct Inner {
     endpoints: Endpoints,
     keep_alives: KeepAlives,

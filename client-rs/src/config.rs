@@ -347,6 +347,7 @@ impl futures::Stream for ConfigVersions {
 /// Clone the [`receiver`](Self::receiver) to share it between tasks; the background task
 /// runs while any receiver is alive.
 #[derive(Debug)]
+#[must_use = "dropping every receiver of a LiveConfig stops following the key"]
 pub struct LiveConfig<T> {
     values: watch::Receiver<Option<Arc<Versioned<T>>>>,
     rejections: watch::Receiver<Option<Rejection>>,

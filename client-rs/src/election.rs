@@ -17,10 +17,6 @@ use crate::error::Result;
 use crate::options::ttl_secs;
 use crate::owned::OwnedSession;
 
-/// How many times in a row [`Client::observe`] restarts a failed observation before it
-/// reports the error.
-const RESTARTS: usize = 10;
-
 /// An election's leader, as an observer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -95,8 +91,9 @@ impl Client {
 
     /// Follows the election `name`: its leader now (once there is one), then every change of
     /// leader or of the leader's value, each once and in order. Nothing is reported while the
-    /// election has no leader. The observation survives endpoint failures; it ends after an
-    /// error it cannot recover from.
+    /// election has no leader. The observation survives endpoint failures and outages of any
+    /// length (restarting with a capped, jittered backoff); it ends only after an error that
+    /// retrying cannot fix (the server refusing the request).
     ///
     /// ```no_run
     /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
@@ -132,11 +129,19 @@ impl Client {
 ///
 /// [`resign`](Self::resign) steps down; dropping the handle steps down in the background (or,
 /// outside a tokio runtime, when the lease expires). Like a lock, leadership ends when its
-/// lease does: [`lost`](Self::lost) tells when that is known.
+/// lease does: [`lost`](Self::lost) fires before the server can have expired it, and
+/// [`at_risk`](Self::at_risk) earlier, when a keep-alive fails.
+#[must_use = "dropping a Leadership resigns"]
 pub struct Leadership {
     election: Election<Client>,
     key: LeaderKey,
     session: OwnedSession,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership").field("key", &self.key).finish()
+    }
 }
 
 impl Leadership {
@@ -158,14 +163,22 @@ impl Leadership {
         Ok(())
     }
 
-    /// Whether the lease is known to be gone (someone else may lead).
+    /// Whether the lease is gone or may be (someone else may lead).
     pub fn is_lost(&self) -> bool {
         self.session.is_lost()
     }
 
-    /// Completes once the lease is known to be gone. The future does not borrow the handle.
+    /// Completes once the lease is gone or may be: no later than the send time of the last
+    /// answered keep-alive plus the TTL, so before the server can have expired it. The future
+    /// does not borrow the handle.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.session.lost()
+    }
+
+    /// Completes once a keep-alive failed or is late (or the lease is lost): still leading,
+    /// but perhaps not for long. The future does not borrow the handle.
+    pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.at_risk()
     }
 
     /// Steps down (the next candidate leads), then revokes the lease.
@@ -181,8 +194,15 @@ impl Leadership {
 }
 
 /// An election's leaders, as a stream: see [`Client::observe`].
+#[must_use = "a leader watch does nothing unless polled"]
 pub struct LeaderWatch {
     stream: Pin<Box<dyn Stream<Item = Result<Leader>> + Send>>,
+}
+
+impl std::fmt::Debug for LeaderWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderWatch").finish_non_exhaustive()
+    }
 }
 
 impl Stream for LeaderWatch {
@@ -227,12 +247,13 @@ impl Observer {
                 None => concord_recipes::Error::WatchEnded("election observe".into()),
             };
             self.stream = None;
-            failures += 1;
-            if !restartable(&failed) || failures >= RESTARTS {
+            if !restartable(&failed) {
                 return Err(failed.into());
             }
-            tracing::debug!(error = %failed, "restarting an election observation");
-            tokio::time::sleep(self.client.options().backoff(failures - 1)).await;
+            // However long the outage: a capped, jittered backoff, never giving up.
+            tracing::info!(error = %failed, attempt = failures + 1, "restarting an election observation");
+            tokio::time::sleep(self.client.options().jittered_backoff(failures)).await;
+            failures += 1;
         }
     }
 }

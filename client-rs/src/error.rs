@@ -63,7 +63,112 @@ pub enum Error {
     },
 }
 
+/// What kind of error an [`Error`] is, from the shared error vocabulary
+/// ([`concord_proto::rpctypes`]): match on this instead of on texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The revision asked for was compacted away (`etcdserver: mvcc: required revision has been
+    /// compacted`); start again from a newer one.
+    Compacted,
+    /// The lease does not exist (expired or revoked).
+    LeaseNotFound,
+    /// A session's lease is gone: whatever it held is gone too.
+    SessionExpired,
+    /// The member answering is not (or no longer) the leader, or an election's campaigner no
+    /// longer leads.
+    NotLeader,
+    /// The cluster has no leader now, or an election nobody leads.
+    NoLeader,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// No member could be reached, or it could not serve.
+    Unavailable,
+    /// The request took too long.
+    Timeout,
+    /// The request cannot be served as asked (bad input); retrying the same will fail again.
+    InvalidArgument,
+    /// What the request names does not exist (a config key, a version no longer kept, ...).
+    NotFound,
+    /// A compare-and-set lost, or a precondition does not hold.
+    Conflict,
+    /// A revision or version outside what is kept (below a topic's retention, ...).
+    OutOfRange,
+    /// Anything else.
+    Other,
+}
+
 impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        use concord_proto::rpctypes;
+        use tonic::Code;
+        match self {
+            Error::Recipe(concord_recipes::Error::SessionExpired) => ErrorKind::SessionExpired,
+            Error::Recipe(concord_recipes::Error::NotLeader) => ErrorKind::NotLeader,
+            Error::Recipe(concord_recipes::Error::NoLeader) => ErrorKind::NoLeader,
+            Error::Recipe(concord_recipes::Error::WatchEnded(_)) => ErrorKind::Unavailable,
+            Error::Recipe(concord_recipes::Error::InvalidArgument(_)) | Error::InvalidArgument(_) => {
+                ErrorKind::InvalidArgument
+            }
+            Error::Recipe(concord_recipes::Error::OutOfRange(_)) => ErrorKind::OutOfRange,
+            Error::Recipe(concord_recipes::Error::NotFound(_)) => ErrorKind::NotFound,
+            Error::Recipe(
+                concord_recipes::Error::Conflict(_)
+                | concord_recipes::Error::Locked
+                | concord_recipes::Error::NotHeld(_),
+            )
+            | Error::VersionMismatch { .. } => ErrorKind::Conflict,
+            Error::Status(status) | Error::Recipe(concord_recipes::Error::Store(status)) => {
+                if rpctypes::is_compacted(status) {
+                    ErrorKind::Compacted
+                } else if rpctypes::is_lease_not_found(status) {
+                    ErrorKind::LeaseNotFound
+                } else if rpctypes::is_no_leader(status) || rpctypes::ELECTION_NO_LEADER.is(status) {
+                    ErrorKind::NoLeader
+                } else if rpctypes::NOT_LEADER.is(status) || rpctypes::ELECTION_NOT_LEADER.is(status) {
+                    ErrorKind::NotLeader
+                } else if rpctypes::is_timeout(status) {
+                    ErrorKind::Timeout
+                } else {
+                    match status.code() {
+                        Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
+                        Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Unavailable,
+                        Code::DeadlineExceeded => ErrorKind::Timeout,
+                        Code::InvalidArgument => ErrorKind::InvalidArgument,
+                        Code::NotFound => ErrorKind::NotFound,
+                        Code::FailedPrecondition => ErrorKind::Conflict,
+                        Code::OutOfRange => ErrorKind::OutOfRange,
+                        _ => ErrorKind::Other,
+                    }
+                }
+            }
+            Error::NoEndpoints | Error::InvalidEndpoint { .. } => ErrorKind::InvalidArgument,
+            Error::Encode { .. } | Error::Decode { .. } => ErrorKind::InvalidArgument,
+        }
+    }
+
+    /// Whether the same request may succeed if tried again later (the cluster was unreachable,
+    /// had no leader, timed out); false for answers that will not change (bad input, not
+    /// found, compacted, a lost compare-and-set, permission denied, a lost session).
+    pub fn is_retryable(&self) -> bool {
+        use concord_proto::rpctypes;
+        use tonic::Code;
+        match self {
+            Error::Status(status) | Error::Recipe(concord_recipes::Error::Store(status)) => {
+                rpctypes::is_no_leader(status)
+                    || rpctypes::NOT_LEADER.is(status)
+                    || rpctypes::is_timeout(status)
+                    || matches!(
+                        status.code(),
+                        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+                    )
+            }
+            Error::Recipe(concord_recipes::Error::WatchEnded(_)) => true,
+            _ => false,
+        }
+    }
+
     /// The gRPC code of a [`Status`](Error::Status) error or of a store error inside a recipe
     /// error, else the code a service would answer a recipe error with (see
     /// [`concord_recipes::Error::to_status`]); `None` for the client's own errors.
@@ -99,6 +204,42 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_come_from_the_shared_vocabulary() {
+        use concord_proto::rpctypes;
+        let status = |e: rpctypes::RpcError| Error::Status(e.status());
+        assert_eq!(status(rpctypes::COMPACTED).kind(), ErrorKind::Compacted);
+        assert_eq!(status(rpctypes::LEASE_NOT_FOUND).kind(), ErrorKind::LeaseNotFound);
+        assert_eq!(status(rpctypes::NO_LEADER).kind(), ErrorKind::NoLeader);
+        assert_eq!(status(rpctypes::NOT_LEADER).kind(), ErrorKind::NotLeader);
+        assert_eq!(status(rpctypes::TIMEOUT).kind(), ErrorKind::Timeout);
+        assert_eq!(status(rpctypes::EMPTY_KEY).kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            Error::from(concord_recipes::Error::SessionExpired).kind(),
+            ErrorKind::SessionExpired
+        );
+        let denied = Error::Status(tonic::Status::permission_denied("etcdserver: permission denied"));
+        assert_eq!(denied.kind(), ErrorKind::PermissionDenied);
+        let unreachable = Error::Status(tonic::Status::unavailable("connection refused"));
+        assert_eq!(unreachable.kind(), ErrorKind::Unavailable);
+
+        assert!(unreachable.is_retryable());
+        assert!(status(rpctypes::NO_LEADER).is_retryable());
+        assert!(status(rpctypes::TIMEOUT).is_retryable());
+        let not_leading = status(rpctypes::ELECTION_NOT_LEADER);
+        assert_eq!(not_leading.kind(), ErrorKind::NotLeader);
+        for final_answer in [
+            status(rpctypes::COMPACTED),
+            status(rpctypes::EMPTY_KEY),
+            denied,
+            not_leading,
+        ] {
+            assert!(!final_answer.is_retryable(), "{final_answer}");
+        }
+        // An election's "not leader" is an answer about the campaign, not the cluster.
+        assert!(!Error::from(concord_recipes::Error::NotLeader).is_retryable());
+    }
 
     #[test]
     fn a_recipe_status_is_a_status() {

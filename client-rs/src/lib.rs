@@ -50,6 +50,7 @@ mod config;
 mod election;
 mod endpoints;
 mod error;
+mod leader_loop;
 mod lease;
 mod lock;
 mod options;
@@ -64,7 +65,8 @@ pub use client::Client;
 pub use concord_proto::rpctypes;
 pub use config::{ConfigOptions, ConfigVersions, ConfigWrite, LiveConfig, Rejection, Versioned};
 pub use election::{Leader, LeaderWatch, Leadership};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
+pub use leader_loop::LeaderLoop;
 pub use lock::LockGuard;
 pub use options::ClientOptions;
 pub use pubsub::{Message, Retention, Subscription, TOPICS_PREFIX, TopicStatus};
@@ -72,6 +74,7 @@ pub use registry::{
     Discovery, Endpoint, Instance, Membership, MembershipChange, NewInstance, Registration,
     RegistrationState, SERVICES_PREFIX, ServiceWatch,
 };
+pub use watch::PrefixWatch;
 
 pub use concord_recipes::election::LeaderKey;
 pub use concord_recipes::{Kv, WatchBatch, WatchStream};

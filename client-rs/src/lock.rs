@@ -78,12 +78,25 @@ impl Client {
 ///
 /// Holding the guard does not by itself prove the lock is still held: if the process stalls
 /// past the lease's TTL, or the keep-alives fail for that long, the lease expires and another
-/// waiter gets the lock. [`lost`](Self::lost) tells when that is known; writes that must only
-/// happen under the lock should carry the [`fence`](Self::fence).
+/// waiter gets the lock. [`lost`](Self::lost) fires *before* the server can have expired the
+/// lease (at the send time of the last answered keep-alive plus the TTL), and
+/// [`at_risk`](Self::at_risk) earlier still, when a keep-alive fails; writes that must only
+/// happen under the lock should carry the [`fence`](Self::fence) all the same.
+#[must_use = "dropping a LockGuard releases the lock"]
 pub struct LockGuard {
     mutex: Mutex<Client>,
     fence: Compare,
     session: OwnedSession,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &String::from_utf8_lossy(self.key()))
+            .field("revision", &self.revision())
+            .field("lease", &self.lease())
+            .finish()
+    }
 }
 
 impl LockGuard {
@@ -126,15 +139,23 @@ impl LockGuard {
         self.fence.clone()
     }
 
-    /// Whether the lock's lease is known to be gone (the lock may be someone else's).
+    /// Whether the lock's lease is gone or may be (the lock may be someone else's).
     pub fn is_lost(&self) -> bool {
         self.session.is_lost()
     }
 
-    /// Completes once the lock's lease is known to be gone. The future does not borrow the
-    /// guard.
+    /// Completes once the lock's lease is gone or may be: no later than the send time of the
+    /// last answered keep-alive plus the TTL, so before the server can have expired it. Stop
+    /// the work the lock protects. The future does not borrow the guard.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.session.lost()
+    }
+
+    /// Completes once a keep-alive failed or is late (or the lease is lost): the lock is
+    /// still held, but may not be for long (Curator's SUSPENDED). The future does not borrow
+    /// the guard.
+    pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.at_risk()
     }
 
     /// Releases the lock: deletes its key, then revokes its lease.

@@ -66,6 +66,16 @@ impl ClientOptions {
             .saturating_mul(factor)
             .min(self.max_retry_backoff)
     }
+
+    /// [`backoff`](Self::backoff) scaled by a random factor in [0.5, 1), so that the
+    /// long-lived streams of many clients that broke together do not reopen together.
+    pub(crate) fn jittered_backoff(&self, retry: usize) -> Duration {
+        let entropy = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        let factor = 0.5 + f64::from(entropy % 1000) / 2000.0;
+        self.backoff(retry).mul_f64(factor)
+    }
 }
 
 /// `ttl` in whole seconds, rounded up, at least 1: the unit of etcd's lease TTLs.
@@ -84,6 +94,19 @@ mod tests {
         let pauses: Vec<_> = (0..7).map(|retry| options.backoff(retry).as_millis()).collect();
         assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
         assert_eq!(options.backoff(usize::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_all_of_the_backoff() {
+        let options = ClientOptions::default();
+        for retry in 0..8 {
+            let full = options.backoff(retry);
+            let jittered = options.jittered_backoff(retry);
+            assert!(
+                jittered >= full / 2 && jittered < full,
+                "{jittered:?} of {full:?}"
+            );
+        }
     }
 
     #[test]

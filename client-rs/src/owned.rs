@@ -36,6 +36,16 @@ impl OwnedSession {
         self.session.as_ref().is_none_or(Session::is_lost)
     }
 
+    /// Completes once the lease is at risk or gone (at once if the session ended).
+    pub(crate) fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
+        let at_risk = self.session.as_ref().map(Session::at_risk);
+        async move {
+            if let Some(at_risk) = at_risk {
+                at_risk.await;
+            }
+        }
+    }
+
     /// Completes once the lease is known to be gone (at once if the session ended).
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         let lost = self.session.as_ref().map(Session::lost);

@@ -3,7 +3,7 @@
 //!
 //! When the stream breaks (an endpoint died, the cluster was unreachable for a while) or cannot
 //! be opened for the same kind of reason, it is opened again, on the next endpoint if need be,
-//! after the client's capped backoff, for as long as it takes. The caller says how to open it
+//! after the client's capped, jittered backoff, for as long as it takes. The caller says how to open it
 //! from where it left off. Only an error that retrying cannot fix (a bad name, a start below
 //! what is kept, permission denied) ends it.
 
@@ -82,10 +82,10 @@ impl<T> Resuming<T> {
         }
     }
 
-    /// Waits before reopening: the client's retry backoff, capped.
+    /// Waits before reopening: the client's retry backoff, capped and jittered.
     async fn pause(&mut self, status: &Status) {
-        tracing::debug!(what = %self.what, error = %status, "stream broke; reopening");
-        let pause = self.client.options().backoff(self.failures);
+        tracing::info!(what = %self.what, error = %status, attempt = self.failures + 1, "stream broke; reopening");
+        let pause = self.client.options().jittered_backoff(self.failures);
         self.failures += 1;
         tokio::time::sleep(pause).await;
     }

@@ -57,6 +57,98 @@ pub(crate) async fn open(channel: Channel, create: WatchCreateRequest) -> Result
     Ok(Box::pin(batches(open, unread)))
 }
 
+/// Every change under a prefix, as a stream that outlives its Watch streams: see
+/// [`Client::watch_prefix`].
+#[must_use = "a watch does nothing unless polled"]
+pub struct PrefixWatch {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<WatchBatch>> + Send>>,
+}
+
+impl std::fmt::Debug for PrefixWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixWatch").finish_non_exhaustive()
+    }
+}
+
+impl futures::Stream for PrefixWatch {
+    type Item = crate::Result<WatchBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+impl crate::Client {
+    /// Every change to the keys under `prefix` from revision `from` on (0: from now), one
+    /// batch per revision or more, in order. The watch reopens itself from the revision after
+    /// the last batch it yielded whenever its stream breaks (an endpoint died, the cluster was
+    /// unreachable), with a capped, jittered backoff, for as long as it takes, so it neither
+    /// misses nor repeats a change. It ends only with an error retrying cannot fix: the
+    /// history from the resume point was compacted ([`ErrorKind::Compacted`](crate::ErrorKind)),
+    /// or the server refused the watch.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// use futures::StreamExt;
+    ///
+    /// let mut jobs = client.watch_prefix("jobs/", 0).await?;
+    /// while let Some(batch) = jobs.next().await {
+    ///     for event in batch?.events {
+    ///         println!("{:?}", event.kv.map(|kv| String::from_utf8_lossy(&kv.key).into_owned()));
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch_prefix(&self, prefix: impl Into<Vec<u8>>, from: i64) -> crate::Result<PrefixWatch> {
+        use concord_recipes::Kv;
+        use concord_recipes::follow::{Follow, Step};
+
+        let prefix = prefix.into();
+        let start = if from > 0 {
+            from
+        } else {
+            let now = self
+                .range(concord_proto::etcdserverpb::RangeRequest {
+                    key: prefix.clone(),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await?;
+            now.header.map_or(0, |h| h.revision) + 1
+        };
+        let options = self.options().clone();
+        let range_end = concord_recipes::kv::prefix_end(&prefix);
+        let follow = Follow::new(self.clone(), prefix, range_end, start)
+            .with_backoff(move |n| options.jittered_backoff(n));
+        let stream = futures::stream::unfold(Some(follow), |follow| async move {
+            let mut follow = follow?;
+            loop {
+                match follow.next().await {
+                    Ok(Step::Batch(batch)) => return Some((Ok(batch), Some(follow))),
+                    Ok(Step::Compacted) => {
+                        let status = rpctypes::COMPACTED.status();
+                        return Some((Err(crate::Error::Status(status)), None));
+                    }
+                    Err(err) => {
+                        let err = crate::Error::from(err);
+                        if err.is_retryable() {
+                            tracing::info!(error = %err, "prefix watch still failing; retrying");
+                            continue; // Follow paused already; it resumes where it stopped
+                        }
+                        return Some((Err(err), None));
+                    }
+                }
+            }
+        });
+        Ok(PrefixWatch {
+            stream: Box::pin(stream),
+        })
+    }
+}
+
 /// The batches of an open watch, until its first error.
 fn batches(
     open: Open,

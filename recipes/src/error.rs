@@ -63,6 +63,24 @@ impl Error {
         }
     }
 
+    /// Whether the store could not be reached or the stream to it broke, rather than
+    /// answered: a watch that ended, or a status that says the endpoint is unreachable,
+    /// unhealthy or too slow, or that was made locally from a transport error. A wait that
+    /// fails so can start again (the client has moved to another endpoint by then).
+    pub fn is_transient(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Error::WatchEnded(_) => true,
+            Error::Store(status) => {
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+                ) || std::error::Error::source(status).is_some()
+            }
+            _ => false,
+        }
+    }
+
     /// The gRPC status Concord's own services (registry, config, pub/sub) answer with: the
     /// store's status unchanged, and a code of its own for each of the recipes' errors.
     pub fn to_service_status(&self) -> tonic::Status {

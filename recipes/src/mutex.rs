@@ -5,6 +5,8 @@
 //! order. A waiter watches only the key just ahead of it, so a release wakes one waiter, not all
 //! of them. A holder that crashes loses its key when its lease expires, which hands the lock on.
 
+use std::time::Duration;
+
 use concord_proto::etcdserverpb::watch_create_request::FilterType;
 use concord_proto::etcdserverpb::{
     Compare, RangeRequest, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest,
@@ -215,23 +217,32 @@ pub(crate) async fn wait_turn<K: Kv>(
 /// `revision`, newest first: the key itself, then its predecessor). A lock handed over thus
 /// costs the next holder a single read after the delete it waited for.
 async fn wait_own_turn<K: Kv>(kv: &K, prefix: &[u8], key: &[u8], revision: i64) -> Result<ResponseHeader> {
+    let mut outage = Outage::default();
     loop {
-        let read = kv
-            .range(RangeRequest {
-                limit: 2,
-                ..last_created_before(prefix, revision)
-            })
-            .await?;
-        let mut newest = read.kvs.iter();
-        match newest.next() {
-            Some(mine) if mine.key == key && mine.create_revision == revision => {}
-            _ => return Err(Error::SessionExpired),
-        }
-        let Some(predecessor) = newest.next() else {
-            return Ok(read.header.unwrap_or_default());
+        let step = async {
+            let read = kv
+                .range(RangeRequest {
+                    limit: 2,
+                    ..last_created_before(prefix, revision)
+                })
+                .await?;
+            let mut newest = read.kvs.iter();
+            match newest.next() {
+                Some(mine) if mine.key == key && mine.create_revision == revision => {}
+                _ => return Err(Error::SessionExpired),
+            }
+            let Some(predecessor) = newest.next() else {
+                return Ok(Some(read.header.unwrap_or_default()));
+            };
+            let read_at = read.header.as_ref().map_or(0, |h| h.revision);
+            wait_delete(kv, &predecessor.key, read_at + 1).await?;
+            Ok(None)
         };
-        let read_at = read.header.as_ref().map_or(0, |h| h.revision);
-        wait_delete(kv, &predecessor.key, read_at + 1).await?;
+        match step.await {
+            Ok(Some(header)) => return Ok(header),
+            Ok(None) => outage.over(),
+            Err(err) => outage.wait_out(err).await?,
+        }
     }
 }
 
@@ -239,13 +250,50 @@ async fn wait_own_turn<K: Kv>(kv: &K, prefix: &[u8], key: &[u8], revision: i64) 
 /// watches only the newest such key at a time: each waiter waits on its own predecessor, so a
 /// release wakes one waiter, not all (no thundering herd).
 pub(crate) async fn wait_deletes<K: Kv>(kv: &K, prefix: &[u8], max_create_revision: i64) -> Result<()> {
+    let mut outage = Outage::default();
     loop {
-        let older = kv.range(last_created_before(prefix, max_create_revision)).await?;
-        let Some(predecessor) = older.kvs.first() else {
-            return Ok(());
+        let step = async {
+            let older = kv.range(last_created_before(prefix, max_create_revision)).await?;
+            let Some(predecessor) = older.kvs.first() else {
+                return Ok(true);
+            };
+            let read_at = older.header.map_or(0, |h| h.revision);
+            wait_delete(kv, &predecessor.key, read_at + 1).await?;
+            Ok(false)
         };
-        let read_at = older.header.map_or(0, |h| h.revision);
-        wait_delete(kv, &predecessor.key, read_at + 1).await?;
+        match step.await {
+            Ok(true) => return Ok(()),
+            Ok(false) => outage.over(),
+            Err(err) => outage.wait_out(err).await?,
+        }
+    }
+}
+
+/// Rides out transient failures in a wait ([`Error::is_transient`]: the endpoint died, the
+/// watch broke) with a pause doubling from 50 ms to 1 s, so a waiter keeps its place in the
+/// queue across a failover: its key is the cluster's, not the endpoint's. The caller bounds the
+/// wait (by its session's loss).
+#[derive(Default)]
+pub(crate) struct Outage {
+    failures: u32,
+}
+
+impl Outage {
+    /// The wait made progress: the next failure starts the backoff afresh.
+    pub(crate) fn over(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Pauses after a transient `err`; any other error is returned.
+    pub(crate) async fn wait_out(&mut self, err: Error) -> Result<()> {
+        if !err.is_transient() {
+            return Err(err);
+        }
+        tracing::debug!(error = %err, "a wait lost its connection; waiting again");
+        let pause = Duration::from_millis(50).saturating_mul(1 << self.failures.min(5));
+        tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+        self.failures += 1;
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 type View = std::result::Result<Arc<BTreeMap<String, Instance>>, Arc<Error>>;
 
 /// An always-current view of a service: see [`Client::discover`](crate::Client::discover).
+#[must_use = "dropping a Discovery stops keeping it current"]
 pub struct Discovery {
     view: watch::Receiver<View>,
     /// Whose turn it is, for the pickers.

@@ -37,6 +37,7 @@ pub struct Membership {
 }
 
 /// A service's memberships, as a stream: see [`Client::watch_service`].
+#[must_use = "a service watch does nothing unless polled"]
 pub struct ServiceWatch {
     stream: Pin<Box<dyn Stream<Item = Result<Membership>> + Send>>,
 }
@@ -60,6 +61,12 @@ impl ServiceWatch {
         Self {
             stream: Box::pin(stream),
         }
+    }
+}
+
+impl std::fmt::Debug for ServiceWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceWatch").finish_non_exhaustive()
     }
 }
 

@@ -185,3 +185,28 @@ async fn a_cancelled_wait_removes_its_key() {
 fn keys_are_the_lease_in_lowercase_hex() {
     assert_eq!(lease_key(&prefix_of("a"), 0x7e57_abcd), b"a/7e57abcd");
 }
+
+/// A waiter whose watch breaks (the endpoint it talked to died) keeps its place: it watches
+/// again and takes the lock when the holder releases it, after waiters behind it have not.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_keeps_its_place_when_its_watch_breaks() {
+    let kv = crate::test_util::FlakyKv::default();
+    let holder_session = crate::session::Session::new(kv.clone(), 10).await.unwrap();
+    let mut holder = Mutex::new(&holder_session, "job");
+    holder.lock().await.unwrap();
+    let waiter_session = crate::session::Session::new(kv.clone(), 10).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let mut waiter = Mutex::new(&waiter_session, "job");
+        waiter.lock().await.map(|()| waiter.key().to_vec())
+    });
+    until(async || keys_by_creation(&kv.inner, b"job/").await.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        kv.cut_watches();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!waiting.is_finished(), "still waiting for the holder");
+    holder.unlock().await.unwrap();
+    let key = bounded(waiting).await.unwrap().unwrap();
+    assert_eq!(keys_by_creation(&kv.inner, b"job/").await, [key]);
+}
