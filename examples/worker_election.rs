@@ -1,18 +1,21 @@
-//! A leader among workers: three workers campaign for `demo-scheduler`; the leader does the
-//! scheduling until it resigns (or dies: its lease ends and the next one takes over), and every
-//! worker can ask who leads.
+//! A leader among workers, with the client's leader loop: three workers each run
+//! `client.lead(...)`; whoever leads `demo-scheduler` runs the scheduling round, resigns when
+//! the round is done, and campaigns again. A leader that loses its lease (it hung, the network
+//! failed) has its round cancelled at once, and the next worker takes over.
 //!
 //! ```text
 //! cargo run --example worker_election -- 127.0.0.1:2379
 //! concordctl elect demo-scheduler      # in another terminal: prints each leader
 //! ```
 //!
-//! With `--bounded` each worker leads once, briefly, and it exits.
+//! With `--bounded` it stops after three rounds.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use concord_client::Client;
-use futures::StreamExt;
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,38 +27,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cloned()
         .unwrap_or("127.0.0.1:2379".into());
     let client = Client::connect(endpoints.split(',')).await?;
-    let term = if bounded {
+    let round = if bounded {
         Duration::from_millis(200)
     } else {
         Duration::from_secs(10)
     };
 
-    let mut leaders = client.observe("demo-scheduler");
-    tokio::spawn(async move {
-        while let Some(Ok(leader)) = leaders.next().await {
-            println!("observed leader: {}", String::from_utf8_lossy(&leader.value));
-        }
-    });
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let (done, mut finished) = watch::channel(false);
     let mut workers = Vec::new();
     for worker in 1..=3 {
-        let client = client.clone();
-        workers.push(tokio::spawn(async move {
-            let name = format!("worker-{worker}");
-            let leadership = client
-                .campaign("demo-scheduler", name.clone(), Duration::from_secs(5))
-                .await?;
-            println!("{name} leads");
-            tokio::select! {
-                () = tokio::time::sleep(term) => println!("{name} scheduled its round"),
-                () = leadership.lost() => println!("{name} lost its lease"),
+        let name = format!("worker-{worker}");
+        let (rounds, done) = (rounds.clone(), done.clone());
+        let work = move |_key| {
+            let (name, rounds, done) = (name.clone(), rounds.clone(), done.clone());
+            async move {
+                println!("{name} leads");
+                tokio::time::sleep(round).await; // the round; cancelled if the lease is lost
+                println!("{name} resigns");
+                if rounds.fetch_add(1, Ordering::SeqCst) + 1 >= 3 && bounded {
+                    done.send_replace(true);
+                }
             }
-            println!("{name} resigns");
-            leadership.resign().await?;
-            Ok::<_, concord_client::Error>(())
-        }));
+        };
+        workers.push(client.lead(
+            "demo-scheduler",
+            format!("worker-{worker}"),
+            Duration::from_secs(5),
+            work,
+        ));
+    }
+    tokio::select! {
+        _ = finished.wait_for(|done| *done) => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     for worker in workers {
-        worker.await??;
+        worker.stop().await;
     }
     Ok(())
 }

@@ -68,16 +68,19 @@ impl Client {
         value: impl Into<Vec<u8>>,
         ttl: Duration,
     ) -> Result<Leadership> {
+        let (election, session) = self.candidate(name, ttl).await?;
+        Leadership::win(election, session, value).await
+    }
+
+    /// A session of `ttl` and an election `name` on it, to campaign with.
+    pub(crate) async fn candidate(
+        &self,
+        name: impl Into<Vec<u8>>,
+        ttl: Duration,
+    ) -> Result<(Election<Client>, OwnedSession)> {
         let session = Session::new(self.clone(), ttl_secs(ttl)).await?;
-        let mut election = Election::new(&session, name);
-        let session = OwnedSession::new(session);
-        // On failure or cancellation, dropping `session` revokes the lease in the background.
-        let (key, _) = election.campaign(value).await?;
-        Ok(Leadership {
-            election,
-            key,
-            session,
-        })
+        let election = Election::new(&session, name);
+        Ok((election, OwnedSession::new(session)))
     }
 
     /// The election `name`'s leader now, if it has one.
@@ -145,6 +148,21 @@ impl std::fmt::Debug for Leadership {
 }
 
 impl Leadership {
+    /// Campaigns with `value` in `election` on `session` until it leads. On failure or
+    /// cancellation, dropping `session` revokes the lease in the background.
+    pub(crate) async fn win(
+        mut election: Election<Client>,
+        session: OwnedSession,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Leadership> {
+        let (key, _) = election.campaign(value).await?;
+        Ok(Leadership {
+            election,
+            key,
+            session,
+        })
+    }
+
     /// What identifies this leadership (the election's name, the leader's key, its create
     /// revision and lease).
     pub fn leader_key(&self) -> &LeaderKey {

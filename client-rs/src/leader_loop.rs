@@ -2,8 +2,9 @@
 //!
 //! A background task campaigns; once it leads, it runs the caller's work; when the work ends it
 //! resigns, and when the leadership is lost (the lease is gone or may be: see
-//! [`Leadership::lost`](crate::Leadership::lost)) it cancels the work at once (drops its
-//! future); either way it campaigns again, until [`LeaderLoop::stop`]. Failures to campaign
+//! [`Leadership::lost`](crate::Leadership::lost); or the leader key was deleted, by a revoke
+//! say) it cancels the work at once (drops its future); either way it campaigns again, until
+//! [`LeaderLoop::stop`]. Failures to campaign
 //! (an outage, a dead endpoint) are retried with the client's capped, jittered backoff: the
 //! loop never gives up by itself.
 
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
+use crate::election::Leadership;
 
 /// A running leader loop: see [`Client::lead`].
 #[must_use = "dropping a LeaderLoop stops it"]
@@ -125,10 +127,22 @@ async fn run<F, Fut>(
 {
     let mut failures = 0;
     loop {
-        let campaign = client.campaign(name.clone(), value.clone(), ttl);
-        let leadership = tokio::select! {
-            _ = stopped.wait_for(|stop| *stop) => return,
-            won = campaign => won,
+        let leadership = match client.candidate(name.clone(), ttl).await {
+            Ok((election, session)) => {
+                let lease = session.shared();
+                let campaign = Leadership::win(election, session, value.clone());
+                tokio::select! {
+                    () = stop_requested(&mut stopped) => {
+                        // Withdraw before returning: the candidate's key goes with its lease.
+                        if let Some(lease) = lease {
+                            let _ = lease.close().await;
+                        }
+                        return;
+                    }
+                    won = campaign => won,
+                }
+            }
+            Err(err) => Err(err),
         };
         let leadership = match leadership {
             Ok(leadership) => {
@@ -140,7 +154,7 @@ async fn run<F, Fut>(
                 let pause = client.options().jittered_backoff(failures);
                 failures += 1;
                 tokio::select! {
-                    _ = stopped.wait_for(|stop| *stop) => return,
+                    () = stop_requested(&mut stopped) => return,
                     () = tokio::time::sleep(pause) => continue,
                 }
             }
@@ -148,10 +162,13 @@ async fn run<F, Fut>(
         let key = leadership.leader_key().clone();
         leading.send_replace(Some(key.clone()));
         let lost = leadership.lost();
+        let watched = key.clone();
+        let deleted = key_deleted(&client, &watched);
         let ended = tokio::select! {
             () = work(key) => Ended::WorkDone,
             () = lost => Ended::Lost,
-            _ = stopped.wait_for(|stop| *stop) => Ended::Stopped,
+            () = deleted => Ended::Lost,
+            () = stop_requested(&mut stopped) => Ended::Stopped,
         };
         leading.send_replace(None);
         match ended {
@@ -169,6 +186,32 @@ async fn run<F, Fut>(
             return;
         }
     }
+}
+
+/// Completes once the loop is told to stop.
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Completes when the leader's key is deleted (its lease revoked, say): the leadership is over
+/// even if the session has not noticed yet. Never completes if the key cannot be watched (the
+/// session's loss still ends the turn).
+async fn key_deleted(client: &Client, key: &LeaderKey) {
+    use concord_proto::mvccpb::event::EventType;
+    use futures::StreamExt;
+
+    if let Ok(mut changes) = client.watch_prefix(key.key.clone(), key.rev + 1).await {
+        while let Some(Ok(batch)) = changes.next().await {
+            let gone = batch.events.iter().any(|event| {
+                event.r#type == EventType::Delete as i32
+                    && event.kv.as_ref().is_some_and(|kv| kv.key == key.key)
+            });
+            if gone {
+                return;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// Why a turn as leader ended.

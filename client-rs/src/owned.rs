@@ -26,6 +26,11 @@ impl OwnedSession {
         }
     }
 
+    /// The session itself, shared (`None` once ended), to close it from elsewhere.
+    pub(crate) fn shared(&self) -> Option<Session<Client>> {
+        self.session.clone()
+    }
+
     /// The lease ID (0 once ended).
     pub(crate) fn lease(&self) -> i64 {
         self.session.as_ref().map_or(0, Session::lease)

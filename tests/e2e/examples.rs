@@ -115,7 +115,7 @@ fn the_examples_run_and_do_what_they_say() {
 
     let out = run(&server, "worker_election");
     let leads: Vec<&str> = out.lines().filter(|l| l.ends_with(" leads")).collect();
-    assert_eq!(leads.len(), 3, "each worker leads once: {out}");
+    assert!(leads.len() >= 3, "three rounds at least: {out}");
     // Leads never overlap: each "leads" is followed by the same worker's "resigns" before the
     // next "leads".
     let mut leading: Option<&str> = None;
@@ -128,4 +128,5 @@ fn the_examples_run_and_do_what_they_say() {
             leading = None;
         }
     }
+    // A round that was running when the loops stopped was cancelled, not overlapped.
 }
