@@ -222,3 +222,68 @@ async fn the_leader_loop_hands_over_without_overlap() {
         "every loop resigned or withdrew"
     );
 }
+
+/// A lone server stopped for 30 s and started again on the same data directory: the same
+/// watch, observation, config and subscription streams carry on and see what changed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_streams_carry_on_across_a_30_second_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 1);
+    cluster.wait_for_leader(WAIT);
+    let endpoint = cluster.client_url(0).to_string();
+    let writer = Client::connect([endpoint.clone()]).await.unwrap();
+    let reader = Client::connect_with([endpoint.clone()], quick()).await.unwrap();
+    writer
+        .put_config("app", "limits", &serde_json::json!({"max": 1}))
+        .await
+        .unwrap();
+    let first = writer.publish("events", "before").await.unwrap();
+
+    let mut watch = reader.watch_prefix("jobs/", 0).await.unwrap();
+    let mut leaders = reader.observe("boss");
+    let mut config = reader.config::<serde_json::Value>("app", "limits").await.unwrap();
+    let mut events = reader.subscribe_from("events", first).await.unwrap();
+    let before = within("the message before", events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.payload, b"before");
+
+    cluster.terminate(0);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    cluster.restart(0);
+    cluster.wait_for_leader(WAIT);
+
+    writer.put("jobs/1", "after").await.unwrap();
+    let leadership = writer
+        .campaign("boss", "after", Duration::from_secs(5))
+        .await
+        .unwrap();
+    writer
+        .put_config("app", "limits", &serde_json::json!({"max": 2}))
+        .await
+        .unwrap();
+    writer.publish("events", "after").await.unwrap();
+
+    let batch = within("the watch after the outage", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.events[0].kv.as_ref().unwrap().key, b"jobs/1");
+    let leader = within("the observation after the outage", leaders.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(leader.value, b"after");
+    let limits = within("the config after the outage", config.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((limits.version, limits.value["max"].as_u64()), (2, Some(2)));
+    let after = within("the message after the outage", events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.payload, b"after");
+    leadership.resign().await.unwrap();
+}
