@@ -58,7 +58,7 @@ pub(crate) async fn open(channel: Channel, create: WatchCreateRequest) -> Result
 }
 
 /// Every change under a prefix, as a stream that outlives its Watch streams: see
-/// [`Client::watch_prefix`].
+/// [`Client::watch_prefix`](crate::Client::watch_prefix).
 #[must_use = "a watch does nothing unless polled"]
 pub struct PrefixWatch {
     stream: std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<WatchBatch>> + Send>>,
