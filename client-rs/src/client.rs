@@ -49,6 +49,8 @@ impl std::fmt::Debug for Client {
 struct Inner {
     endpoints: Endpoints,
     keep_alives: KeepAlives,
+    /// What dropped handles left to release in the background (see [`Client::close`]).
+    cleanups: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Client {
@@ -87,6 +89,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoints: Endpoints::new(endpoints, options)?,
                 keep_alives: KeepAlives::default(),
+                cleanups: std::sync::Mutex::default(),
             }),
         })
     }
@@ -106,6 +109,44 @@ impl Client {
             })
             .await?;
         Ok(conn.channel)
+    }
+
+    /// Runs `cleanup` (a dropped handle releasing what it held) in the background, if there is
+    /// a runtime; [`close`](Self::close) waits for it.
+    pub(crate) fn spawn_cleanup(&self, cleanup: impl Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the lease expires after its TTL instead
+        };
+        let task = runtime.spawn(cleanup);
+        let mut cleanups = self
+            .inner
+            .cleanups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cleanups.retain(|task| !task.is_finished());
+        cleanups.push(task);
+    }
+
+    /// Waits until everything dropped handles (lock guards, leaderships, registrations) still
+    /// held is released: their keys deleted, their leases revoked. Call it before a program
+    /// exits so that nothing it held waits for a TTL to pass.
+    pub async fn close(&self) {
+        loop {
+            let pending: Vec<_> = {
+                let mut cleanups = self
+                    .inner
+                    .cleanups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::mem::take(&mut *cleanups)
+            };
+            if pending.is_empty() {
+                return;
+            }
+            for task in pending {
+                let _ = task.await;
+            }
+        }
     }
 
     /// Sends the unary request `request` with `call(channel, request)` through the failover

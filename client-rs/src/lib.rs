@@ -67,7 +67,7 @@ pub use config::{ConfigOptions, ConfigVersions, ConfigWrite, LiveConfig, Rejecti
 pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, ErrorKind, Result};
 pub use leader_loop::LeaderLoop;
-pub use lock::LockGuard;
+pub use lock::{LockGuard, SharedSession};
 pub use options::ClientOptions;
 pub use pubsub::{Message, Retention, Subscription, TOPICS_PREFIX, TopicStatus};
 pub use registry::{

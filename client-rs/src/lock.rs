@@ -44,7 +44,29 @@ impl Client {
         Ok(LockGuard {
             mutex,
             fence,
-            session,
+            hold: Hold::Own(session),
+        })
+    }
+
+    /// A session of `ttl` that many locks can share, as etcd's `concurrency.Session`: one
+    /// lease, kept alive in the background, carries every lock taken through it, and when it is
+    /// lost every one of them is. Closing the session releases them all at once.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let session = client.session(Duration::from_secs(10)).await?;
+    /// let accounts = session.lock("accounts").await?;
+    /// let ledger = session.lock("ledger").await?;   // the same lease
+    /// // ...
+    /// session.close().await?;                       // releases both
+    /// # Ok(()) }
+    /// ```
+    pub async fn session(&self, ttl: Duration) -> Result<SharedSession> {
+        let session = Session::new(self.clone(), ttl_secs(ttl)).await?;
+        Ok(SharedSession {
+            session: OwnedSession::new(session),
         })
     }
 
@@ -61,7 +83,7 @@ impl Client {
                 Ok(Some(LockGuard {
                     mutex,
                     fence,
-                    session,
+                    hold: Hold::Own(session),
                 }))
             }
             Err(concord_recipes::Error::Locked) => {
@@ -86,7 +108,100 @@ impl Client {
 pub struct LockGuard {
     mutex: Mutex<Client>,
     fence: Compare,
+    hold: Hold,
+}
+
+/// The lease a lock is held with.
+enum Hold {
+    /// Its own session: revoked when the lock is released or the guard dropped.
+    Own(OwnedSession),
+    /// A [`SharedSession`]'s: only the lock's key goes when the lock is released (or, in the
+    /// background, when the guard is dropped).
+    Shared {
+        session: Session<Client>,
+        released: bool,
+    },
+}
+
+/// A lease many locks share: see [`Client::session`].
+#[must_use = "dropping a SharedSession revokes its lease, releasing its locks"]
+pub struct SharedSession {
     session: OwnedSession,
+}
+
+impl std::fmt::Debug for SharedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSession")
+            .field("lease", &self.lease())
+            .finish()
+    }
+}
+
+impl SharedSession {
+    /// The shared lease.
+    pub fn lease(&self) -> i64 {
+        self.session.lease()
+    }
+
+    /// Completes once the lease is gone or may be (every lock of the session with it).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.lost()
+    }
+
+    /// Completes once a keep-alive failed or is late, or the lease is lost.
+    pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.at_risk()
+    }
+
+    /// Waits until this session holds the lock `name`. Each lock name can be held once per
+    /// session (a second `lock` of the same name through the same session shares the key).
+    pub async fn lock(&self, name: impl Into<Vec<u8>>) -> Result<LockGuard> {
+        let Some(session) = self.session.shared() else {
+            return Err(concord_recipes::Error::SessionExpired.into());
+        };
+        let mut mutex = Mutex::new(&session, name);
+        mutex.lock().await?;
+        let fence = mutex.fence()?;
+        Ok(LockGuard {
+            mutex,
+            fence,
+            hold: Hold::Shared {
+                session,
+                released: false,
+            },
+        })
+    }
+
+    /// Revokes the lease: every lock of the session is released at once.
+    pub async fn close(mut self) -> Result<()> {
+        self.session.end(async { Ok(()) }).await
+    }
+}
+
+impl Drop for LockGuard {
+    /// A lock on a shared session not released yet: delete its key in the background (which
+    /// [`Client::close`] waits for). A lock on its own session goes with its lease.
+    fn drop(&mut self) {
+        if let Hold::Shared {
+            session,
+            released: false,
+        } = &self.hold
+        {
+            let key = self.mutex.key().to_vec();
+            let txn = concord_proto::etcdserverpb::TxnRequest {
+                compare: vec![self.fence.clone()],
+                success: vec![concord_recipes::kv::delete_op(key)],
+                failure: vec![],
+            };
+            let client = session.kv().clone();
+            client.clone().spawn_cleanup(async move {
+                use concord_recipes::Kv;
+                if let Err(err) = client.txn(txn).await {
+                    tracing::debug!(error = %err, "releasing a dropped lock");
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -113,7 +228,10 @@ impl LockGuard {
 
     /// The lease the lock is held with.
     pub fn lease(&self) -> i64 {
-        self.session.lease()
+        match &self.hold {
+            Hold::Own(session) => session.lease(),
+            Hold::Shared { session, .. } => session.lease(),
+        }
     }
 
     /// The fencing compare: it holds in a txn only while this hold on the lock lasts (the
@@ -141,26 +259,56 @@ impl LockGuard {
 
     /// Whether the lock's lease is gone or may be (the lock may be someone else's).
     pub fn is_lost(&self) -> bool {
-        self.session.is_lost()
+        match &self.hold {
+            Hold::Own(session) => session.is_lost(),
+            Hold::Shared { session, .. } => session.is_lost(),
+        }
     }
 
     /// Completes once the lock's lease is gone or may be: no later than the send time of the
     /// last answered keep-alive plus the TTL, so before the server can have expired it. Stop
     /// the work the lock protects. The future does not borrow the guard.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.lost()
+        let (own, shared) = match &self.hold {
+            Hold::Own(session) => (Some(session.lost()), None),
+            Hold::Shared { session, .. } => (None, Some(session.lost())),
+        };
+        async move {
+            match (own, shared) {
+                (Some(own), _) => own.await,
+                (_, Some(shared)) => shared.await,
+                _ => {}
+            }
+        }
     }
 
     /// Completes once a keep-alive failed or is late (or the lease is lost): the lock is
     /// still held, but may not be for long (Curator's SUSPENDED). The future does not borrow
     /// the guard.
     pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.at_risk()
+        let (own, shared) = match &self.hold {
+            Hold::Own(session) => (Some(session.at_risk()), None),
+            Hold::Shared { session, .. } => (None, Some(session.at_risk())),
+        };
+        async move {
+            match (own, shared) {
+                (Some(own), _) => own.await,
+                (_, Some(shared)) => shared.await,
+                _ => {}
+            }
+        }
     }
 
-    /// Releases the lock: deletes its key, then revokes its lease.
+    /// Releases the lock: deletes its key, then revokes its lease (a shared session's lease
+    /// stays, for its other locks).
     pub async fn unlock(mut self) -> Result<()> {
         let mutex = &mut self.mutex;
-        self.session.end(async move { Ok(mutex.unlock().await?) }).await
+        match &mut self.hold {
+            Hold::Own(session) => session.end(async move { Ok(mutex.unlock().await?) }).await,
+            Hold::Shared { released, .. } => {
+                *released = true;
+                Ok(mutex.unlock().await?)
+            }
+        }
     }
 }

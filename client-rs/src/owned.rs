@@ -75,15 +75,14 @@ impl OwnedSession {
 }
 
 impl Drop for OwnedSession {
-    /// A session not ended yet: revoke its lease in the background, if there is a runtime.
+    /// A session not ended yet: revoke its lease in the background (which
+    /// [`Client::close`] waits for), if there is a runtime.
     fn drop(&mut self) {
         let Some(session) = self.session.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the lease expires after its TTL instead
-        };
-        runtime.spawn(async move {
+        let client = session.kv().clone();
+        client.spawn_cleanup(async move {
             let lease = session.lease();
             if let Err(err) = session.close().await {
                 tracing::debug!(lease, error = %err, "revoking a dropped session");

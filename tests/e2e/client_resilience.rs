@@ -287,3 +287,46 @@ async fn long_lived_streams_carry_on_across_a_30_second_outage() {
     assert_eq!(after.payload, b"after");
     leadership.resign().await.unwrap();
 }
+
+/// One session's lease carries many locks; `Client::close` waits until what dropped handles
+/// held is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_carries_many_locks_and_close_releases_dropped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = Client::connect([server.url()]).await.unwrap();
+    let session = client.session(Duration::from_secs(10)).await.unwrap();
+    let accounts = session.lock("accounts").await.unwrap();
+    let ledger = session.lock("ledger").await.unwrap();
+    assert_eq!(
+        (accounts.lease(), ledger.lease()),
+        (session.lease(), session.lease())
+    );
+    let keys = |prefix: &'static str| {
+        let client = client.clone();
+        async move { client.get_prefix(prefix).await.unwrap().len() }
+    };
+
+    // Unlocking one lock keeps the lease for the other.
+    accounts.unlock().await.unwrap();
+    assert_eq!((keys("accounts/").await, keys("ledger/").await), (0, 1));
+    // A dropped guard's key goes in the background; close() waits for it.
+    drop(ledger);
+    client.close().await;
+    assert_eq!(keys("ledger/").await, 0, "released by the time close() returned");
+    // A dropped guard with its own session: its lease is revoked, and close() waits for that.
+    let own = client.lock("own").await.unwrap();
+    let own_lease = own.lease();
+    drop(own);
+    client.close().await;
+    assert_eq!(keys("own/").await, 0);
+    let leases = server.ctl(&["lease", "list"]);
+    assert!(!leases.contains(&format!("{own_lease:x}")), "{leases}");
+
+    // Closing the session revokes the shared lease.
+    let again = session.lock("accounts").await.unwrap();
+    let lost = again.lost();
+    session.close().await.unwrap();
+    within("the shared lock lost", lost).await;
+    assert_eq!(keys("accounts/").await, 0);
+}
