@@ -231,7 +231,9 @@ impl Endpoints {
     }
 
     /// Runs `attempt` on the current endpoint, each try within the request timeout, failing
-    /// over and retrying as the module docs say.
+    /// over and retrying as the module docs say. Its retries and failovers are logged inside a
+    /// `request` span.
+    #[tracing::instrument(level = "debug", name = "request", skip_all, fields(?idempotence))]
     pub(crate) async fn call<T, F, Fut>(&self, idempotence: Idempotence, mut attempt: F) -> Result<T, Status>
     where
         F: FnMut(Conn) -> Fut,
@@ -268,6 +270,10 @@ impl Endpoints {
             }
             tracing::debug!(endpoint = %self.slots[index].uri, error = %status, ?failure, "request failed");
             self.failed(index, generation);
+            if self.slots.len() > 1 {
+                let next = &self.slots[self.current()].uri;
+                tracing::info!(from = %self.slots[index].uri, to = %next, error = %status, "failing over");
+            }
             let may_retry = failure == Failure::NotSent || idempotence == Idempotence::Idempotent;
             if !may_retry || retry >= retries {
                 return Err(status);

@@ -70,7 +70,10 @@ pub enum Error {
 pub enum ErrorKind {
     /// The revision asked for was compacted away (`etcdserver: mvcc: required revision has been
     /// compacted`); start again from a newer one.
-    Compacted,
+    Compacted {
+        /// The oldest revision still kept, when the server said (a watch does; 0 otherwise).
+        compact_revision: i64,
+    },
     /// The lease does not exist (expired or revoked).
     LeaseNotFound,
     /// A session's lease is gone: whatever it held is gone too.
@@ -121,7 +124,12 @@ impl Error {
             | Error::VersionMismatch { .. } => ErrorKind::Conflict,
             Error::Status(status) | Error::Recipe(concord_recipes::Error::Store(status)) => {
                 if rpctypes::is_compacted(status) {
-                    ErrorKind::Compacted
+                    let compact_revision = status
+                        .metadata()
+                        .get(crate::watch::COMPACT_REVISION)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
+                    ErrorKind::Compacted { compact_revision }
                 } else if rpctypes::is_lease_not_found(status) {
                     ErrorKind::LeaseNotFound
                 } else if rpctypes::is_no_leader(status) || rpctypes::ELECTION_NO_LEADER.is(status) {
@@ -209,7 +217,10 @@ mod tests {
     fn kinds_come_from_the_shared_vocabulary() {
         use concord_proto::rpctypes;
         let status = |e: rpctypes::RpcError| Error::Status(e.status());
-        assert_eq!(status(rpctypes::COMPACTED).kind(), ErrorKind::Compacted);
+        assert_eq!(
+            status(rpctypes::COMPACTED).kind(),
+            ErrorKind::Compacted { compact_revision: 0 }
+        );
         assert_eq!(status(rpctypes::LEASE_NOT_FOUND).kind(), ErrorKind::LeaseNotFound);
         assert_eq!(status(rpctypes::NO_LEADER).kind(), ErrorKind::NoLeader);
         assert_eq!(status(rpctypes::NOT_LEADER).kind(), ErrorKind::NotLeader);

@@ -43,7 +43,7 @@ pub(crate) async fn open(channel: Channel, create: WatchCreateRequest) -> Result
         .await?
         .ok_or_else(|| Status::unavailable("the server closed the watch stream before answering"))?;
     if first.compact_revision > 0 {
-        return Err(compacted());
+        return Err(compacted(first.compact_revision));
     }
     if first.canceled {
         return Err(Status::failed_precondition(reason(&first)));
@@ -171,7 +171,7 @@ fn batches(
                 Err(status) => return Some((Err(Error::Store(status)), None)),
             };
             if response.compact_revision > 0 {
-                return Some((Err(Error::Store(compacted())), None));
+                return Some((Err(Error::Store(compacted(response.compact_revision))), None));
             }
             if response.canceled {
                 return Some((Err(Error::WatchEnded(reason(&response))), None));
@@ -189,9 +189,17 @@ fn batches(
     })
 }
 
-/// The status of a compacted watch, as the server's in-process watches report it.
-fn compacted() -> Status {
-    rpctypes::COMPACTED.status()
+/// The metadata key of a compacted watch's status that carries the compact revision.
+pub(crate) const COMPACT_REVISION: &str = "concord-compact-revision";
+
+/// The status of a watch compacted at `compact_revision`, as the server's in-process watches
+/// report it, with the revision in its metadata for [`ErrorKind::Compacted`](crate::ErrorKind).
+fn compacted(compact_revision: i64) -> Status {
+    let mut status = rpctypes::COMPACTED.status();
+    if let Ok(value) = compact_revision.to_string().parse() {
+        status.metadata_mut().insert(COMPACT_REVISION, value);
+    }
+    status
 }
 
 fn reason(response: &WatchResponse) -> String {

@@ -501,6 +501,13 @@ async fn a_watch_from_a_compacted_revision_fails_with_etcds_text() {
             .unwrap_err(),
     };
     assert_eq!(err.to_string(), concord_client::rpctypes::COMPACTED.text());
+    // The typed kind says where history now starts, and that retrying will not help.
+    let err = Error::from(err);
+    assert_eq!(
+        err.kind(),
+        concord_client::ErrorKind::Compacted { compact_revision: 4 }
+    );
+    assert!(!err.is_retryable());
 
     // From the compaction on, the watch replays history.
     let request = WatchCreateRequest {
