@@ -42,9 +42,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let work = move |_key| {
             let (name, rounds, done) = (name.clone(), rounds.clone(), done.clone());
             async move {
+                /// Says so when the round ends, finished or cancelled (leadership lost, stop).
+                struct Round(String);
+                impl Drop for Round {
+                    fn drop(&mut self) {
+                        println!("{} resigns", self.0);
+                    }
+                }
                 println!("{name} leads");
+                let _round = Round(name);
                 tokio::time::sleep(round).await; // the round; cancelled if the lease is lost
-                println!("{name} resigns");
                 if rounds.fetch_add(1, Ordering::SeqCst) + 1 >= 3 && bounded {
                     done.send_replace(true);
                 }

@@ -1,6 +1,7 @@
 //! [`Client::lead`]: a leader loop for workers (Curator's `LeaderSelector`).
 //!
-//! A background task campaigns; once it leads, it runs the caller's work; when the work ends it
+//! A background task campaigns; once it leads (and after a short settle, so that a predecessor
+//! whose key was just deleted has stopped), it runs the caller's work; when the work ends it
 //! resigns, and when the leadership is lost (the lease is gone or may be: see
 //! [`Leadership::lost`](crate::Leadership::lost); or the leader key was deleted, by a revoke
 //! say) it cancels the work at once (drops its future); either way it campaigns again, until
@@ -17,6 +18,9 @@ use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::election::Leadership;
+
+/// How long a new leader waits before starting its work: a tenth of the TTL, within these.
+const SETTLE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(250));
 
 /// A running leader loop: see [`Client::lead`].
 #[must_use = "dropping a LeaderLoop stops it"]
@@ -160,6 +164,19 @@ async fn run<F, Fut>(
             }
         };
         let key = leadership.leader_key().clone();
+        // A predecessor whose key was deleted (its lease revoked) learns it from the same
+        // revision this loop won at, on its own stream: give that news a moment to arrive
+        // before working, so its work has stopped. (A predecessor cut off from the cluster
+        // stopped earlier still: its `lost()` fires before its lease can expire, which is
+        // before anyone can win.)
+        let settle = tokio::time::sleep((ttl / 10).clamp(SETTLE.0, SETTLE.1));
+        tokio::select! {
+            () = stop_requested(&mut stopped) => {
+                let _ = leadership.resign().await;
+                return;
+            }
+            () = settle => {}
+        }
         leading.send_replace(Some(key.clone()));
         let lost = leadership.lost();
         let watched = key.clone();
