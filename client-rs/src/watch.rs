@@ -122,25 +122,17 @@ impl crate::Client {
         let options = self.options().clone();
         let range_end = concord_recipes::kv::prefix_end(&prefix);
         let follow = Follow::new(self.clone(), prefix, range_end, start)
-            .with_backoff(move |n| options.jittered_backoff(n));
+            .with_backoff(move |n| options.jittered_backoff(n))
+            .reopening_forever();
         let stream = futures::stream::unfold(Some(follow), |follow| async move {
             let mut follow = follow?;
-            loop {
-                match follow.next().await {
-                    Ok(Step::Batch(batch)) => return Some((Ok(batch), Some(follow))),
-                    Ok(Step::Compacted) => {
-                        let status = rpctypes::COMPACTED.status();
-                        return Some((Err(crate::Error::Status(status)), None));
-                    }
-                    Err(err) => {
-                        let err = crate::Error::from(err);
-                        if err.is_retryable() {
-                            tracing::info!(error = %err, "prefix watch still failing; retrying");
-                            continue; // Follow paused already; it resumes where it stopped
-                        }
-                        return Some((Err(err), None));
-                    }
+            match follow.next().await {
+                Ok(Step::Batch(batch)) => Some((Ok(batch), Some(follow))),
+                Ok(Step::Compacted) => {
+                    let status = rpctypes::COMPACTED.status();
+                    Some((Err(crate::Error::Status(status)), None))
                 }
+                Err(err) => Some((Err(err.into()), None)),
             }
         });
         Ok(PrefixWatch {

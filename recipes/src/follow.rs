@@ -48,6 +48,8 @@ pub struct Follow<K: Kv> {
     next: i64,
     stream: Option<WatchStream>,
     backoff: Arc<dyn Fn(usize) -> Duration + Send + Sync>,
+    /// How many reopenings in a row may fail before the error is reported.
+    attempts: usize,
 }
 
 impl<K: Kv> Follow<K> {
@@ -60,7 +62,15 @@ impl<K: Kv> Follow<K> {
             next: start,
             stream: None,
             backoff: Arc::new(default_backoff),
+            attempts: REOPEN_ATTEMPTS,
         }
+    }
+
+    /// Never reports a failure that reopening may cure: keeps reopening (with the backoff)
+    /// for as long as an outage lasts. Only errors reopening cannot cure end it.
+    pub fn reopening_forever(mut self) -> Self {
+        self.attempts = usize::MAX;
+        self
     }
 
     /// Pauses `backoff(n)` before the `n`th reopening in a row instead of the default.
@@ -81,7 +91,8 @@ impl<K: Kv> Follow<K> {
     }
 
     /// The next batch of events, reopening the watch as often as it takes (up to ten times in
-    /// a row). After an error, the next call starts over.
+    /// a row, unless [`reopening_forever`](Self::reopening_forever)). After an error, the next
+    /// call starts over.
     pub async fn next(&mut self) -> Result<Step> {
         let mut failures = 0;
         loop {
@@ -107,7 +118,7 @@ impl<K: Kv> Follow<K> {
                 return Ok(Step::Compacted);
             }
             failures += 1;
-            if !reopenable(&failed) || failures >= REOPEN_ATTEMPTS {
+            if !reopenable(&failed) || failures >= self.attempts {
                 return Err(failed);
             }
             tracing::debug!(error = %failed, from = self.next, "reopening a broken watch");
@@ -166,6 +177,34 @@ mod tests {
         let pauses: Vec<_> = (0..7).map(|n| default_backoff(n).as_millis()).collect();
         assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
         assert_eq!(default_backoff(usize::MAX), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reopening_forever_outlasts_a_long_outage() {
+        use concord_proto::etcdserverpb::TxnRequest;
+
+        let kv = crate::memory::MemoryKv::new();
+        let mut bounded = Follow::new(kv.clone(), b"k".to_vec(), Vec::new(), 1);
+        let mut forever = Follow::new(kv.clone(), b"k".to_vec(), Vec::new(), 1).reopening_forever();
+        kv.set_unavailable(true);
+        // The default gives up after ten failures in a row (about 6 s of backoff).
+        let gave_up = tokio::time::timeout(Duration::from_secs(60), bounded.next()).await;
+        assert!(matches!(gave_up, Ok(Err(_))), "{gave_up:?}");
+        // Forever keeps going through a minute of outage, then delivers.
+        let outage = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            kv.set_unavailable(false);
+            let put = TxnRequest {
+                success: vec![crate::kv::put_op("k", "v", 0)],
+                ..Default::default()
+            };
+            kv.txn(put).await.unwrap();
+        };
+        let (next, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(120), forever.next()),
+            outage
+        );
+        assert!(matches!(next, Ok(Ok(Step::Batch(_)))), "{next:?}");
     }
 
     #[test]
