@@ -76,6 +76,39 @@ async fn a_cut_off_holder_is_told_before_the_lock_can_pass_on() {
     next.unlock().await.unwrap();
 }
 
+/// A leader cut off from the cluster: at risk, then lost, before the next candidate leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_is_told_before_the_next_one_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST);
+    let proxy = Proxy::start(&server.endpoint).await;
+    let leader = Client::connect_with([proxy.url()], quick()).await.unwrap();
+    let candidate = Client::connect([server.url()]).await.unwrap();
+    let leadership = leader
+        .campaign("boss", "cut off", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (at_risk, lost) = (leadership.at_risk(), leadership.lost());
+    let next = tokio::spawn(async move {
+        let next = candidate
+            .campaign("boss", "next", Duration::from_secs(2))
+            .await
+            .unwrap();
+        (Instant::now(), next)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.cut().await;
+    within("at risk", at_risk).await;
+    let at_risk_at = Instant::now();
+    within("lost", lost).await;
+    let lost_at = Instant::now();
+    let (leads_at, next) = within("the next leader", next).await.unwrap();
+    assert!(at_risk_at <= lost_at && lost_at <= leads_at, "told too late");
+    assert!(leadership.is_lost());
+    next.resign().await.unwrap();
+}
+
 /// A waiter in `lock()` whose member is killed keeps its place: the wait resumes on another
 /// member and ends when the holder releases, never overlapping it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
