@@ -162,7 +162,9 @@ async fn snapshots_truncate_the_log_and_recovery_uses_them() {
                     .collect()
             })
             .unwrap_or_default();
-        if !found.is_empty() || std::time::Instant::now() > deadline {
+        // A new snapshot is renamed into place before the older one is removed: wait for
+        // that sweep too, not only for the first file to appear.
+        if found.len() == 1 || std::time::Instant::now() > deadline {
             break found;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
