@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use super::batched::batched;
 use super::local_kv::LocalKv;
 
 /// How many ready versions one Watch response carries at most.
@@ -145,26 +146,18 @@ impl ConfigRpc for ConfigService {
             }
         });
         let api = self.api.clone();
-        let responses = versions
-            .ready_chunks(VERSIONS_PER_RESPONSE)
-            .flat_map(move |chunk| {
-                let mut out = Vec::new();
-                let mut versions = Vec::new();
-                for item in chunk {
-                    match item {
-                        Ok(version) => versions.push(to_proto(version)),
-                        Err(err) => {
-                            out.push(Err(err));
-                            break;
-                        }
-                    }
+        let versions = versions.map(|version| version.map(to_proto));
+        let responses = batched(
+            versions,
+            VERSIONS_PER_RESPONSE,
+            move |versions: Vec<pb::Version>| {
+                let revision = versions.last().map_or(0, |v| v.revision);
+                pb::WatchResponse {
+                    header: Some(api.header(revision)),
+                    versions,
                 }
-                if let Some(last) = versions.last() {
-                    let header = Some(api.header(last.revision));
-                    out.insert(0, Ok(pb::WatchResponse { header, versions }));
-                }
-                futures::stream::iter(out)
-            });
+            },
+        );
         Ok(Response::new(Box::pin(responses)))
     }
 

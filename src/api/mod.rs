@@ -6,6 +6,7 @@
 //! `tonic::Status` in exactly one place, `crate::error`.
 
 pub mod answer;
+pub mod batched;
 pub mod cluster;
 pub mod config_center;
 pub mod election;

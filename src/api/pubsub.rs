@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use super::batched::batched;
 use super::local_kv::LocalKv;
 use std::sync::Arc;
 
@@ -71,30 +72,25 @@ impl PubSubRpc for PubSubService {
             .await
             .map_err(|e| e.to_service_status())?;
         let api = self.api.clone();
-        let responses = subscription
-            .ready_chunks(MESSAGES_PER_RESPONSE)
-            .flat_map(move |chunk| {
-                // Messages up to the first error, then the error (which ends the stream).
-                let mut out = Vec::new();
-                let mut messages = Vec::new();
-                for item in chunk {
-                    match item {
-                        Ok(message) => messages.push(pb::Message {
-                            revision: message.revision,
-                            payload: message.payload,
-                        }),
-                        Err(err) => {
-                            out.push(Err(err.to_service_status()));
-                            break;
-                        }
-                    }
+        let messages = subscription.map(|message| {
+            message
+                .map(|m| pb::Message {
+                    revision: m.revision,
+                    payload: m.payload,
+                })
+                .map_err(|e| e.to_service_status())
+        });
+        let responses = batched(
+            messages,
+            MESSAGES_PER_RESPONSE,
+            move |messages: Vec<pb::Message>| {
+                let revision = messages.last().map_or(0, |m| m.revision);
+                pb::SubscribeResponse {
+                    header: Some(api.header(revision)),
+                    messages,
                 }
-                if let Some(last) = messages.last() {
-                    let header = Some(api.header(last.revision));
-                    out.insert(0, Ok(pb::SubscribeResponse { header, messages }));
-                }
-                futures::stream::iter(out)
-            });
+            },
+        );
         Ok(Response::new(Box::pin(responses)))
     }
 
