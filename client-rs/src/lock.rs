@@ -123,6 +123,16 @@ enum Hold {
     },
 }
 
+impl Hold {
+    /// The session the lock is held with (`None` once its own was ended).
+    fn session(&self) -> Option<Session<Client>> {
+        match self {
+            Hold::Own(session) => session.shared(),
+            Hold::Shared { session, .. } => Some(session.clone()),
+        }
+    }
+}
+
 /// A lease many locks share: see [`Client::session`].
 #[must_use = "dropping a SharedSession revokes its lease, releasing its locks"]
 pub struct SharedSession {
@@ -228,10 +238,7 @@ impl LockGuard {
 
     /// The lease the lock is held with.
     pub fn lease(&self) -> i64 {
-        match &self.hold {
-            Hold::Own(session) => session.lease(),
-            Hold::Shared { session, .. } => session.lease(),
-        }
+        self.hold.session().map_or(0, |session| session.lease())
     }
 
     /// The fencing compare: it holds in a txn only while this hold on the lock lasts (the
@@ -259,25 +266,17 @@ impl LockGuard {
 
     /// Whether the lock's lease is gone or may be (the lock may be someone else's).
     pub fn is_lost(&self) -> bool {
-        match &self.hold {
-            Hold::Own(session) => session.is_lost(),
-            Hold::Shared { session, .. } => session.is_lost(),
-        }
+        self.hold.session().is_none_or(|session| session.is_lost())
     }
 
     /// Completes once the lock's lease is gone or may be: no later than the send time of the
     /// last answered keep-alive plus the TTL, so before the server can have expired it. Stop
     /// the work the lock protects. The future does not borrow the guard.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let (own, shared) = match &self.hold {
-            Hold::Own(session) => (Some(session.lost()), None),
-            Hold::Shared { session, .. } => (None, Some(session.lost())),
-        };
+        let lost = self.hold.session().map(|session| session.lost());
         async move {
-            match (own, shared) {
-                (Some(own), _) => own.await,
-                (_, Some(shared)) => shared.await,
-                _ => {}
+            if let Some(lost) = lost {
+                lost.await;
             }
         }
     }
@@ -286,15 +285,10 @@ impl LockGuard {
     /// still held, but may not be for long (Curator's SUSPENDED). The future does not borrow
     /// the guard.
     pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
-        let (own, shared) = match &self.hold {
-            Hold::Own(session) => (Some(session.at_risk()), None),
-            Hold::Shared { session, .. } => (None, Some(session.at_risk())),
-        };
+        let at_risk = self.hold.session().map(|session| session.at_risk());
         async move {
-            match (own, shared) {
-                (Some(own), _) => own.await,
-                (_, Some(shared)) => shared.await,
-                _ => {}
+            if let Some(at_risk) = at_risk {
+                at_risk.await;
             }
         }
     }

@@ -132,13 +132,13 @@ impl<K: Kv> Session<K> {
     /// the module docs), or a clone [closed](Self::close) the session. Never completes for a
     /// [`from_lease`](Self::from_lease) session, which nobody here watches. The future does
     /// not borrow the session.
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<K> {
         self.reaches(|health| health == Health::Lost)
     }
 
     /// Completes once the lease is at risk (a keep-alive failed or is late) or lost; earlier
     /// than [`lost`](Self::lost), so work can pause while the keep-alives retry.
-    pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static + use<K> {
         self.reaches(|health| health != Health::Healthy)
     }
 
@@ -148,7 +148,7 @@ impl<K: Kv> Session<K> {
         self.inner.health.subscribe()
     }
 
-    fn reaches(&self, state: fn(Health) -> bool) -> impl Future<Output = ()> + Send + 'static {
+    fn reaches(&self, state: fn(Health) -> bool) -> impl Future<Output = ()> + Send + 'static + use<K> {
         let mut health = self.inner.health.subscribe();
         async move {
             // An error means every sender is gone, which only happens once the session is.

@@ -52,17 +52,9 @@ where
 {
     let value_key = ConfigCenter::new(client.clone()).value_key(namespace, key)?;
     let client_id = options.client_id.unwrap_or_else(|| client.identity());
-    let mut follower = Follower {
-        client: client.clone(),
-        namespace: namespace.to_string(),
-        key: key.to_string(),
-        client_id,
-        cache: options.cache_file,
-        next_revision: 0,
-        stream: Resuming::new(client.clone(), format!("config {namespace}/{key}")),
-        ready: Default::default(),
-        session: None,
-    };
+    let mut follower = Follower::new(client, namespace, key, 0);
+    follower.client_id = client_id;
+    follower.cache = options.cache_file;
     let (values_tx, values) = watch::channel(None);
     let (rejections_tx, rejections) = watch::channel(None);
     match follower.latest(value_key).await {
@@ -118,17 +110,7 @@ pub(super) async fn versions(
     key: &str,
     from: i64,
 ) -> Result<ConfigVersions> {
-    let mut follower = Follower {
-        client: client.clone(),
-        namespace: namespace.to_string(),
-        key: key.to_string(),
-        client_id: String::new(),
-        cache: None,
-        next_revision: from,
-        stream: Resuming::new(client.clone(), format!("config {namespace}/{key}")),
-        ready: Default::default(),
-        session: None,
-    };
+    let mut follower = Follower::new(client, namespace, key, from);
     follower.open().await?;
     let stream = futures::stream::unfold(Some(follower), |follower| async move {
         let mut follower = follower?;
@@ -146,6 +128,22 @@ pub(super) async fn versions(
 }
 
 impl Follower {
+    /// Follows `namespace`/`key` (empty: the whole namespace) from revision `from`, reporting
+    /// nothing and caching nothing until told otherwise.
+    fn new(client: Client, namespace: &str, key: &str, from: i64) -> Self {
+        Follower {
+            stream: Resuming::new(client.clone(), format!("config {namespace}/{key}")),
+            client,
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            client_id: String::new(),
+            cache: None,
+            next_revision: from,
+            ready: Default::default(),
+            session: None,
+        }
+    }
+
     /// The latest version, if the key has one; sets where the watch starts.
     async fn latest(&mut self, value_key: String) -> Result<Option<pb::Version>> {
         // "Now", before looking, so a version written meanwhile is watched, not missed.
