@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use crate::client::Client;
 use crate::error::Result;
 use crate::options::ttl_secs;
-use crate::owned::OwnedSession;
+use crate::owned::{Hold, OwnedSession};
 
 /// An election's leader, as an observer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,17 +128,19 @@ impl Client {
     }
 }
 
-/// Leadership of an election, won by [`Client::campaign`].
+/// Leadership of an election, won by [`Client::campaign`] or
+/// [`SharedSession::campaign`](crate::SharedSession::campaign).
 ///
 /// [`resign`](Self::resign) steps down; dropping the handle steps down in the background (or,
-/// outside a tokio runtime, when the lease expires). Like a lock, leadership ends when its
+/// outside a tokio runtime, when the lease expires; on a shared session, when the session
+/// ends). Like a lock, leadership ends when its
 /// lease does: [`lost`](Self::lost) fires before the server can have expired it, and
 /// [`at_risk`](Self::at_risk) earlier, when a keep-alive fails.
 #[must_use = "dropping a Leadership resigns"]
 pub struct Leadership {
     election: Election<Client>,
     key: LeaderKey,
-    session: OwnedSession,
+    hold: Hold,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -159,7 +161,27 @@ impl Leadership {
         Ok(Leadership {
             election,
             key,
-            session,
+            hold: Hold::Own(session),
+        })
+    }
+
+    /// Campaigns with `value` in `election` on a shared session's lease until it leads. On
+    /// failure or cancellation the campaign's key is removed; the lease stays.
+    pub(crate) async fn win_shared(
+        mut election: Election<Client>,
+        session: Session<Client>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Leadership> {
+        let (key, _) = election.campaign(value).await?;
+        Ok(Leadership {
+            hold: Hold::Shared {
+                session,
+                key: key.key.clone(),
+                revision: key.rev,
+                released: false,
+            },
+            election,
+            key,
         })
     }
 
@@ -171,7 +193,7 @@ impl Leadership {
 
     /// The leader's lease.
     pub fn lease(&self) -> i64 {
-        self.session.lease()
+        self.hold.lease()
     }
 
     /// Changes the leader's value, if this is still the leader; else fails with
@@ -183,26 +205,27 @@ impl Leadership {
 
     /// Whether the lease is gone or may be (someone else may lead).
     pub fn is_lost(&self) -> bool {
-        self.session.is_lost()
+        self.hold.is_lost()
     }
 
     /// Completes once the lease is gone or may be: no later than the send time of the last
     /// answered keep-alive plus the TTL, so before the server can have expired it. The future
     /// does not borrow the handle.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.lost()
+        self.hold.lost()
     }
 
     /// Completes once a keep-alive failed or is late (or the lease is lost): still leading,
     /// but perhaps not for long. The future does not borrow the handle.
     pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.at_risk()
+        self.hold.at_risk()
     }
 
-    /// Steps down (the next candidate leads), then revokes the lease.
+    /// Steps down (the next candidate leads), then revokes the lease if it is the
+    /// leadership's own (a [`SharedSession`](crate::SharedSession)'s lease stays).
     pub async fn resign(mut self) -> Result<()> {
         let election = &mut self.election;
-        self.session
+        self.hold
             .end(async move {
                 election.resign().await?;
                 Ok(())

@@ -7,7 +7,12 @@
 //! The methods below are thin layers over those recipes for the common cases:
 //!
 //! - key-values: [`Client::put`], [`Client::get`], [`Client::get_prefix`], [`Client::delete`];
-//! - locks: [`Client::lock`] gives a [`LockGuard`] (with a fencing compare);
+//!   [`Client::watch_prefix`] follows a prefix and reopens itself after any outage;
+//! - locks: [`Client::lock`] gives a [`LockGuard`] (with a fencing compare and a loss signal);
+//!   [`Client::session`] gives a [`SharedSession`] whose one lease carries many locks and
+//!   leaderships;
+//! - leader election: [`Client::lead`] runs work while leading, as a [`LeaderLoop`];
+//!   [`Client::campaign`] gives a [`Leadership`]; [`Client::observe`] follows the leader;
 //! - service registry (through the server's Registry service): [`Client::register`] gives a
 //!   heartbeating [`Registration`] that registers again by itself after a lost lease;
 //!   [`Client::discover`] gives an always-current [`Discovery`] with pickers,
@@ -16,19 +21,48 @@
 //!   [`LiveConfig`] kept current in the background; [`Client::put_config`],
 //!   [`Client::put_config_if`] and [`Client::put_config_text`] write versions;
 //! - pub/sub (through the server's PubSub service): [`Client::publish`], and
-//!   [`Client::subscribe`] gives a [`Subscription`] that resumes by itself;
-//! - leader election: [`Client::campaign`] gives a [`Leadership`]; [`Client::observe`]
-//!   follows the leader.
+//!   [`Client::subscribe`] gives a [`Subscription`] that resumes by itself.
+//!
+//! None of them needs a retry loop around it: requests fail over between endpoints, and
+//! long-lived streams reopen from where they stopped, with a capped, jittered backoff, for as
+//! long as an outage lasts. What ends them is an error retrying cannot fix, and
+//! [`Error::kind`] says which.
 //!
 //! ```no_run
+//! # #[derive(serde::Deserialize)] struct Limits { max_connections: u32 }
+//! # async fn schedule(_: concord_client::LeaderKey) {}
 //! # async fn run() -> concord_client::Result<()> {
+//! use std::time::Duration;
 //! use concord_client::Client;
+//! use futures::StreamExt;
 //!
 //! let client = Client::connect(["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]).await?;
+//!
+//! // A lock: `lost()` fires before the server can have passed it on.
 //! let guard = client.lock("jobs/compaction").await?;
-//! // ... exclusive work ...
-//! guard.unlock().await?;
-//! # Ok(()) }
+//! tokio::select! { () = guard.lost() => {}, () = async { /* work */ } => guard.unlock().await? }
+//!
+//! // A leader loop: campaigns, runs the work while leading, stops it when leadership is lost.
+//! let scheduler = client.lead("scheduler", "worker-1", Duration::from_secs(5), schedule);
+//!
+//! // Registration with heartbeats, and discovery.
+//! let me = client.register("billing", "b-1", "10.0.0.7:8080", Duration::from_secs(10)).await?;
+//! let billing = client.discover("billing").await?.pick();
+//!
+//! // Typed config, kept current in the background.
+//! let mut limits = client.config::<Limits>("billing", "limits").await?;
+//! limits.changed().await?;
+//!
+//! // Pub/sub.
+//! client.publish("orders", "order 7").await?;
+//! let mut orders = client.subscribe("orders").await?;
+//! let next = orders.next().await;
+//!
+//! // Many locks and a leadership on one lease.
+//! let session = client.session(Duration::from_secs(10)).await?;
+//! let (a, b) = (session.lock("accounts").await?, session.lock("ledger").await?);
+//! session.close().await?;
+//! # drop((me, billing, next, a, b)); scheduler.stop().await; Ok(()) }
 //! ```
 //!
 //! # Failover
@@ -41,8 +75,10 @@
 //! - `client.rs`: [`Client`], the basic key-value calls, and the [`Kv`] implementation.
 //! - `endpoints.rs`: the endpoint list, one cached channel per endpoint, the retry policy.
 //! - `watch.rs`: one watch on its own Watch stream; `lease.rs`: the shared keep-alive stream.
-//! - `owned.rs`: a session owned by one handle, ended (in the background if need be) with it.
-//! - `lock.rs`, `registry.rs`, `config.rs`, `election.rs`: the coordination helpers.
+//! - `owned.rs`: a session owned by one handle, ended (in the background if need be) with it,
+//!   and the hold (own or shared session) a lock or a leadership is held with.
+//! - `lock.rs`, `election.rs`, `leader_loop.rs`, `registry/`, `config/`, `pubsub.rs`: the
+//!   coordination helpers; `resuming.rs`: what their long-lived streams share to reopen.
 //! - `options.rs`: [`ClientOptions`]; `error.rs`: [`Error`].
 
 mod client;

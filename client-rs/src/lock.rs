@@ -5,13 +5,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::Compare;
+use concord_recipes::election::Election;
 use concord_recipes::mutex::Mutex;
 use concord_recipes::session::Session;
 
 use crate::client::Client;
+use crate::election::Leadership;
 use crate::error::Result;
 use crate::options::ttl_secs;
-use crate::owned::OwnedSession;
+use crate::owned::{Hold, OwnedSession};
 
 impl Client {
     /// Waits until this caller holds the lock `name`, with a lease of
@@ -48,9 +50,9 @@ impl Client {
         })
     }
 
-    /// A session of `ttl` that many locks can share, as etcd's `concurrency.Session`: one
-    /// lease, kept alive in the background, carries every lock taken through it, and when it is
-    /// lost every one of them is. Closing the session releases them all at once.
+    /// A session of `ttl` that many locks and campaigns can share, as etcd's
+    /// `concurrency.Session`: one lease, kept alive in the background, carries every lock taken
+    /// and every leadership won through it, and when it is lost every one of them is. Closing the session releases them all at once.
     ///
     /// ```no_run
     /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
@@ -111,30 +113,8 @@ pub struct LockGuard {
     hold: Hold,
 }
 
-/// The lease a lock is held with.
-enum Hold {
-    /// Its own session: revoked when the lock is released or the guard dropped.
-    Own(OwnedSession),
-    /// A [`SharedSession`]'s: only the lock's key goes when the lock is released (or, in the
-    /// background, when the guard is dropped).
-    Shared {
-        session: Session<Client>,
-        released: bool,
-    },
-}
-
-impl Hold {
-    /// The session the lock is held with (`None` once its own was ended).
-    fn session(&self) -> Option<Session<Client>> {
-        match self {
-            Hold::Own(session) => session.shared(),
-            Hold::Shared { session, .. } => Some(session.clone()),
-        }
-    }
-}
-
-/// A lease many locks share: see [`Client::session`].
-#[must_use = "dropping a SharedSession revokes its lease, releasing its locks"]
+/// A lease many locks and leaderships share: see [`Client::session`].
+#[must_use = "dropping a SharedSession revokes its lease, releasing its locks and leaderships"]
 pub struct SharedSession {
     session: OwnedSession,
 }
@@ -153,7 +133,8 @@ impl SharedSession {
         self.session.lease()
     }
 
-    /// Completes once the lease is gone or may be (every lock of the session with it).
+    /// Completes once the lease is gone or may be (every lock and leadership of the session
+    /// with it).
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.session.lost()
     }
@@ -173,44 +154,44 @@ impl SharedSession {
         mutex.lock().await?;
         let fence = mutex.fence()?;
         Ok(LockGuard {
-            mutex,
-            fence,
             hold: Hold::Shared {
                 session,
+                key: mutex.key().to_vec(),
+                revision: mutex.revision(),
                 released: false,
             },
+            mutex,
+            fence,
         })
     }
 
-    /// Revokes the lease: every lock of the session is released at once.
+    /// Runs for leader of the election `name` with `value` on this session's lease, and waits
+    /// until elected (see [`Client::campaign`]). Resigning deletes only the leadership's key;
+    /// losing or closing the session ends it with the session's locks. One session has one
+    /// candidacy per election: a second campaign for the same name through it shares the key.
+    ///
+    /// ```no_run
+    /// # async fn run(client: concord_client::Client) -> concord_client::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let session = client.session(Duration::from_secs(10)).await?;
+    /// let leadership = session.campaign("scheduler", "worker-3").await?;
+    /// let shard = session.lock("shards/7").await?;   // the same lease
+    /// // ...
+    /// leadership.resign().await?;                    // the lock stays held
+    /// # drop(shard); Ok(()) }
+    /// ```
+    pub async fn campaign(&self, name: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Leadership> {
+        let Some(session) = self.session.shared() else {
+            return Err(concord_recipes::Error::SessionExpired.into());
+        };
+        let election = Election::new(&session, name);
+        Leadership::win_shared(election, session, value).await
+    }
+
+    /// Revokes the lease: every lock and leadership of the session is released at once.
     pub async fn close(mut self) -> Result<()> {
         self.session.end(async { Ok(()) }).await
-    }
-}
-
-impl Drop for LockGuard {
-    /// A lock on a shared session not released yet: delete its key in the background (which
-    /// [`Client::close`] waits for). A lock on its own session goes with its lease.
-    fn drop(&mut self) {
-        if let Hold::Shared {
-            session,
-            released: false,
-        } = &self.hold
-        {
-            let key = self.mutex.key().to_vec();
-            let txn = concord_proto::etcdserverpb::TxnRequest {
-                compare: vec![self.fence.clone()],
-                success: vec![concord_recipes::kv::delete_op(key)],
-                failure: vec![],
-            };
-            let client = session.kv().clone();
-            client.clone().spawn_cleanup(async move {
-                use concord_recipes::Kv;
-                if let Err(err) = client.txn(txn).await {
-                    tracing::debug!(error = %err, "releasing a dropped lock");
-                }
-            });
-        }
     }
 }
 
@@ -238,7 +219,7 @@ impl LockGuard {
 
     /// The lease the lock is held with.
     pub fn lease(&self) -> i64 {
-        self.hold.session().map_or(0, |session| session.lease())
+        self.hold.lease()
     }
 
     /// The fencing compare: it holds in a txn only while this hold on the lock lasts (the
@@ -266,43 +247,27 @@ impl LockGuard {
 
     /// Whether the lock's lease is gone or may be (the lock may be someone else's).
     pub fn is_lost(&self) -> bool {
-        self.hold.session().is_none_or(|session| session.is_lost())
+        self.hold.is_lost()
     }
 
     /// Completes once the lock's lease is gone or may be: no later than the send time of the
     /// last answered keep-alive plus the TTL, so before the server can have expired it. Stop
     /// the work the lock protects. The future does not borrow the guard.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let lost = self.hold.session().map(|session| session.lost());
-        async move {
-            if let Some(lost) = lost {
-                lost.await;
-            }
-        }
+        self.hold.lost()
     }
 
     /// Completes once a keep-alive failed or is late (or the lease is lost): the lock is
     /// still held, but may not be for long (Curator's SUSPENDED). The future does not borrow
     /// the guard.
     pub fn at_risk(&self) -> impl Future<Output = ()> + Send + 'static {
-        let at_risk = self.hold.session().map(|session| session.at_risk());
-        async move {
-            if let Some(at_risk) = at_risk {
-                at_risk.await;
-            }
-        }
+        self.hold.at_risk()
     }
 
     /// Releases the lock: deletes its key, then revokes its lease (a shared session's lease
     /// stays, for its other locks).
     pub async fn unlock(mut self) -> Result<()> {
         let mutex = &mut self.mutex;
-        match &mut self.hold {
-            Hold::Own(session) => session.end(async move { Ok(mutex.unlock().await?) }).await,
-            Hold::Shared { released, .. } => {
-                *released = true;
-                Ok(mutex.unlock().await?)
-            }
-        }
+        self.hold.end(async move { Ok(mutex.unlock().await?) }).await
     }
 }

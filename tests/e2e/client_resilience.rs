@@ -363,3 +363,67 @@ async fn a_shared_session_carries_many_locks_and_close_releases_dropped_ones() {
     within("the shared lock lost", lost).await;
     assert_eq!(keys("accounts/").await, 0);
 }
+
+/// A shared session campaigns too: the leadership rides on the session's lease beside its
+/// locks, resigning (or dropping the handle) leaves the lease and the locks, and closing the
+/// session ends all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_carries_leaderships_beside_its_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = Client::connect([server.url()]).await.unwrap();
+    let session = client.session(Duration::from_secs(10)).await.unwrap();
+    let shard = session.lock("shards/7").await.unwrap();
+    let leadership = session.campaign("scheduler", "worker-1").await.unwrap();
+    assert_eq!(leadership.lease(), session.lease());
+    let leader = client.leader("scheduler").await.unwrap().unwrap();
+    assert_eq!(
+        (leader.value.as_slice(), leader.lease),
+        (&b"worker-1"[..], session.lease())
+    );
+
+    // A rival with its own session waits, and leads once the shared one resigns.
+    let rival = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .campaign("scheduler", "worker-2", Duration::from_secs(10))
+                .await
+        }
+    });
+    within("the rival queued", async {
+        while client.get_prefix("scheduler/").await.unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        !rival.is_finished(),
+        "the rival waits while the shared session leads"
+    );
+    leadership.resign().await.unwrap();
+    let rival = within("the rival elected", rival).await.unwrap().unwrap();
+    assert_eq!(
+        client.leader("scheduler").await.unwrap().unwrap().value,
+        b"worker-2"
+    );
+    assert!(!shard.is_lost(), "resigning kept the shared lease");
+    assert_eq!(client.get_prefix("shards/7/").await.unwrap().len(), 1);
+    rival.resign().await.unwrap();
+
+    // A dropped leadership's key goes in the background (close() waits); the lease stays.
+    let dropped = session.campaign("scheduler", "worker-1").await.unwrap();
+    drop(dropped);
+    client.close().await;
+    assert!(client.leader("scheduler").await.unwrap().is_none());
+    assert!(!shard.is_lost());
+
+    // Closing the session ends the leadership and the lock together.
+    let again = session.campaign("scheduler", "worker-1").await.unwrap();
+    let lost = again.lost();
+    session.close().await.unwrap();
+    within("the shared leadership lost", lost).await;
+    assert!(client.leader("scheduler").await.unwrap().is_none());
+    assert_eq!(client.get_prefix("shards/7/").await.unwrap().len(), 0);
+    drop(shard);
+}
