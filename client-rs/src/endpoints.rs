@@ -278,7 +278,7 @@ impl Endpoints {
             if !may_retry || retry >= retries {
                 return Err(status);
             }
-            tokio::time::sleep(self.options.backoff(retry)).await;
+            tokio::time::sleep(self.options.jittered_backoff(retry)).await;
             retry += 1;
         }
     }

@@ -81,6 +81,8 @@
 //!   coordination helpers; `resuming.rs`: what their long-lived streams share to reopen.
 //! - `options.rs`: [`ClientOptions`]; `error.rs`: [`Error`].
 
+#![warn(missing_debug_implementations, missing_docs)]
+
 mod client;
 mod config;
 mod election;

@@ -19,26 +19,30 @@ use std::time::Duration;
 pub struct ClientOptions {
     /// How long one attempt of a unary request (put, range, txn, lease grant, keep-alive, ...)
     /// or the creation of a watch may take. A retried request gets this much per attempt.
+    /// Default: 5 s.
     pub request_timeout: Duration,
-    /// How long connecting to one endpoint (TCP and HTTP/2 handshake) may take.
+    /// How long connecting to one endpoint (TCP and HTTP/2 handshake) may take. Default: 2 s.
     pub connect_timeout: Duration,
     /// How many times a failed request is retried on the next endpoint, when it may be (see
     /// [`Client`](crate::Client)). Every endpoint is tried at least once whatever this says.
+    /// Default: 3.
     pub retries: usize,
     /// The pause before the first retry; it doubles with each further retry, up to
-    /// [`max_retry_backoff`](Self::max_retry_backoff).
+    /// [`max_retry_backoff`](Self::max_retry_backoff), with jitter. Default: 50 ms.
     pub retry_backoff: Duration,
-    /// The longest pause between two retries.
+    /// The longest pause between two retries, and between two reopenings of a long-lived
+    /// stream during an outage. Default: 1 s.
     pub max_retry_backoff: Duration,
     /// The interval of HTTP/2 pings on an open connection, which notice a dead server even
-    /// while a watch waits quietly; `None` sends none.
+    /// while a watch waits quietly; `None` sends none. Default: 10 s.
     pub keep_alive_interval: Option<Duration>,
-    /// How long a ping may go unanswered before the connection counts as dead.
+    /// How long a ping may go unanswered before the connection counts as dead. Default: 5 s.
     pub keep_alive_timeout: Duration,
     /// The TTL of the lease behind [`Client::lock`](crate::Client::lock): a holder that dies
-    /// without unlocking holds the lock this long at most.
+    /// without unlocking holds the lock this long at most. Default: 10 s.
     pub lock_ttl: Duration,
     /// TLS for `https://` endpoints (which are refused without it); `http://` ones ignore it.
+    /// Default: none.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 

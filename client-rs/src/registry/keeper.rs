@@ -185,7 +185,7 @@ impl Keeper {
                 }
                 Err(err) => {
                     tracing::warn!(key = %self.key(), error = %err, "registering again failed; retrying");
-                    let pause = self.client.options().backoff(failures);
+                    let pause = self.client.options().jittered_backoff(failures);
                     failures += 1;
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
