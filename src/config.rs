@@ -71,6 +71,15 @@ pub struct Flags {
     /// How many versions of each config-center key are kept (Concord's own flag).
     #[arg(long, default_value_t = concord_recipes::config::DEFAULT_KEEP)]
     pub config_history_limit: u64,
+    /// Auth token type: `simple` (tokens good on the member that issued them).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) a simple token lives without being used.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt's cost for hashing passwords (4 to 31).
+    #[arg(long, default_value_t = crate::auth::password::DEFAULT_COST)]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -129,6 +138,8 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     /// Versions kept per config-center key.
     pub config_history_limit: u64,
+    /// Tokens and password hashing.
+    pub auth: crate::auth::AuthOptions,
 }
 
 impl Default for Config {
@@ -187,6 +198,21 @@ impl Config {
         if flags.config_history_limit == 0 {
             return Err(Error::Config("--config-history-limit must be positive".into()));
         }
+        if flags.auth_token != "simple" {
+            return Err(Error::Config(format!(
+                "unsupported --auth-token {:?} (supported: simple)",
+                flags.auth_token
+            )));
+        }
+        if flags.auth_token_ttl == 0 {
+            return Err(Error::Config("--auth-token-ttl must be positive".into()));
+        }
+        if !(4..=31).contains(&flags.bcrypt_cost) {
+            return Err(Error::Config(format!(
+                "--bcrypt-cost {} is out of range (4 to 31)",
+                flags.bcrypt_cost
+            )));
+        }
         if flags.max_txn_ops == 0 || flags.max_request_bytes == 0 {
             return Err(Error::Config(
                 "--max-txn-ops and --max-request-bytes must be positive".into(),
@@ -211,6 +237,10 @@ impl Config {
                 &flags.experimental_watch_progress_notify_interval,
             )?,
             config_history_limit: flags.config_history_limit,
+            auth: crate::auth::AuthOptions {
+                token_ttl: Duration::from_secs(flags.auth_token_ttl),
+                bcrypt_cost: flags.bcrypt_cost,
+            },
         })
     }
 }

@@ -15,6 +15,9 @@ pub enum Error {
     /// The store rejected the request (etcd's mvcc and request errors).
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    /// The auth store refused the request (etcd's auth errors).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The request is larger than `--max-request-bytes`.
     #[error("{}", rpctypes::REQUEST_TOO_LARGE.text())]
     RequestTooLarge,
@@ -81,6 +84,7 @@ impl Error {
     fn etcd(&self) -> Option<RpcError> {
         Some(match self {
             Error::Mvcc(e) => return e.etcd(),
+            Error::Auth(e) => e.etcd(),
             Error::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
             Error::TooManyOps => rpctypes::TOO_MANY_OPS,
             Error::LeaseTtlTooLarge => rpctypes::LEASE_TTL_TOO_LARGE,

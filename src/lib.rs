@@ -8,7 +8,8 @@
 //! - [`watch`]: the hub that hands committed changes to watchers (slow ones catch up from history).
 //!
 //! Beside it, [`lease`]: leases and their keys, applied with the store, and the leader's clock
-//! that expires them through Raft.
+//! that expires them through Raft; and [`auth`]: users, roles and permissions, applied with the
+//! store, and the checks every service makes while auth is on.
 //!
 //! Around it: [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
@@ -16,6 +17,7 @@
 //! cannot go on exits instead of serving nothing) and [`failpoint`] (test-only crash points).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod crash;
 pub mod error;

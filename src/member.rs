@@ -18,6 +18,7 @@ use openraft::RaftMetrics;
 use openraft::async_runtime::WatchReceiver;
 use redb::Database;
 
+use crate::auth::AuthStore;
 use crate::config::{ClusterState, Config};
 use crate::error::Error;
 use crate::lease::Lessor;
@@ -38,6 +39,8 @@ pub struct Member {
     pub store: Arc<MvccStore>,
     /// Every lease and its keys.
     pub lessor: Arc<Lessor>,
+    /// Users, roles and permissions, and the tokens this member issued.
+    pub auth: Arc<AuthStore>,
     /// Delivers committed changes to watchers.
     pub hub: Arc<WatchHub>,
     /// The state machine's database (for size statistics).
@@ -90,10 +93,16 @@ impl Member {
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
         let lessor = Arc::new(Lessor::open(&store)?);
+        let auth = AuthStore::open(&db, config.auth)?;
         let snapshot_dir = member_dir.join("snap");
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
-        let state_machine =
-            StateMachine::open(store.clone(), lessor.clone(), hub.clone(), snapshot_dir.clone())?;
+        let state_machine = StateMachine::open(
+            store.clone(),
+            lessor.clone(),
+            auth.clone(),
+            hub.clone(),
+            snapshot_dir.clone(),
+        )?;
 
         // Raft over the log, the state machine and the network to the other members.
         let raft = Raft::new(
@@ -123,6 +132,7 @@ impl Member {
             raft,
             store,
             lessor,
+            auth,
             hub,
             db,
             identity,

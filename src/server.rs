@@ -6,6 +6,7 @@ use std::sync::Arc;
 use concord_proto::concord::config::v1::config_server::ConfigServer;
 use concord_proto::concord::pubsub::v1::pub_sub_server::PubSubServer;
 use concord_proto::concord::registry::v1::registry_server::RegistryServer;
+use concord_proto::etcdserverpb::auth_server::AuthServer;
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
@@ -21,10 +22,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
 use crate::api::{
-    Api, cluster, cluster::ClusterService, config_center::ConfigService, election::ElectionService, health,
-    kv::KvService, lease::LeaseService, local_kv::LocalKv, lock::LockService,
-    maintenance::MaintenanceService, metrics, pubsub::PubSubService, registry::RegistryService,
-    transport_errors, watch::WatchService,
+    Api, auth::AuthService, cluster, cluster::ClusterService, config_center::ConfigService,
+    election::ElectionService, health, kv::KvService, lease::LeaseService, local_kv::LocalKv,
+    lock::LockService, maintenance::MaintenanceService, metrics, pubsub::PubSubService,
+    registry::RegistryService, transport_errors, watch::WatchService,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -241,6 +242,7 @@ fn routes(api: &Arc<Api>, config: &Config, lease_service: LeaseService) -> Route
             progress_interval
         ))))
         .add_service(client_service!(LeaseServer::new(lease_service)))
+        .add_service(client_service!(AuthServer::new(AuthService::new(api.clone()))))
         .add_service(client_service!(LockServer::new(LockService::new(
             recipes_kv.clone()
         ))))

@@ -136,6 +136,70 @@ pub const TIMEOUT: RpcError = RpcError::new(Code::Unavailable, "etcdserver: requ
 /// `etcdserver: server stopped`.
 pub const STOPPED: RpcError = RpcError::new(Code::Unavailable, "etcdserver: server stopped");
 
+// Auth (etcd's `ErrGRPC*` of the auth store, codes as etcd 3.5's).
+
+/// `etcdserver: root user does not exist` (AuthEnable before a `root` user exists).
+pub const ROOT_USER_NOT_EXIST: RpcError =
+    RpcError::new(Code::FailedPrecondition, "etcdserver: root user does not exist");
+/// `etcdserver: root user does not have root role` (AuthEnable while `root` lacks the role).
+pub const ROOT_ROLE_NOT_EXIST: RpcError = RpcError::new(
+    Code::FailedPrecondition,
+    "etcdserver: root user does not have root role",
+);
+/// `etcdserver: user name already exists`.
+pub const USER_ALREADY_EXIST: RpcError =
+    RpcError::new(Code::FailedPrecondition, "etcdserver: user name already exists");
+/// `etcdserver: user name is empty` (also: a request without a user while auth is on).
+pub const USER_EMPTY: RpcError = RpcError::new(Code::InvalidArgument, "etcdserver: user name is empty");
+/// `etcdserver: user name not found`.
+pub const USER_NOT_FOUND: RpcError =
+    RpcError::new(Code::FailedPrecondition, "etcdserver: user name not found");
+/// `etcdserver: role name already exists`.
+pub const ROLE_ALREADY_EXIST: RpcError =
+    RpcError::new(Code::FailedPrecondition, "etcdserver: role name already exists");
+/// `etcdserver: role name not found`.
+pub const ROLE_NOT_FOUND: RpcError =
+    RpcError::new(Code::FailedPrecondition, "etcdserver: role name not found");
+/// `etcdserver: role name is empty`.
+pub const ROLE_EMPTY: RpcError = RpcError::new(Code::InvalidArgument, "etcdserver: role name is empty");
+/// `etcdserver: authentication failed, invalid user ID or password`.
+pub const AUTH_FAILED: RpcError = RpcError::new(
+    Code::InvalidArgument,
+    "etcdserver: authentication failed, invalid user ID or password",
+);
+/// `etcdserver: permission not given` (RoleGrantPermission without a permission).
+pub const PERMISSION_NOT_GIVEN: RpcError =
+    RpcError::new(Code::InvalidArgument, "etcdserver: permission not given");
+/// `etcdserver: permission denied`.
+pub const PERMISSION_DENIED: RpcError =
+    RpcError::new(Code::PermissionDenied, "etcdserver: permission denied");
+/// `etcdserver: role is not granted to the user`.
+pub const ROLE_NOT_GRANTED: RpcError = RpcError::new(
+    Code::FailedPrecondition,
+    "etcdserver: role is not granted to the user",
+);
+/// `etcdserver: permission is not granted to the role`.
+pub const PERMISSION_NOT_GRANTED: RpcError = RpcError::new(
+    Code::FailedPrecondition,
+    "etcdserver: permission is not granted to the role",
+);
+/// `etcdserver: authentication is not enabled`.
+pub const AUTH_NOT_ENABLED: RpcError = RpcError::new(
+    Code::FailedPrecondition,
+    "etcdserver: authentication is not enabled",
+);
+/// `etcdserver: invalid auth token` (unknown, expired or tampered: clients authenticate again).
+pub const INVALID_AUTH_TOKEN: RpcError =
+    RpcError::new(Code::Unauthenticated, "etcdserver: invalid auth token");
+/// `etcdserver: invalid auth management` (deleting `root`, taking `root`'s role while auth is on,
+/// a permission with an invalid range).
+pub const INVALID_AUTH_MGMT: RpcError =
+    RpcError::new(Code::InvalidArgument, "etcdserver: invalid auth management");
+/// `etcdserver: revision of auth store is old` (the auth store changed between the permission
+/// check and the write: clients retry).
+pub const AUTH_OLD_REVISION: RpcError =
+    RpcError::new(Code::InvalidArgument, "etcdserver: revision of auth store is old");
+
 // Watch.
 
 /// A create request with a watch ID the stream already uses: etcd's `ErrWatcherDuplicateID`,
@@ -176,6 +240,11 @@ pub fn is_lease_not_found(status: &Status) -> bool {
 /// Whether `status` says no member leads (quorum lost, or an election under way).
 pub fn is_no_leader(status: &Status) -> bool {
     NO_LEADER.is(status)
+}
+
+/// Whether `status` says the auth token is unknown or expired (authenticate again).
+pub fn is_invalid_auth_token(status: &Status) -> bool {
+    INVALID_AUTH_TOKEN.is(status)
 }
 
 /// Whether `status` says the request did not finish in time.

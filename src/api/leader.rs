@@ -135,9 +135,12 @@ impl Api {
 
     /// Checks a write with the admission checks, proposes it through Raft and waits for it to
     /// be applied. On a follower the command is forwarded to the leader, which checks it again,
-    /// proposes it and relays the answer.
-    pub async fn propose(&self, request: Request) -> Result<Response, Error> {
-        let command = &Command::from(request);
+    /// proposes it and relays the answer. `auth_revision` is the auth revision the client's
+    /// permissions were checked at ([`Api::authorize`]); 0 for this member's own writes.
+    pub async fn propose(&self, request: Request, auth_revision: u64) -> Result<Response, Error> {
+        let mut command = Command::from(request);
+        command.0.auth_revision = auth_revision;
+        let command = &command;
         self.admission().check(&command.0, Origin::Client)?;
         let raft = &self.node().raft;
         let peers = &self.node().peers;

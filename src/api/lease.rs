@@ -120,9 +120,12 @@ impl LeaseService {
             Renewal::Renewed { ttl, record } => {
                 if let Some(checkpoint) = record {
                     self.api
-                        .propose(Cmd::LeaseCheckpoints(LeaseCheckpoints {
-                            checkpoints: vec![checkpoint],
-                        }))
+                        .propose(
+                            Cmd::LeaseCheckpoints(LeaseCheckpoints {
+                                checkpoints: vec![checkpoint],
+                            }),
+                            0,
+                        )
                         .await?;
                 }
                 ttl
@@ -196,6 +199,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let revision = self.api.authorize(&self.api.caller(&request)?, &[])?;
         let req = request.into_inner();
         if req.ttl > MAX_TTL_SECS {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -208,7 +212,7 @@ impl Lease for LeaseService {
             let id = if server_chosen { self.ids.next() } else { req.id };
             match self
                 .api
-                .answer(Cmd::LeaseGrant(LeaseGrantRequest { ttl, id }))
+                .answer(Cmd::LeaseGrant(LeaseGrantRequest { ttl, id }), revision)
                 .await
             {
                 Ok(granted) => return Ok(Response::new(granted)),
@@ -222,8 +226,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = self.api.caller(&request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.api.answer(Cmd::LeaseRevoke(req)).await?))
+        self.api.authorize_lease_keys(&caller, req.id)?;
+        let revision = self.api.authorize(&caller, &[])?;
+        Ok(Response::new(
+            self.api.answer(Cmd::LeaseRevoke(req), revision).await?,
+        ))
     }
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;

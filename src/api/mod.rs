@@ -5,7 +5,9 @@
 //! (serializable). Whatever needs the leader goes through [`leader`]. Errors become
 //! `tonic::Status` in exactly one place, `crate::error`.
 
+pub mod access;
 pub mod answer;
+pub mod auth;
 pub mod batched;
 pub mod cluster;
 pub mod config_center;
@@ -102,10 +104,10 @@ impl Api {
         self.request_timeout
     }
 
-    /// Proposes `request` (see [`Api::propose`]) and returns its typed response with the
-    /// header filled in.
-    pub async fn answer<T: answer::Answer>(&self, request: Request) -> Result<T, Error> {
-        let response = self.propose(request).await?;
+    /// Proposes `request` checked at `auth_revision` (see [`Api::propose`]) and returns its
+    /// typed response with the header filled in.
+    pub async fn answer<T: answer::Answer>(&self, request: Request, auth_revision: u64) -> Result<T, Error> {
+        let response = self.propose(request, auth_revision).await?;
         let mut answer = T::from_response(response).ok_or_else(|| {
             Error::Raft(format!(
                 "the state machine answered a {} with something else",

@@ -41,6 +41,9 @@ pub enum MvccError {
     /// A lease grant chose an ID that is already in use.
     #[error("{}", rpctypes::LEASE_EXISTS.text())]
     LeaseExists,
+    /// The auth store refused the command (it changed nothing).
+    #[error(transparent)]
+    Auth(crate::auth::AuthError),
     /// The database failed, or its contents could not be decoded.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
@@ -65,6 +68,7 @@ impl MvccError {
             MvccError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
             MvccError::LeaseNotFound => rpctypes::LEASE_NOT_FOUND,
             MvccError::LeaseExists => rpctypes::LEASE_EXISTS,
+            MvccError::Auth(err) => err.etcd(),
             MvccError::Storage(_) => return None,
         })
     }

@@ -11,6 +11,7 @@ use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::peer_error::PeerError;
+use crate::auth::AuthError;
 use crate::mvcc::MvccError;
 
 /// One replicated state change: every write request becomes exactly one `Command`.
@@ -21,6 +22,7 @@ impl From<raftpb::command::Request> for Command {
     fn from(request: raftpb::command::Request) -> Self {
         Self(raftpb::Command {
             request: Some(request),
+            auth_revision: 0,
         })
     }
 }
@@ -37,6 +39,7 @@ impl fmt::Display for Command {
             Some(Request::LeaseRevoke(r)) => write!(f, "lease_revoke({:016x})", r.id),
             Some(Request::LeaseCheckpoints(c)) => write!(f, "lease_checkpoints({})", c.checkpoints.len()),
             Some(Request::LeaseExpiry(e)) => write!(f, "lease_expiry({})", e.ids.len()),
+            Some(Request::Auth(_)) => write!(f, "auth"),
             None => write!(f, "empty"),
         }
     }
@@ -96,21 +99,22 @@ impl CommandResult {
 
 fn store_error(err: &MvccError) -> raftpb::StoreError {
     let (kind, detail) = match err {
-        MvccError::Compacted => (Kind::Compacted, ""),
-        MvccError::FutureRev => (Kind::FutureRev, ""),
-        MvccError::EmptyKey => (Kind::EmptyKey, ""),
-        MvccError::KeyNotFound => (Kind::KeyNotFound, ""),
-        MvccError::ValueProvided => (Kind::ValueProvided, ""),
-        MvccError::LeaseProvided => (Kind::LeaseProvided, ""),
-        MvccError::DuplicateKey => (Kind::DuplicateKey, ""),
-        MvccError::InvalidSortOption => (Kind::InvalidSortOption, ""),
-        MvccError::LeaseNotFound => (Kind::LeaseNotFound, ""),
-        MvccError::LeaseExists => (Kind::LeaseExists, ""),
-        MvccError::Storage(detail) => (Kind::Storage, detail.as_str()),
+        MvccError::Compacted => (Kind::Compacted, String::new()),
+        MvccError::FutureRev => (Kind::FutureRev, String::new()),
+        MvccError::EmptyKey => (Kind::EmptyKey, String::new()),
+        MvccError::KeyNotFound => (Kind::KeyNotFound, String::new()),
+        MvccError::ValueProvided => (Kind::ValueProvided, String::new()),
+        MvccError::LeaseProvided => (Kind::LeaseProvided, String::new()),
+        MvccError::DuplicateKey => (Kind::DuplicateKey, String::new()),
+        MvccError::InvalidSortOption => (Kind::InvalidSortOption, String::new()),
+        MvccError::LeaseNotFound => (Kind::LeaseNotFound, String::new()),
+        MvccError::LeaseExists => (Kind::LeaseExists, String::new()),
+        MvccError::Auth(err) => (Kind::Auth, err.name()),
+        MvccError::Storage(detail) => (Kind::Storage, detail.clone()),
     };
     raftpb::StoreError {
         kind: kind as i32,
-        detail: detail.to_string(),
+        detail,
     }
 }
 
@@ -126,6 +130,10 @@ fn mvcc_error(err: raftpb::StoreError) -> MvccError {
         Ok(Kind::InvalidSortOption) => MvccError::InvalidSortOption,
         Ok(Kind::LeaseNotFound) => MvccError::LeaseNotFound,
         Ok(Kind::LeaseExists) => MvccError::LeaseExists,
+        Ok(Kind::Auth) => match AuthError::from_name(&err.detail) {
+            Some(auth) => MvccError::Auth(auth),
+            None => MvccError::Storage(format!("unknown auth error {:?}", err.detail)),
+        },
         Ok(Kind::Storage) | Err(_) => MvccError::Storage(err.detail),
     }
 }

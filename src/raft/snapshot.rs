@@ -17,7 +17,7 @@ use super::codec::{decode_json, encode_json};
 use super::durable::sync_dir;
 use super::{SnapshotMeta, TypeConfig};
 use crate::mvcc::{self, MvccStore};
-use crate::{crash, lease};
+use crate::{auth, crash, lease};
 
 /// The snapshot's own metadata, inside the snapshot file.
 const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
@@ -88,6 +88,7 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
         write.set_durability(Durability::Immediate).map_err(storage_err)?;
         mvcc::copy_tables(&read, &write).map_err(storage_err)?;
         lease::table::copy(&read, &write).map_err(storage_err)?;
+        auth::table::copy(&read, &write).map_err(storage_err)?;
         write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
         write
             .open_table(SNAPSHOT_META)
@@ -206,18 +207,21 @@ fn check(path: &Path, claimed: &SnapshotMeta) -> io::Result<()> {
     }
     mvcc::check_loadable(&read).map_err(|e| invalid(format!("snapshot tables: {e}")))?;
     lease::table::load_in(&read).map_err(|e| invalid(format!("snapshot leases: {e}")))?;
+    auth::table::load_in(&read).map_err(|e| invalid(format!("snapshot auth: {e}")))?;
     Ok(())
 }
 
 /// Replaces the live state with the snapshot's: the MVCC tables and index swap under the
 /// store's write lock (readers never see a mix), together with the lease table and the applied
-/// state, durably. The caller reloads the lessor afterwards.
+/// state and the auth table, durably. The caller reloads the lessor and the auth store
+/// afterwards.
 pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
     let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
     let read = snap.begin_read().map_err(storage_err)?;
     let mut batch = store.begin_write().map_err(storage_err)?;
     batch.replace_with(&read).map_err(storage_err)?;
     lease::table::copy(&read, batch.transaction()).map_err(storage_err)?;
+    auth::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     write_applied_state(batch.transaction(), &meta.last_log_id, &meta.last_membership)?;
     batch.commit(Durability::Immediate).map_err(storage_err)?;
     Ok(())

@@ -24,6 +24,7 @@ use redb::{Database, Durability};
 use super::applied::{read_applied_state, storage_err, write_applied_state};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::auth::{AuthBatch, AuthStore};
 use crate::lease::{LeaseState, Lessor};
 use crate::mvcc::{MvccError, MvccStore, WriteBatch, response_header};
 use crate::watch::WatchHub;
@@ -36,6 +37,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     store: Arc<MvccStore>,
     lessor: Arc<Lessor>,
+    auth: Arc<AuthStore>,
     hub: Arc<WatchHub>,
     snapshot_dir: PathBuf,
     applied: Option<LogId>,
@@ -44,11 +46,12 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store` and the leases in `lessor`; committed changes are
-    /// handed to `hub`; snapshots go to `snapshot_dir`.
+    /// Opens the state machine over `store`, the leases in `lessor` and the users and roles
+    /// in `auth`; committed changes are handed to `hub`; snapshots go to `snapshot_dir`.
     pub fn open(
         store: Arc<MvccStore>,
         lessor: Arc<Lessor>,
+        auth: Arc<AuthStore>,
         hub: Arc<WatchHub>,
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
@@ -60,6 +63,7 @@ impl StateMachine {
             db,
             store,
             lessor,
+            auth,
             hub,
             snapshot_dir,
             applied,
@@ -78,15 +82,22 @@ impl StateMachine {
     }
 }
 
-/// Applies one command inside the batch, with the lease table. Store-level rejections are
-/// answers, not failures; only a storage failure aborts the batch (and stops Raft: the lease
-/// table in memory may then be ahead of the database, so the member must restart).
+/// Applies one command inside the batch, with the lease table and the auth state. Store-level
+/// rejections are answers, not failures; only a storage failure aborts the batch (and stops
+/// Raft: the lease table in memory may then be ahead of the database, so the member must
+/// restart).
 pub(super) fn apply_command(
     batch: &mut WriteBatch<'_>,
     leases: &mut LeaseState,
+    auth: &mut AuthBatch<'_>,
     cmd: &Command,
 ) -> io::Result<CommandResult> {
     crate::failpoint::hit("apply");
+    if cmd.0.request.is_some()
+        && let Err(err) = auth.admit(cmd.0.auth_revision)
+    {
+        return Ok(CommandResult::Rejected(MvccError::Auth(err)));
+    }
     let from = batch.event_count();
     let outcome = match &cmd.0.request {
         Some(Request::Put(req)) => batch.put(req, &*leases).map(Response::Put),
@@ -110,6 +121,12 @@ pub(super) fn apply_command(
             .checkpoint(batch.transaction(), &req.checkpoints)
             .map(|()| Response::LeaseInternal(ResponseHeader::default())),
         Some(Request::LeaseExpiry(req)) => expire(batch, leases, &req.ids),
+        Some(Request::Auth(change)) => auth.apply(batch.transaction(), change).map(|revision| {
+            Response::Auth(ResponseHeader {
+                revision: i64::try_from(revision).unwrap_or(i64::MAX),
+                ..Default::default()
+            })
+        }),
         None => return Ok(CommandResult::Empty),
     };
     leases.track(batch.events_since(from));
@@ -158,12 +175,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
         let mut leases = self.lessor.lock();
+        let mut auth = AuthBatch::new(&self.auth);
         let mut batch = self.store.begin_write().map_err(storage_err)?;
         let mut answers = Vec::with_capacity(pending.len());
         for (entry, responder) in pending {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Empty,
-                EntryPayload::Normal(cmd) => apply_command(&mut batch, &mut leases, cmd)?,
+                EntryPayload::Normal(cmd) => apply_command(&mut batch, &mut leases, &mut auth, cmd)?,
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id()), m.clone());
                     CommandResult::Empty
@@ -181,6 +199,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let committed = batch.commit(durability).map_err(storage_err)?;
         drop(leases);
+        auth.publish();
         self.hub.notify(committed.revision, &committed.events);
         if durable {
             self.last_sync = Instant::now();
@@ -211,6 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         snapshot::install(&self.store, meta, &snapshot)?;
         self.lessor.reload(&self.store).map_err(storage_err)?;
+        self.auth.reload(&self.db).map_err(storage_err)?;
         let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

@@ -24,8 +24,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
             std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
         let store = std::sync::Arc::new(MvccStore::open(db).map_err(storage_error)?);
         let lessor = std::sync::Arc::new(crate::lease::Lessor::open(&store).map_err(storage_error)?);
+        let auth =
+            crate::auth::AuthStore::open(store.database(), Default::default()).map_err(storage_error)?;
         let hub = crate::watch::WatchHub::new(store.clone(), 1 << 20);
-        let sm = StateMachine::open(store, lessor, hub, dir.path().join("snap")).map_err(storage_error)?;
+        let sm =
+            StateMachine::open(store, lessor, auth, hub, dir.path().join("snap")).map_err(storage_error)?;
         Ok((dir, log, sm))
     }
 }

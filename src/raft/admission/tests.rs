@@ -23,6 +23,7 @@ fn admission(max_txn_ops: usize) -> Admission {
 fn command(request: Request) -> Command {
     Command {
         request: Some(request),
+        auth_revision: 0,
     }
 }
 
@@ -201,7 +202,7 @@ fn requests_get_the_stores_checks() {
         edge.check(&op_without_request, Origin::Client),
         Err(Error::Mvcc(MvccError::KeyNotFound))
     ));
-    assert!(edge.check(&Command { request: None }, Origin::Peer).is_err());
+    assert!(edge.check(&Command::default(), Origin::Peer).is_err());
 }
 
 #[test]

@@ -18,6 +18,7 @@ use redb::{Database, Durability};
 
 use super::strategies::{Mutation, command, mutate, mutation, range_request};
 use super::{admission, admitted, config};
+use crate::auth::{AuthBatch, AuthStore};
 use crate::config::Config;
 use crate::lease::{Lessor, Renewal};
 use crate::mvcc::MvccStore;
@@ -34,6 +35,7 @@ use crate::watch::WatchHub;
 pub(super) struct Member {
     store: Arc<MvccStore>,
     lessor: Lessor,
+    auth: Arc<AuthStore>,
     hub: Arc<WatchHub>,
     applied: u64,
 }
@@ -53,11 +55,13 @@ impl Member {
         let db = Arc::new(Database::create(path).unwrap());
         let store = Arc::new(MvccStore::open(db).unwrap());
         let lessor = Lessor::open(&store).unwrap();
+        let auth = AuthStore::open(store.database(), Default::default()).unwrap();
         let hub = WatchHub::new(store.clone(), Config::default().max_request_bytes);
         let (applied, _) = read_applied_state(store.database()).unwrap();
         Member {
             store,
             lessor,
+            auth,
             hub,
             applied: applied.map_or(0, |id| id.index),
         }
@@ -70,9 +74,10 @@ impl Member {
         let mut results = Vec::with_capacity(commands.len());
         for chunk in commands.chunks(batch.max(1)) {
             let mut leases = self.lessor.lock();
+            let mut auth = AuthBatch::new(&self.auth);
             let mut write = self.store.begin_write().unwrap();
             for command in chunk {
-                match apply_command(&mut write, &mut leases, command) {
+                match apply_command(&mut write, &mut leases, &mut auth, command) {
                     Ok(result) => results.push(result),
                     Err(err) => panic!("{command} failed to apply: {err}\n{command:?}"),
                 }
@@ -82,6 +87,7 @@ impl Member {
             write_applied_state(write.transaction(), &applied, &StoredMembership::default()).unwrap();
             let committed = write.commit(Durability::None).unwrap();
             drop(leases);
+            auth.publish();
             self.hub.notify(committed.revision, &committed.events);
         }
         results
@@ -128,6 +134,7 @@ impl Member {
                     request: Some(Request::LeaseCheckpoints(LeaseCheckpoints {
                         checkpoints: vec![record],
                     })),
+                    auth_revision: 0,
                 };
                 let checked = admission().check(&keepalive, Origin::Client);
                 assert!(

@@ -256,7 +256,12 @@ pub(super) fn request() -> BoxedStrategy<Request> {
 /// A command of any kind, or an empty one.
 pub(super) fn command() -> BoxedStrategy<Command> {
     proptest::option::weighted(0.95, request())
-        .prop_map(|request| Command(raftpb::Command { request }))
+        .prop_map(|request| {
+            Command(raftpb::Command {
+                request,
+                auth_revision: 0,
+            })
+        })
         .boxed()
 }
 

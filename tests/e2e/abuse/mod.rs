@@ -147,6 +147,7 @@ impl StandIn {
     pub async fn forward(&mut self, request: command::Request) -> Result<String, tonic::Status> {
         let mut call = tonic::Request::new(Command {
             request: Some(request),
+            auth_revision: 0,
         });
         let metadata = call.metadata_mut();
         metadata.insert("concord-member-id", self.member.parse().unwrap());
