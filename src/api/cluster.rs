@@ -14,7 +14,9 @@ use concord_proto::rpctypes;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::Need;
 use crate::config::Config;
+use crate::error::Error;
 use crate::raft::MemberNode;
 use crate::raft::identity::member_id;
 use crate::raft::membership::{self, MembershipChange};
@@ -92,12 +94,22 @@ fn bad_urls(urls: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
+impl ClusterService {
+    /// Membership changes are root's while auth is on (etcd's rule); listing is anyone's.
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        let caller = self.api.caller(request)?;
+        self.api.authorize(&caller, &[Need::Admin])?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin(&request)?;
         let req = request.into_inner();
         bad_urls(&req.peer_ur_ls)?;
         let id = member_id(&req.peer_ur_ls, &self.token);
@@ -124,6 +136,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(&request)?;
         let id = request.into_inner().id;
         self.api.change_membership(MembershipChange::Remove(id)).await?;
         self.await_view(|m| !m.contains_key(&id)).await;
@@ -137,6 +150,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(&request)?;
         let req = request.into_inner();
         bad_urls(&req.peer_ur_ls)?;
         let (id, urls) = (req.id, req.peer_ur_ls.clone());
@@ -167,6 +181,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin(&request)?;
         let id = request.into_inner().id;
         self.api.change_membership(MembershipChange::Promote(id)).await?;
         self.await_view(|m| m.get(&id).is_some_and(|(_, learner)| !learner))

@@ -21,16 +21,19 @@ const VERSIONS_PER_RESPONSE: usize = 64;
 #[derive(Clone)]
 pub struct ConfigService {
     api: Arc<Api>,
-    center: ConfigCenter<LocalKv>,
+    kv: LocalKv,
+    keep: u64,
 }
 
 impl ConfigService {
     /// A Config service whose recipe runs on `kv`, keeping `keep` versions per key.
     pub fn new(api: Arc<Api>, kv: LocalKv, keep: u64) -> Self {
-        Self {
-            api,
-            center: ConfigCenter::new(kv).keeping(keep),
-        }
+        Self { api, kv, keep }
+    }
+
+    /// The config center, acting for whoever sent `request`.
+    fn center<T>(&self, request: &Request<T>) -> Result<ConfigCenter<LocalKv>, Status> {
+        Ok(ConfigCenter::new(self.kv.acting_for(request)?).keeping(self.keep))
     }
 }
 
@@ -41,6 +44,7 @@ fn status(err: concord_recipes::Error) -> Status {
 #[tonic::async_trait]
 impl ConfigRpc for ConfigService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
         let format = match request.format.as_str() {
             "" => None,
@@ -53,8 +57,7 @@ impl ConfigRpc for ConfigService {
             author: request.author,
             comment: request.comment,
         };
-        let version = self
-            .center
+        let version = center
             .put(&request.namespace, &request.key, put)
             .await
             .map_err(status)?;
@@ -65,9 +68,9 @@ impl ConfigRpc for ConfigService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
-        let version = self
-            .center
+        let version = center
             .get(&request.namespace, &request.key, request.version)
             .await
             .map_err(status)?;
@@ -81,9 +84,9 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
-        let versions = self
-            .center
+        let versions = center
             .history(&request.namespace, &request.key)
             .await
             .map_err(status)?;
@@ -97,9 +100,9 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
-        let version = self
-            .center
+        let version = center
             .rollback(
                 &request.namespace,
                 &request.key,
@@ -118,12 +121,12 @@ impl ConfigRpc for ConfigService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
         let key = (!request.key.is_empty()).then_some(request.key.as_str());
         let from = match (key, request.start_version) {
             (_, 0) => request.start_revision,
-            (Some(key), version) => self
-                .center
+            (Some(key), version) => center
                 .revision_of(&request.namespace, key, version)
                 .await
                 .map_err(status)?,
@@ -133,8 +136,7 @@ impl ConfigRpc for ConfigService {
                 ));
             }
         };
-        let watch = self
-            .center
+        let watch = center
             .watch(&request.namespace, key, from)
             .await
             .map_err(status)?;
@@ -165,6 +167,7 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::SetSchemaRequest>,
     ) -> Result<Response<pb::SetSchemaResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
         let schema = match request.schema.trim() {
             "" => None,
@@ -176,7 +179,7 @@ impl ConfigRpc for ConfigService {
                 ))
             })?),
         };
-        self.center
+        center
             .set_schema(&request.namespace, schema)
             .await
             .map_err(status)?;
@@ -189,8 +192,9 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::GetSchemaRequest>,
     ) -> Result<Response<pb::GetSchemaResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
-        let schema = self.center.schema(&request.namespace).await.map_err(status)?;
+        let schema = center.schema(&request.namespace).await.map_err(status)?;
         Ok(Response::new(pb::GetSchemaResponse {
             header: self.api.current_header(),
             schema: schema.map(|s| s.to_string()).unwrap_or_default(),
@@ -201,6 +205,7 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
         let report = Report {
             client: request.client,
@@ -208,7 +213,7 @@ impl ConfigRpc for ConfigService {
             applied: request.applied,
             error: request.error,
         };
-        self.center
+        center
             .report(&request.namespace, &request.key, &report, request.lease)
             .await
             .map_err(status)?;
@@ -221,9 +226,9 @@ impl ConfigRpc for ConfigService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let center = self.center(&request)?;
         let request = request.into_inner();
-        let found = self
-            .center
+        let found = center
             .status(&request.namespace, &request.key)
             .await
             .map_err(status)?;

@@ -32,10 +32,10 @@ impl ElectionService {
         Self { kv }
     }
 
-    /// The election a leader key belongs to, resumed with the key's lease.
-    fn resume(&self, leader: Option<LeaderKey>) -> Result<Election<LocalKv>, Status> {
+    /// The election a leader key belongs to, resumed with the key's lease, on `kv`.
+    fn resume(kv: LocalKv, leader: Option<LeaderKey>) -> Result<Election<LocalKv>, Status> {
         let leader = leader.ok_or_else(|| rpctypes::MISSING_LEADER_KEY.status())?;
-        let session = Session::from_lease(self.kv.clone(), leader.lease);
+        let session = Session::from_lease(kv, leader.lease);
         Ok(Election::resume(
             &session,
             election::LeaderKey {
@@ -54,8 +54,9 @@ impl ElectionRpc for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let session = self.kv.session(request.lease).await?;
+        let session = kv.session(request.lease).await?;
         let mut election = Election::new(&session, request.name);
         let (leader, header) = election
             .campaign(request.value)
@@ -76,8 +77,9 @@ impl ElectionRpc for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let election = self.resume(request.leader)?;
+        let election = Self::resume(kv, request.leader)?;
         let header = election
             .proclaim(request.value)
             .await
@@ -86,10 +88,9 @@ impl ElectionRpc for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let access = self.kv.acting_for(&request)?;
         let name = request.into_inner().name;
-        let (header, kv) = Election::leader(&self.kv, name)
-            .await
-            .map_err(|e| e.to_status())?;
+        let (header, kv) = Election::leader(&access, name).await.map_err(|e| e.to_status())?;
         Ok(Response::new(LeaderResponse {
             header: Some(header),
             kv: Some(kv),
@@ -102,8 +103,9 @@ impl ElectionRpc for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let name = request.into_inner().name;
-        let changes = Election::observe(self.kv.clone(), name).map(|change| {
+        let changes = Election::observe(kv, name).map(|change| {
             change
                 .map(|(header, kv)| LeaderResponse {
                     header: Some(header),
@@ -115,7 +117,8 @@ impl ElectionRpc for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let mut election = self.resume(request.into_inner().leader)?;
+        let kv = self.kv.acting_for(&request)?;
+        let mut election = Self::resume(kv, request.into_inner().leader)?;
         let header = election.resign().await.map_err(|e| e.to_status())?;
         Ok(Response::new(ResignResponse { header: Some(header) }))
     }

@@ -2,7 +2,9 @@
 //! recipe code as the client, straight onto this member's Raft-backed store.
 //!
 //! Each call goes through the same service code a gRPC request would (validation, forwarding
-//! to the leader, lease relays, etcd's error texts), minus the network.
+//! to the leader, lease relays, etcd's error texts, auth checks), minus the network. A service
+//! runs a recipe for its client with [`LocalKv::acting_for`], so every key the recipe touches
+//! is checked against that client's permissions.
 
 use std::sync::Arc;
 
@@ -24,14 +26,18 @@ use tonic::{Request, Status};
 use super::Api;
 use super::kv::KvService;
 use super::lease::LeaseService;
+use crate::auth::{Caller, Need};
 use crate::watch::hub::{STREAM_CAPACITY, StreamId, WatchHub};
 
 /// [`Kv`] on this member: see the module docs.
 #[derive(Clone)]
 pub struct LocalKv {
+    api: Arc<Api>,
     kv: KvService,
     lease: LeaseService,
     hub: Arc<WatchHub>,
+    /// Whose requests these are (anonymous: the server's own).
+    caller: Caller,
 }
 
 /// TTL of the lease a Lock or Campaign request without one gets (etcd's session default).
@@ -41,10 +47,28 @@ impl LocalKv {
     /// Recipes' access to `api`, through the given services.
     pub fn new(api: &Arc<Api>, kv: KvService, lease: LeaseService) -> Self {
         Self {
+            api: api.clone(),
             kv,
             lease,
             hub: api.node().hub.clone(),
+            caller: Caller::Anonymous,
         }
+    }
+
+    /// This access on behalf of whoever sent `request` (its token is checked now).
+    pub fn acting_for<T>(&self, request: &Request<T>) -> std::result::Result<LocalKv, Status> {
+        let caller = self.api.caller(request)?;
+        Ok(Self {
+            caller,
+            ..self.clone()
+        })
+    }
+
+    /// `message` as a request from this access's caller.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(self.caller.clone());
+        request
     }
 
     /// The session a Lock or Campaign request holds its key with: its own lease, or for lease 0
@@ -66,14 +90,16 @@ impl LocalKv {
 
 impl Kv for LocalKv {
     async fn txn(&self, request: TxnRequest) -> Result<TxnResponse> {
-        Ok(self.kv.txn(Request::new(request)).await?.into_inner())
+        Ok(self.kv.txn(self.request(request)).await?.into_inner())
     }
 
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
-        Ok(self.kv.range(Request::new(request)).await?.into_inner())
+        Ok(self.kv.range(self.request(request)).await?.into_inner())
     }
 
     async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
+        let need = Need::Read(&request.key, &request.range_end);
+        self.api.authorize(&self.caller, &[need]).map_err(Status::from)?;
         let stream = HubStream {
             hub: self.hub.clone(),
             id: self.hub.new_stream(0),
@@ -110,7 +136,7 @@ impl Kv for LocalKv {
 
     async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
         let request = LeaseGrantRequest { ttl, id: 0 };
-        Ok(self.lease.lease_grant(Request::new(request)).await?.into_inner())
+        Ok(self.lease.lease_grant(self.request(request)).await?.into_inner())
     }
 
     async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
@@ -120,7 +146,7 @@ impl Kv for LocalKv {
 
     async fn lease_revoke(&self, id: i64) -> Result<()> {
         let request = LeaseRevokeRequest { id };
-        self.lease.lease_revoke(Request::new(request)).await?;
+        self.lease.lease_revoke(self.request(request)).await?;
         Ok(())
     }
 }

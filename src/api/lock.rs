@@ -31,8 +31,9 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let session = self.kv.session(request.lease).await?;
+        let session = kv.session(request.lease).await?;
         let mut mutex = Mutex::new(&session, request.name);
         // A Lock request that goes away while waiting drops this future: the recipe then
         // deletes the key it created, as etcd's server does when the request's context ends.
@@ -44,12 +45,13 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let key = request.into_inner().key;
         let delete = TxnRequest {
             success: vec![delete_op(key)],
             ..Default::default()
         };
-        let deleted = self.kv.txn(delete).await.map_err(|e| e.to_status())?;
+        let deleted = kv.txn(delete).await.map_err(|e| e.to_status())?;
         Ok(Response::new(UnlockResponse {
             header: deleted.header,
         }))

@@ -35,9 +35,9 @@ impl PubSubService {
     }
 
     /// The topic `name`, checked.
-    fn topic(&self, name: &str) -> Result<Topic<LocalKv>, Status> {
+    fn topic(kv: &LocalKv, name: &str) -> Result<Topic<LocalKv>, Status> {
         check_topic_name(name).map_err(|e| e.to_service_status())?;
-        Ok(Topic::under(self.kv.clone(), TOPICS_PREFIX, name))
+        Ok(Topic::under(kv.clone(), TOPICS_PREFIX, name))
     }
 }
 
@@ -47,9 +47,9 @@ impl PubSubRpc for PubSubService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let revision = self
-            .topic(&request.topic)?
+        let revision = Self::topic(&kv, &request.topic)?
             .publish(request.payload)
             .await
             .map_err(|e| e.to_service_status())?;
@@ -65,9 +65,9 @@ impl PubSubRpc for PubSubService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let subscription = self
-            .topic(&request.topic)?
+        let subscription = Self::topic(&kv, &request.topic)?
             .subscribe(request.start_revision)
             .await
             .map_err(|e| e.to_service_status())?;
@@ -98,8 +98,9 @@ impl PubSubRpc for PubSubService {
         &self,
         request: Request<pb::SetRetentionRequest>,
     ) -> Result<Response<pb::SetRetentionResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let topic = self.topic(&request.topic)?;
+        let topic = Self::topic(&kv, &request.topic)?;
         let retention = from_proto(request.retention.unwrap_or_default())?;
         topic
             .set_retention(retention)
@@ -114,9 +115,9 @@ impl PubSubRpc for PubSubService {
         &self,
         request: Request<pb::TopicStatusRequest>,
     ) -> Result<Response<pb::TopicStatusResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let status = self
-            .topic(&request.topic)?
+        let status = Self::topic(&kv, &request.topic)?
             .status()
             .await
             .map_err(|e| e.to_service_status())?;

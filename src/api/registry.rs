@@ -35,11 +35,11 @@ impl RegistryService {
     }
 
     /// The registry under `prefix` (empty: the default one).
-    fn registry(&self, prefix: String) -> Result<Registry<LocalKv>, Status> {
+    fn registry(kv: &LocalKv, prefix: String) -> Result<Registry<LocalKv>, Status> {
         if prefix.is_empty() {
-            return Ok(Registry::new(self.kv.clone()));
+            return Ok(Registry::new(kv.clone()));
         }
-        Registry::with_prefix(self.kv.clone(), prefix).map_err(|e| e.to_service_status())
+        Registry::with_prefix(kv.clone(), prefix).map_err(|e| e.to_service_status())
     }
 }
 
@@ -49,8 +49,9 @@ impl RegistryRpc for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let registry = self.registry(request.prefix)?;
+        let registry = Self::registry(&kv, request.prefix)?;
         let endpoint = endpoint(request.addr, &request.metadata)?;
         // Check the names before a lease is granted for nothing.
         registry
@@ -81,7 +82,7 @@ impl RegistryRpc for RegistryService {
             Err(err) => {
                 if ttl > 0 {
                     // Nothing is attached to the lease it granted: do not leave it behind.
-                    let _ = self.kv.lease_revoke(lease).await;
+                    let _ = kv.lease_revoke(lease).await;
                 }
                 return Err(err.to_service_status());
             }
@@ -97,9 +98,9 @@ impl RegistryRpc for RegistryService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let deregistered = self
-            .registry(request.prefix)?
+        let deregistered = Self::registry(&kv, request.prefix)?
             .deregister(&request.service, &request.id)
             .await
             .map_err(|e| e.to_service_status())?;
@@ -110,9 +111,9 @@ impl RegistryRpc for RegistryService {
     }
 
     async fn drain(&self, request: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let drained = self
-            .registry(request.prefix)?
+        let drained = Self::registry(&kv, request.prefix)?
             .drain(&request.service, &request.id)
             .await
             .map_err(|e| e.to_service_status())?;
@@ -123,9 +124,9 @@ impl RegistryRpc for RegistryService {
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
-        let (revision, instances) = self
-            .registry(request.prefix)?
+        let (revision, instances) = Self::registry(&kv, request.prefix)?
             .list(&request.service)
             .await
             .map_err(|e| e.to_service_status())?;
@@ -138,6 +139,7 @@ impl RegistryRpc for RegistryService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let kv = self.kv.acting_for(&request)?;
         let request = request.into_inner();
         if request.start_revision < 0 {
             return Err(Status::invalid_argument(format!(
@@ -145,8 +147,7 @@ impl RegistryRpc for RegistryService {
                 request.start_revision
             )));
         }
-        let watch = self
-            .registry(request.prefix)?
+        let watch = Self::registry(&kv, request.prefix)?
             .watch(&request.service, request.start_revision)
             .await
             .map_err(|e| e.to_service_status())?;

@@ -5,7 +5,13 @@
 //! watcher is registered and `canceled` after it is removed, so neither can overtake events;
 //! a progress response waits until every watcher of the stream has caught up, so it never
 //! reports a revision whose events are still to come.
+//!
+//! While auth is on, a create needs read permission on the watched range (a refused one is
+//! answered `created` and `canceled` with etcd's reason), and whenever the auth store changes
+//! the stream checks its watchers again: one whose user lost the permission is canceled with
+//! `etcdserver: permission denied`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
+use crate::auth::{AuthError, Caller, Need};
 use crate::watch::hub::STREAM_CAPACITY;
 use crate::watch::{Sink, StreamId, WatchHub, WatchOptions};
 
@@ -71,9 +78,14 @@ const PROGRESS_RETRY: Duration = Duration::from_millis(10);
 
 /// One stream's request loop.
 struct StreamTask {
+    api: Arc<Api>,
     hub: Arc<WatchHub>,
     stream: StreamId,
     sink: Sink,
+    /// Who opened the stream (or why its token was refused).
+    caller: Result<Caller, AuthError>,
+    /// The range of each watcher this stream created, to check again when auth changes.
+    watched: HashMap<i64, (Vec<u8>, Vec<u8>)>,
     /// A progress request waits for a watcher of the stream that is still catching up.
     progress_deferred: bool,
 }
@@ -84,6 +96,7 @@ impl StreamTask {
         let response = match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => return self.create(&create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
+                self.watched.remove(&cancel.watch_id);
                 if !self.hub.cancel(self.stream, cancel.watch_id) {
                     return true; // etcd answers nothing for an unknown watch id
                 }
@@ -120,20 +133,33 @@ impl StreamTask {
         self.sink.send(response.into()).await.is_ok()
     }
 
-    async fn create(&self, create: &WatchCreateRequest) -> bool {
+    /// Whether the stream's caller may read `key`..`range_end` now.
+    fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+        let caller = self.caller.as_ref().map_err(|err| *err)?;
+        self.api.auth().authorize(caller, &[Need::Read(key, range_end)])?;
+        Ok(())
+    }
+
+    /// Answers a create request that is refused: `created` and `canceled` at once.
+    async fn refuse(&self, reason: String) -> bool {
+        let refused = WatchResponse {
+            header: header(self.hub.current_revision()),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        self.sink.send(refused.into()).await.is_ok()
+    }
+
+    async fn create(&mut self, create: &WatchCreateRequest) -> bool {
+        if let Err(err) = self.permitted(&create.key, &create.range_end) {
+            return self.refuse(err.to_string()).await;
+        }
         let (id, current) = match self.hub.reserve(self.stream, create.watch_id) {
             Ok(reserved) => reserved,
-            Err(reason) => {
-                let refused = WatchResponse {
-                    header: header(self.hub.current_revision()),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason.to_string(),
-                    ..Default::default()
-                };
-                return self.sink.send(refused.into()).await.is_ok();
-            }
+            Err(reason) => return self.refuse(reason.to_string()).await,
         };
         let created = WatchResponse {
             header: header(current),
@@ -147,6 +173,35 @@ impl StreamTask {
         let start = self.hub.start_revision(create.start_revision, current);
         self.hub
             .register(self.stream, id, options(create), start, self.sink.clone());
+        self.watched
+            .insert(id, (create.key.clone(), create.range_end.clone()));
+        true
+    }
+
+    /// After an auth change: cancels every watcher whose caller may no longer read its range;
+    /// false when the client is gone.
+    async fn recheck(&mut self) -> bool {
+        let revoked: Vec<(i64, AuthError)> = self
+            .watched
+            .iter()
+            .filter_map(|(id, (key, end))| self.permitted(key, end).err().map(|err| (*id, err)))
+            .collect();
+        for (id, err) in revoked {
+            self.watched.remove(&id);
+            if !self.hub.cancel(self.stream, id) {
+                continue;
+            }
+            let canceled = WatchResponse {
+                header: header(self.hub.current_revision()),
+                watch_id: id,
+                canceled: true,
+                cancel_reason: err.to_string(),
+                ..Default::default()
+            };
+            if self.sink.send(canceled.into()).await.is_err() {
+                return false;
+            }
+        }
         true
     }
 
@@ -156,6 +211,7 @@ impl StreamTask {
         ticker.tick().await; // the first tick is immediate
         let mut retry = tokio::time::interval(PROGRESS_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut auth_changes = self.api.auth().revisions();
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
@@ -169,6 +225,11 @@ impl StreamTask {
                 _ = ticker.tick() => self.hub.progress_tick(self.stream),
                 _ = retry.tick(), if self.progress_deferred => {
                     if !self.answer_progress().await {
+                        break;
+                    }
+                }
+                Ok(()) = auth_changes.changed() => {
+                    if !self.recheck().await {
                         break;
                     }
                 }
@@ -192,13 +253,17 @@ impl Watch for WatchService {
             use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
             BuildHasherDefault::<DefaultHasher>::default().hash_one(addr)
         });
+        let caller = self.api.auth().caller(&request);
         let inbound = request.into_inner();
         let hub = self.api.node().hub.clone();
         let (sink, responses) = mpsc::channel(STREAM_CAPACITY);
         let task = StreamTask {
+            api: self.api.clone(),
             stream: hub.new_stream(connection),
             hub,
             sink,
+            caller,
+            watched: HashMap::new(),
             progress_deferred: false,
         };
         tokio::spawn(task.run(inbound, self.progress_interval));
