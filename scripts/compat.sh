@@ -32,7 +32,7 @@ if [ $# -gt 0 ]; then
 else
     # Every shared scenario, then our own.
     scenarios=("$COMPAT"/scenarios/{kv,txn,restart,watch}.txt "$(lease_scenario)" \
-        "$COMPAT"/scenarios/{lock-elect,cluster}.txt tests/compat/*.txt)
+        "$COMPAT"/scenarios/{lock-elect,cluster,auth}.txt tests/compat/*.txt)
 fi
 failed=0
 for scenario in "${scenarios[@]}"; do

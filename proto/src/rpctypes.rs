@@ -167,6 +167,13 @@ pub const AUTH_FAILED: RpcError = RpcError::new(
     Code::InvalidArgument,
     "etcdserver: authentication failed, invalid user ID or password",
 );
+/// `auth: authentication failed, password was given for no password user`: Authenticate as a
+/// user added with `no_password` (who can only authenticate by a TLS certificate). etcd has no
+/// gRPC mapping for it, so its clients see it with `Unknown`, prefix and all; so do Concord's.
+pub const NO_PASSWORD_USER: RpcError = RpcError::new(
+    Code::Unknown,
+    "auth: authentication failed, password was given for no password user",
+);
 /// `etcdserver: permission not given` (RoleGrantPermission without a permission).
 pub const PERMISSION_NOT_GIVEN: RpcError =
     RpcError::new(Code::InvalidArgument, "etcdserver: permission not given");

@@ -255,7 +255,7 @@ impl Auth for AuthService {
             .ok_or(Error::from(AuthError::RoleNotFound))?;
         Ok(Response::new(AuthRoleGetResponse {
             header: self.api.current_header(),
-            perm: permissions_of(role),
+            perm: role.key_permission.clone(),
         }))
     }
 
@@ -310,16 +310,4 @@ impl Auth for AuthService {
             .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
-}
-
-/// A role's permissions as RoleGet answers them: the `root` role may do everything.
-fn permissions_of(role: &Role) -> Vec<concord_proto::authpb::Permission> {
-    if role.name == crate::auth::state::ROOT.as_bytes() {
-        return vec![concord_proto::authpb::Permission {
-            perm_type: concord_proto::authpb::permission::Type::Readwrite as i32,
-            key: Vec::new(),
-            range_end: vec![0],
-        }];
-    }
-    role.key_permission.clone()
 }

@@ -35,6 +35,9 @@ pub enum AuthError {
     /// A wrong password, an unknown user, or a user without a password.
     #[error("{}", rpctypes::AUTH_FAILED.text())]
     AuthFailed,
+    /// Authenticate as a user without a password.
+    #[error("{}", rpctypes::NO_PASSWORD_USER.text())]
+    NoPasswordUser,
     /// RoleGrantPermission without a permission.
     #[error("{}", rpctypes::PERMISSION_NOT_GIVEN.text())]
     PermissionNotGiven,
@@ -64,7 +67,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every error, for decoding names.
-    const ALL: [AuthError; 17] = [
+    const ALL: [AuthError; 18] = [
         AuthError::RootUserNotExist,
         AuthError::RootRoleNotExist,
         AuthError::UserAlreadyExist,
@@ -74,6 +77,7 @@ impl AuthError {
         AuthError::RoleNotFound,
         AuthError::RoleEmpty,
         AuthError::AuthFailed,
+        AuthError::NoPasswordUser,
         AuthError::PermissionNotGiven,
         AuthError::PermissionDenied,
         AuthError::RoleNotGranted,
@@ -96,6 +100,7 @@ impl AuthError {
             AuthError::RoleNotFound => rpctypes::ROLE_NOT_FOUND,
             AuthError::RoleEmpty => rpctypes::ROLE_EMPTY,
             AuthError::AuthFailed => rpctypes::AUTH_FAILED,
+            AuthError::NoPasswordUser => rpctypes::NO_PASSWORD_USER,
             AuthError::PermissionNotGiven => rpctypes::PERMISSION_NOT_GIVEN,
             AuthError::PermissionDenied => rpctypes::PERMISSION_DENIED,
             AuthError::RoleNotGranted => rpctypes::ROLE_NOT_GRANTED,
@@ -127,7 +132,11 @@ mod tests {
         for err in AuthError::ALL {
             assert_eq!(AuthError::from_name(&err.name()), Some(err));
             assert_eq!(err.to_string(), err.etcd().text());
-            assert!(err.to_string().starts_with("etcdserver: "), "{err}");
+            let prefix = match err {
+                AuthError::NoPasswordUser => "auth: ",
+                _ => "etcdserver: ",
+            };
+            assert!(err.to_string().starts_with(prefix), "{err}");
         }
         assert_eq!(AuthError::from_name("Nonsense"), None);
     }

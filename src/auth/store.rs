@@ -198,8 +198,8 @@ impl AuthStore {
             return Err(AuthError::AuthNotEnabled);
         }
         let user = state.user(name).ok_or(AuthError::AuthFailed)?;
-        if user.options.is_some_and(|o| o.no_password) || user.password.is_empty() {
-            return Err(AuthError::AuthFailed);
+        if user.options.is_some_and(|o| o.no_password) {
+            return Err(AuthError::NoPasswordUser);
         }
         self.passwords
             .check(password.to_owned(), user.password.clone())
