@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use concord_proto::authpb::Role;
 use concord_proto::etcdserverpb::auth_server::Auth;
 use concord_proto::etcdserverpb::*;
 use concord_proto::raftpb::command::Request as Cmd;
