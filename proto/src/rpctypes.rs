@@ -174,6 +174,18 @@ pub const NO_PASSWORD_USER: RpcError = RpcError::new(
     Code::Unknown,
     "auth: authentication failed, password was given for no password user",
 );
+/// `etcdserver: password is too long (bcrypt uses at most 71 bytes)`: Concord refuses a
+/// password bcrypt would silently cut short.
+pub const PASSWORD_TOO_LONG: RpcError = RpcError::new(
+    Code::InvalidArgument,
+    "etcdserver: password is too long (bcrypt uses at most 71 bytes)",
+);
+/// `etcdserver: user or role name is too long (at most 256 bytes)`: Concord's own limit (etcd
+/// has none), so a name cannot take a request's worth of every member's memory.
+pub const NAME_TOO_LONG: RpcError = RpcError::new(
+    Code::InvalidArgument,
+    "etcdserver: user or role name is too long (at most 256 bytes)",
+);
 /// `etcdserver: permission not given` (RoleGrantPermission without a permission).
 pub const PERMISSION_NOT_GIVEN: RpcError =
     RpcError::new(Code::InvalidArgument, "etcdserver: permission not given");

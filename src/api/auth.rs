@@ -127,6 +127,9 @@ impl Auth for AuthService {
         if req.name.is_empty() {
             return Err(Error::from(AuthError::UserEmpty).into());
         }
+        if req.name.len() > crate::auth::state::MAX_NAME_BYTES {
+            return Err(Error::from(AuthError::NameTooLong).into());
+        }
         self.api.authorize(&caller, &[Need::Admin])?;
         let no_password = req.options.is_some_and(|o| o.no_password);
         req.hashed_password = match no_password {

@@ -100,6 +100,7 @@ impl Kv for LocalKv {
     async fn watch(&self, request: WatchCreateRequest) -> Result<WatchStream> {
         let need = Need::Read(&request.key, &request.range_end);
         self.api.authorize(&self.caller, &[need]).map_err(Status::from)?;
+        let options = super::watch::options(&request, self.caller.clone());
         let stream = HubStream {
             hub: self.hub.clone(),
             id: self.hub.new_stream(0),
@@ -114,8 +115,7 @@ impl Kv for LocalKv {
         } else {
             current + 1
         };
-        self.hub
-            .register(stream.id, watch_id, super::watch::options(&request), start, sink);
+        self.hub.register(stream.id, watch_id, options, start, sink);
         let batches = ReceiverStream::new(responses)
             .flat_map(futures::stream::iter)
             .map(move |response| {

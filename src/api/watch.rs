@@ -7,11 +7,10 @@
 //! reports a revision whose events are still to come.
 //!
 //! While auth is on, a create needs read permission on the watched range (a refused one is
-//! answered `created` and `canceled` with etcd's reason), and whenever the auth store changes
-//! the stream checks its watchers again: one whose user lost the permission is canceled with
-//! `etcdserver: permission denied`.
+//! answered `created` and `canceled` with etcd's reason), and a watcher whose user later loses
+//! it is canceled with `etcdserver: permission denied` by apply itself, before any later event
+//! (see `WatchHub::cancel_where`).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +54,9 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-/// etcd's conventions for a create request: an empty key is `"\0"`, the smallest key.
-pub(crate) fn options(create: &WatchCreateRequest) -> WatchOptions {
+/// etcd's conventions for a create request: an empty key is `"\0"`, the smallest key. `owner`
+/// created it.
+pub(crate) fn options(create: &WatchCreateRequest, owner: Caller) -> WatchOptions {
     let key = if create.key.is_empty() {
         vec![0]
     } else {
@@ -70,6 +70,7 @@ pub(crate) fn options(create: &WatchCreateRequest) -> WatchOptions {
         prev_kv: create.prev_kv,
         progress_notify: create.progress_notify,
         fragment: create.fragment,
+        owner,
     }
 }
 
@@ -84,8 +85,6 @@ struct StreamTask {
     sink: Sink,
     /// Who opened the stream (or why its token was refused).
     caller: Result<Caller, AuthError>,
-    /// The range of each watcher this stream created, to check again when auth changes.
-    watched: HashMap<i64, (Vec<u8>, Vec<u8>)>,
     /// A progress request waits for a watcher of the stream that is still catching up.
     progress_deferred: bool,
 }
@@ -96,7 +95,6 @@ impl StreamTask {
         let response = match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => return self.create(&create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                self.watched.remove(&cancel.watch_id);
                 if !self.hub.cancel(self.stream, cancel.watch_id) {
                     return true; // etcd answers nothing for an unknown watch id
                 }
@@ -133,11 +131,11 @@ impl StreamTask {
         self.sink.send(response.into()).await.is_ok()
     }
 
-    /// Whether the stream's caller may read `key`..`range_end` now.
-    fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+    /// The stream's caller, if it may read `key`..`range_end` now.
+    fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<Caller, AuthError> {
         let caller = self.caller.as_ref().map_err(|err| *err)?;
         self.api.auth().authorize(caller, &[Need::Read(key, range_end)])?;
-        Ok(())
+        Ok(caller.clone())
     }
 
     /// Answers a create request that is refused: `created` and `canceled` at once.
@@ -154,9 +152,10 @@ impl StreamTask {
     }
 
     async fn create(&mut self, create: &WatchCreateRequest) -> bool {
-        if let Err(err) = self.permitted(&create.key, &create.range_end) {
-            return self.refuse(err.to_string()).await;
-        }
+        let owner = match self.permitted(&create.key, &create.range_end) {
+            Ok(owner) => owner,
+            Err(err) => return self.refuse(err.to_string()).await,
+        };
         let (id, current) = match self.hub.reserve(self.stream, create.watch_id) {
             Ok(reserved) => reserved,
             Err(reason) => return self.refuse(reason.to_string()).await,
@@ -172,36 +171,7 @@ impl StreamTask {
         }
         let start = self.hub.start_revision(create.start_revision, current);
         self.hub
-            .register(self.stream, id, options(create), start, self.sink.clone());
-        self.watched
-            .insert(id, (create.key.clone(), create.range_end.clone()));
-        true
-    }
-
-    /// After an auth change: cancels every watcher whose caller may no longer read its range;
-    /// false when the client is gone.
-    async fn recheck(&mut self) -> bool {
-        let revoked: Vec<(i64, AuthError)> = self
-            .watched
-            .iter()
-            .filter_map(|(id, (key, end))| self.permitted(key, end).err().map(|err| (*id, err)))
-            .collect();
-        for (id, err) in revoked {
-            self.watched.remove(&id);
-            if !self.hub.cancel(self.stream, id) {
-                continue;
-            }
-            let canceled = WatchResponse {
-                header: header(self.hub.current_revision()),
-                watch_id: id,
-                canceled: true,
-                cancel_reason: err.to_string(),
-                ..Default::default()
-            };
-            if self.sink.send(canceled.into()).await.is_err() {
-                return false;
-            }
-        }
+            .register(self.stream, id, options(create, owner), start, self.sink.clone());
         true
     }
 
@@ -211,7 +181,6 @@ impl StreamTask {
         ticker.tick().await; // the first tick is immediate
         let mut retry = tokio::time::interval(PROGRESS_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut auth_changes = self.api.auth().revisions();
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
@@ -225,11 +194,6 @@ impl StreamTask {
                 _ = ticker.tick() => self.hub.progress_tick(self.stream),
                 _ = retry.tick(), if self.progress_deferred => {
                     if !self.answer_progress().await {
-                        break;
-                    }
-                }
-                Ok(()) = auth_changes.changed() => {
-                    if !self.recheck().await {
                         break;
                     }
                 }
@@ -263,7 +227,6 @@ impl Watch for WatchService {
             hub,
             sink,
             caller,
-            watched: HashMap::new(),
             progress_deferred: false,
         };
         tokio::spawn(task.run(inbound, self.progress_interval));

@@ -56,10 +56,13 @@ impl<'a> AuthBatch<'a> {
         Ok(self.state.revision())
     }
 
-    /// Makes the batch's state the member's (call after its transaction committed).
-    pub fn publish(self) {
-        if !self.outcomes.is_empty() {
-            self.store.publish(self.state, &self.outcomes);
+    /// Makes the batch's state the member's (call after its transaction committed); whether
+    /// it changed.
+    pub fn publish(self) -> bool {
+        if self.outcomes.is_empty() {
+            return false;
         }
+        self.store.publish(self.state, &self.outcomes);
+        true
     }
 }

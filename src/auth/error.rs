@@ -38,6 +38,13 @@ pub enum AuthError {
     /// Authenticate as a user without a password.
     #[error("{}", rpctypes::NO_PASSWORD_USER.text())]
     NoPasswordUser,
+    /// A new password longer than bcrypt hashes (Concord's own error: etcd's bcrypt fails
+    /// with an unmapped error).
+    #[error("{}", rpctypes::PASSWORD_TOO_LONG.text())]
+    PasswordTooLong,
+    /// A user or role name longer than [`MAX_NAME_BYTES`](super::state::MAX_NAME_BYTES).
+    #[error("{}", rpctypes::NAME_TOO_LONG.text())]
+    NameTooLong,
     /// RoleGrantPermission without a permission.
     #[error("{}", rpctypes::PERMISSION_NOT_GIVEN.text())]
     PermissionNotGiven,
@@ -67,7 +74,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every error, for decoding names.
-    const ALL: [AuthError; 18] = [
+    const ALL: [AuthError; 20] = [
         AuthError::RootUserNotExist,
         AuthError::RootRoleNotExist,
         AuthError::UserAlreadyExist,
@@ -78,6 +85,8 @@ impl AuthError {
         AuthError::RoleEmpty,
         AuthError::AuthFailed,
         AuthError::NoPasswordUser,
+        AuthError::PasswordTooLong,
+        AuthError::NameTooLong,
         AuthError::PermissionNotGiven,
         AuthError::PermissionDenied,
         AuthError::RoleNotGranted,
@@ -101,6 +110,8 @@ impl AuthError {
             AuthError::RoleEmpty => rpctypes::ROLE_EMPTY,
             AuthError::AuthFailed => rpctypes::AUTH_FAILED,
             AuthError::NoPasswordUser => rpctypes::NO_PASSWORD_USER,
+            AuthError::PasswordTooLong => rpctypes::PASSWORD_TOO_LONG,
+            AuthError::NameTooLong => rpctypes::NAME_TOO_LONG,
             AuthError::PermissionNotGiven => rpctypes::PERMISSION_NOT_GIVEN,
             AuthError::PermissionDenied => rpctypes::PERMISSION_DENIED,
             AuthError::RoleNotGranted => rpctypes::ROLE_NOT_GRANTED,

@@ -34,7 +34,12 @@ impl Passwords {
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
         let cost = self.cost;
         let hash = self
-            .blocking(move || bcrypt::hash(password, cost).map_err(|_| AuthError::InvalidAuthMgmt))
+            .blocking(move || {
+                bcrypt::non_truncating_hash(password, cost).map_err(|err| match err {
+                    bcrypt::BcryptError::Truncation(_) => AuthError::PasswordTooLong,
+                    _ => AuthError::InvalidAuthMgmt,
+                })
+            })
             .await??;
         Ok(base64::engine::general_purpose::STANDARD.encode(hash))
     }
@@ -44,7 +49,7 @@ impl Passwords {
         let matches = self
             .blocking(move || {
                 let hash = String::from_utf8(hash).map_err(|_| AuthError::AuthFailed)?;
-                bcrypt::verify(password, &hash).map_err(|_| AuthError::AuthFailed)
+                bcrypt::non_truncating_verify(password, &hash).map_err(|_| AuthError::AuthFailed)
             })
             .await??;
         if matches {
@@ -87,6 +92,16 @@ mod tests {
         let stored = base64::engine::general_purpose::STANDARD.decode(&hashed).unwrap();
         assert!(!String::from_utf8_lossy(&stored).contains("s3cret"));
         passwords.check("s3cret".into(), stored.clone()).await.unwrap();
+        // bcrypt reads at most 71 bytes: a longer password is refused, never cut short.
+        assert_eq!(
+            passwords.hash("p".repeat(72)).await,
+            Err(AuthError::PasswordTooLong)
+        );
+        assert!(passwords.hash("p".repeat(71)).await.is_ok());
+        assert_eq!(
+            passwords.check("s3cret".repeat(20), stored.clone()).await,
+            Err(AuthError::AuthFailed)
+        );
         assert_eq!(
             passwords.check("wrong".into(), stored).await,
             Err(AuthError::AuthFailed)

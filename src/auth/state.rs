@@ -13,6 +13,9 @@ use super::permissions::{self, Access, Permits};
 /// The user that may enable auth, and the role that may do everything.
 pub const ROOT: &str = "root";
 
+/// The longest user or role name (Concord's limit; etcd has none).
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// The auth store's replicated state, as one member has applied it.
 #[derive(Debug, Clone)]
 pub struct AuthState {
@@ -144,6 +147,9 @@ impl AuthState {
                 if req.name.is_empty() {
                     return Err(AuthError::UserEmpty);
                 }
+                if req.name.len() > MAX_NAME_BYTES {
+                    return Err(AuthError::NameTooLong);
+                }
                 if self.users.contains_key(&req.name) {
                     return Err(AuthError::UserAlreadyExist);
                 }
@@ -201,6 +207,9 @@ impl AuthState {
             Change::RoleAdd(req) => {
                 if req.name.is_empty() {
                     return Err(AuthError::RoleEmpty);
+                }
+                if req.name.len() > MAX_NAME_BYTES {
+                    return Err(AuthError::NameTooLong);
                 }
                 if self.roles.contains_key(&req.name) {
                     return Err(AuthError::RoleAlreadyExist);

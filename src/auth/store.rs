@@ -21,10 +21,11 @@ use crate::mvcc::MvccError;
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
 /// Who sent a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Caller {
     /// Nobody in particular: no token (allowed everything while auth is off, nothing while
     /// it is on).
+    #[default]
     Anonymous,
     /// An authenticated user.
     User(String),

@@ -24,7 +24,7 @@ use redb::{Database, Durability};
 use super::applied::{read_applied_state, storage_err, write_applied_state};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::auth::{AuthBatch, AuthStore};
+use crate::auth::{AuthBatch, AuthStore, Need};
 use crate::lease::{LeaseState, Lessor};
 use crate::mvcc::{MvccError, MvccStore, WriteBatch, response_header};
 use crate::watch::WatchHub;
@@ -70,6 +70,17 @@ impl StateMachine {
             membership,
             last_sync: Instant::now(),
         })
+    }
+
+    /// Cancels every watcher whose owner may no longer read what it watches (after an auth
+    /// change).
+    fn cancel_refused_watchers(&self) {
+        let auth = &self.auth;
+        self.hub.cancel_where(|watch| {
+            auth.authorize(&watch.owner, &[Need::Read(&watch.key, &watch.range_end)])
+                .err()
+                .map(|err| err.to_string())
+        });
     }
 
     /// Commits an empty transaction durably: every earlier non-durable commit reaches the disk.
@@ -199,7 +210,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let committed = batch.commit(durability).map_err(storage_err)?;
         drop(leases);
-        auth.publish();
+        if auth.publish() {
+            // Before this batch's events go out: no watcher sees a change after losing the
+            // right to.
+            self.cancel_refused_watchers();
+        }
         self.hub.notify(committed.revision, &committed.events);
         if durable {
             self.last_sync = Instant::now();
@@ -231,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot::install(&self.store, meta, &snapshot)?;
         self.lessor.reload(&self.store).map_err(storage_err)?;
         self.auth.reload(&self.db).map_err(storage_err)?;
+        self.cancel_refused_watchers();
         let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

@@ -212,6 +212,45 @@ impl WatchHub {
         known
     }
 
+    /// Cancels every watcher `refuse` finds a reason to refuse (its owner lost read permission
+    /// on its range, say), telling its client with `canceled` and the reason. Called by apply
+    /// right after an auth change is published and before any later change is notified, so a
+    /// refused watcher receives no event of a revision after the change.
+    pub fn cancel_where(&self, refuse: impl Fn(&WatchOptions) -> Option<String>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut refused = Vec::new();
+        for (key, watcher) in state.synced.iter().chain(state.unsynced.iter()) {
+            if let Some(reason) = refuse(&watcher.options) {
+                refused.push((*key, reason));
+            }
+        }
+        for ((stream, id), reason) in refused {
+            let watcher = state
+                .synced
+                .remove(&(stream, id))
+                .or_else(|| state.unsynced.remove(&(stream, id)));
+            if let Some(ids) = state.streams.get_mut(&stream) {
+                ids.used.remove(&id);
+            }
+            let Some(watcher) = watcher else { continue };
+            let canceled = WatchResponse {
+                header: header(state.notified_rev),
+                watch_id: id,
+                canceled: true,
+                cancel_reason: reason,
+                ..Default::default()
+            };
+            // A stalled client's channel is full: it gets the cancel once it reads again.
+            if let Err(mpsc::error::TrySendError::Full(canceled)) = watcher.sink.try_send(canceled.into()) {
+                let sink = watcher.sink.clone();
+                tokio::spawn(async move {
+                    let _ = sink.send(canceled).await;
+                });
+            }
+        }
+    }
+
     /// Drops every watcher of a stream that ended.
     pub fn remove_stream(&self, stream: StreamId) {
         let mut state = self.lock();

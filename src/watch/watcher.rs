@@ -3,6 +3,7 @@
 use super::outgoing::Sink;
 use concord_proto::mvccpb::{Event, event::EventType};
 
+use crate::auth::Caller;
 use crate::mvcc::KeySpan;
 
 /// What a client asked to watch (a validated `WatchCreateRequest`).
@@ -22,6 +23,9 @@ pub struct WatchOptions {
     pub progress_notify: bool,
     /// Split responses larger than the request limit into fragments.
     pub fragment: bool,
+    /// Who created the watch: while auth is on, it must keep read permission on the range
+    /// (see [`WatchHub::cancel_where`](super::WatchHub::cancel_where)).
+    pub owner: Caller,
 }
 
 /// A registered watcher: its options, its stream, and the revision its next event has.

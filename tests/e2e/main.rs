@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod auth;
 mod background;
 mod bad_input;
 mod client;

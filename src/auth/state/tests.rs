@@ -78,6 +78,10 @@ fn users_and_roles_are_refused_as_etcd_refuses_them() {
     state.apply(&user_add("alice")).unwrap();
     assert_eq!(state.apply(&user_add("alice")), Err(AuthError::UserAlreadyExist));
     assert_eq!(state.apply(&role_add("")), Err(AuthError::RoleEmpty));
+    let long = "n".repeat(MAX_NAME_BYTES + 1);
+    assert_eq!(state.apply(&user_add(&long)), Err(AuthError::NameTooLong));
+    assert_eq!(state.apply(&role_add(&long)), Err(AuthError::NameTooLong));
+    state.apply(&role_add(&long[1..])).unwrap();
     state.apply(&role_add("reader")).unwrap();
     assert_eq!(state.apply(&role_add("reader")), Err(AuthError::RoleAlreadyExist));
     assert_eq!(

@@ -80,6 +80,8 @@ pub struct Cluster {
     token: String,
     /// Flags every member gets after the harness's own (see [`Cluster::start_with`]).
     extra_args: Vec<String>,
+    /// Flags every etcdctl call gets (e.g. `--user=root:pw` once auth is on).
+    ctl_args: Vec<String>,
 }
 
 impl Cluster {
@@ -115,6 +117,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             token,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ctl_args: Vec::new(),
         };
         let initial_cluster = cluster
             .members
@@ -267,15 +270,22 @@ impl Cluster {
 
     /// Runs `etcdctl` against member `i`, asserts success and returns its stdout.
     pub fn ctl_on(&self, i: usize, args: &[&str]) -> String {
-        self.member(i).ctl(args)
+        let mut args = args.to_vec();
+        args.extend(self.ctl_args.iter().map(String::as_str));
+        self.member(i).ctl(&args)
+    }
+
+    /// Adds `args` to every later etcdctl call of the harness (e.g. `--user=root:pw`).
+    pub fn set_ctl_args(&mut self, args: &[&str]) {
+        self.ctl_args = args.iter().map(|s| s.to_string()).collect();
     }
 
     /// What member `i` reports through `etcdctl endpoint status -w json`, or `None` if it did
     /// not answer within a second.
     pub fn status(&self, i: usize) -> Option<MemberStatus> {
-        let out = self
-            .member(i)
-            .etcdctl(&["--command-timeout=1s", "endpoint", "status", "-w", "json"]);
+        let mut args = vec!["--command-timeout=1s", "endpoint", "status", "-w", "json"];
+        args.extend(self.ctl_args.iter().map(String::as_str));
+        let out = self.member(i).etcdctl(&args);
         if !out.status.success() {
             return None;
         }
