@@ -241,6 +241,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        // The caller's token is checked for every keepalive: one that lapsed or was
+        // invalidated (the user deleted, its password changed) ends the stream with the error.
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let (responses, outbound) = mpsc::channel(KEEPALIVE_BUFFER);
         let service = self.clone();
@@ -248,7 +251,10 @@ impl Lease for LeaseService {
             // Ends when the client closes its side, the stream breaks, or a keepalive fails
             // (the error is the stream's last message, as with etcd).
             while let Ok(Some(req)) = inbound.message().await {
-                let answer = service.keep_alive_once(req.id).await.map_err(Status::from);
+                let answer = match service.api.auth().caller_of(&metadata) {
+                    Ok(_) => service.keep_alive_once(req.id).await.map_err(Status::from),
+                    Err(err) => Err(Status::from(Error::from(err))),
+                };
                 let failed = answer.is_err();
                 if responses.send(answer).await.is_err() || failed {
                     return;

@@ -6,7 +6,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redb::Database;
-use tokio::sync::watch;
 
 use super::error::AuthError;
 use super::password::Passwords;
@@ -83,7 +82,6 @@ pub struct AuthStore {
     summary: AtomicU64,
     tokens: SimpleTokens,
     passwords: Passwords,
-    revisions: watch::Sender<u64>,
 }
 
 impl AuthStore {
@@ -92,7 +90,6 @@ impl AuthStore {
         let state = table::load(db)?;
         Ok(Arc::new(Self {
             summary: AtomicU64::new(summary(&state)),
-            revisions: watch::Sender::new(state.revision()),
             state: RwLock::new(Arc::new(state)),
             tokens: SimpleTokens::new(options.token_ttl),
             passwords: Passwords::new(options.bcrypt_cost),
@@ -117,11 +114,6 @@ impl AuthStore {
         &self.passwords
     }
 
-    /// The auth revision, each time it changes: long-lived streams check their caller again.
-    pub fn revisions(&self) -> watch::Receiver<u64> {
-        self.revisions.subscribe()
-    }
-
     /// Makes `state` the current one, once the changes that made it are committed; `outcomes`
     /// say whose tokens go.
     pub fn publish(&self, state: Arc<AuthState>, outcomes: &[Outcome]) {
@@ -133,14 +125,12 @@ impl AuthStore {
                 self.tokens.clear();
             }
         }
-        let revision = state.revision();
         let summary = summary(&state);
         *self
             .state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
         self.summary.store(summary, Ordering::Release);
-        self.revisions.send_replace(revision);
     }
 
     /// Loads the state again from `db` (after a snapshot replaced it); every token goes.
@@ -158,12 +148,18 @@ impl AuthStore {
         if let Some(caller) = request.extensions().get::<Caller>() {
             return Ok(caller.clone());
         }
+        self.caller_of(request.metadata())
+    }
+
+    /// Who the token in `metadata` names (see [`caller`](Self::caller)): a long-lived stream
+    /// asks again for each message, so a token that lapsed or was invalidated stops it.
+    pub fn caller_of(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, AuthError> {
         if !self.enabled() {
             return Ok(Caller::Anonymous);
         }
         let token = TOKEN_KEYS
             .iter()
-            .find_map(|key| request.metadata().get(*key))
+            .find_map(|key| metadata.get(*key))
             .map(|value| value.to_str().map_err(|_| AuthError::InvalidAuthToken));
         match token {
             None => Ok(Caller::Anonymous),

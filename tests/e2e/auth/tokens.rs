@@ -54,6 +54,11 @@ async fn a_token_in_use_stays_and_a_password_change_ends_it() {
         alice.get("foo", None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A keepalive stream opened with the old token...
+    let lease = alice.lease_grant(30, None).await.unwrap().id();
+    let (mut keeper, mut acks) = alice.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert!(acks.message().await.unwrap().is_some());
     let out = server.etcdctl_with_stdin(
         &[
             "user",
@@ -66,6 +71,9 @@ async fn a_token_in_use_stays_and_a_password_change_ends_it() {
     );
     assert!(out.status.success(), "{out:?}");
     assert_eq!(message(alice.get("foo", None).await), INVALID_TOKEN);
+    // ...ends with the error at its next keepalive.
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(message(acks.message().await), INVALID_TOKEN);
     assert_eq!(
         message(
             Client::connect(
