@@ -101,7 +101,7 @@ impl Client {
 
     /// A channel to an endpoint that answers (the current one, else the next), for calling a
     /// service this client does not wrap with a generated client of [`crate::proto`].
-    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+    pub async fn channel(&self) -> Result<crate::AuthChannel> {
         let conn = self
             .transport()
             .call(crate::endpoints::Idempotence::Idempotent, |conn| async move {
@@ -159,7 +159,7 @@ impl Client {
     ) -> Result<R>
     where
         Q: Clone,
-        F: Fn(tonic::transport::Channel, tonic::Request<Q>) -> Fut,
+        F: Fn(crate::AuthChannel, tonic::Request<Q>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     {
         let timeout = self.request_timeout();

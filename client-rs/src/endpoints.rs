@@ -14,7 +14,10 @@
 //!   it twice is not applying it once. The caller gets the error and decides.
 //!
 //! Any other status (a failed compare is no error at all; `NOT_FOUND`, `INVALID_ARGUMENT`,
-//! ...) is the server's answer and is returned as it is.
+//! ...) is the server's answer and is returned as it is, except that a client with
+//! [`Credentials`](crate::Credentials) authenticates (again) and retries once the server says
+//! its token is missing or no good, and retries a write the server refused because the auth
+//! store changed under it (neither was applied).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -31,6 +34,7 @@ use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::credentials::{AuthChannel, Token, needs_token};
 use crate::error::Error;
 use crate::options::ClientOptions;
 
@@ -44,23 +48,23 @@ pub(crate) fn unary<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
-pub(crate) fn kv(channel: Channel) -> KvClient<Channel> {
+pub(crate) fn kv(channel: AuthChannel) -> KvClient<AuthChannel> {
     KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
+pub(crate) fn lease(channel: AuthChannel) -> LeaseClient<AuthChannel> {
     LeaseClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-pub(crate) fn registry(channel: Channel) -> RegistryClient<Channel> {
+pub(crate) fn registry(channel: AuthChannel) -> RegistryClient<AuthChannel> {
     RegistryClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-pub(crate) fn config(channel: Channel) -> ConfigClient<Channel> {
+pub(crate) fn config(channel: AuthChannel) -> ConfigClient<AuthChannel> {
     ConfigClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-pub(crate) fn pubsub(channel: Channel) -> PubSubClient<Channel> {
+pub(crate) fn pubsub(channel: AuthChannel) -> PubSubClient<AuthChannel> {
     PubSubClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
@@ -96,8 +100,10 @@ struct Slot {
 /// A channel to one endpoint, as handed to a request.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    /// The channel.
-    pub(crate) channel: Channel,
+    /// The channel, carrying the client's token.
+    pub(crate) channel: AuthChannel,
+    /// The same channel without the token (to authenticate on).
+    raw: Channel,
     /// The endpoint's index.
     pub(crate) index: usize,
     /// Which channel of that endpoint this is (a new one after each failure).
@@ -110,6 +116,8 @@ pub(crate) struct Endpoints {
     current: AtomicUsize,
     generations: AtomicU64,
     options: ClientOptions,
+    /// The token requests carry, if the options have credentials.
+    token: Token,
 }
 
 impl Endpoints {
@@ -130,6 +138,7 @@ impl Endpoints {
             current: AtomicUsize::new(0),
             generations: AtomicU64::new(0),
             options,
+            token: Token::default(),
         })
     }
 
@@ -180,7 +189,8 @@ impl Endpoints {
             .clone();
         if let Some((generation, channel)) = cached {
             return Ok(Conn {
-                channel,
+                channel: self.token.attach(channel.clone()),
+                raw: channel,
                 index,
                 generation,
             });
@@ -205,7 +215,8 @@ impl Endpoints {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         *slot.channel.lock().unwrap_or_else(PoisonError::into_inner) = Some((generation, channel.clone()));
         Ok(Conn {
-            channel,
+            channel: self.token.attach(channel.clone()),
+            raw: channel,
             index,
             generation,
         })
@@ -242,14 +253,31 @@ impl Endpoints {
         // Every endpoint gets a chance, whatever the configured retries.
         let retries = self.options.retries.max(self.slots.len() - 1);
         let mut retry = 0;
+        // Authenticating again (or retrying a write the auth store's change refused) is not a
+        // failover: it gets a few tries of its own.
+        let mut auth_retries = 0;
         loop {
             let index = self.current();
             let (status, failure, generation) = match self.conn(index).await {
                 Err(status) => (status, Failure::NotSent, None),
                 Ok(conn) => {
                     let generation = conn.generation;
-                    match tokio::time::timeout(self.options.request_timeout, attempt(conn)).await {
+                    let attempt = async {
+                        self.authenticate_if_needed(&conn).await?;
+                        attempt(conn).await
+                    };
+                    match tokio::time::timeout(self.options.request_timeout, attempt).await {
                         Ok(Ok(answer)) => return Ok(answer),
+                        Ok(Err(status))
+                            if self.may_retry_for_auth(&status) && auth_retries < AUTH_RETRIES =>
+                        {
+                            auth_retries += 1;
+                            if !concord_proto::rpctypes::AUTH_OLD_REVISION.is(&status) {
+                                self.token.clear();
+                            }
+                            tracing::debug!(error = %status, "authenticating again");
+                            continue;
+                        }
                         Ok(Err(status)) => {
                             let failure = classify(&status);
                             (status, failure, Some(generation))
@@ -284,6 +312,29 @@ impl Endpoints {
     }
 }
 
+/// How many times one request authenticates again (or retries a write refused for an old auth
+/// revision) before it gives up with the server's answer.
+const AUTH_RETRIES: usize = 3;
+
+impl Endpoints {
+    /// Whether a request the server refused with `status` is worth sending again after
+    /// authenticating (with credentials), or as it is (a write checked at an old auth revision).
+    fn may_retry_for_auth(&self, status: &Status) -> bool {
+        concord_proto::rpctypes::AUTH_OLD_REVISION.is(status)
+            || (self.options.credentials.is_some() && needs_token(status))
+    }
+
+    /// Authenticates on `conn` first if the client has credentials but no token yet.
+    async fn authenticate_if_needed(&self, conn: &Conn) -> Result<(), Status> {
+        match &self.options.credentials {
+            Some(credentials) if !self.token.is_set() => {
+                self.token.authenticate(conn.raw.clone(), credentials).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A server stream opened by [`Endpoints::open_stream`], with the channel it runs on.
 pub(crate) struct OpenStream<T> {
     /// The responses.
@@ -297,7 +348,7 @@ impl Endpoints {
     /// server answers).
     pub(crate) async fn open_stream<T, F, Fut>(&self, mut open: F) -> Result<OpenStream<T>, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
     {
         self.call(Idempotence::Idempotent, |conn| {
@@ -317,6 +368,9 @@ impl Endpoints {
     /// A stream opened by [`open_stream`](Self::open_stream) broke with `status`: if that says
     /// its endpoint failed, the next request goes to the next endpoint.
     pub(crate) fn stream_broke<T>(&self, stream: &OpenStream<T>, status: &Status) {
+        if needs_token(status) && !concord_proto::rpctypes::AUTH_OLD_REVISION.is(status) {
+            self.token.clear(); // the stream's reopening authenticates again
+        }
         if is_transient(status) {
             self.failed(stream.index, Some(stream.generation));
         }

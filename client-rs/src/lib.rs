@@ -85,6 +85,7 @@
 
 mod client;
 mod config;
+mod credentials;
 mod election;
 mod endpoints;
 mod error;
@@ -102,6 +103,7 @@ pub use client::Client;
 /// etcd's error texts and codes, and predicates such as [`rpctypes::is_compacted`].
 pub use concord_proto::rpctypes;
 pub use config::{ConfigOptions, ConfigVersions, ConfigWrite, LiveConfig, Rejection, Versioned};
+pub use credentials::{AuthChannel, Credentials, TokenInterceptor};
 pub use election::{Leader, LeaderWatch, Leadership};
 pub use error::{Error, ErrorKind, Result};
 pub use leader_loop::LeaderLoop;

@@ -44,6 +44,9 @@ pub struct ClientOptions {
     /// TLS for `https://` endpoints (which are refused without it); `http://` ones ignore it.
     /// Default: none.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The user to authenticate as, while the server has auth on. The client authenticates
+    /// before its first request and again whenever its token lapses. Default: none.
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +61,7 @@ impl Default for ClientOptions {
             keep_alive_timeout: Duration::from_secs(5),
             lock_ttl: Duration::from_secs(10),
             tls: None,
+            credentials: None,
         }
     }
 }

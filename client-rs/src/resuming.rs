@@ -9,9 +9,9 @@
 
 use std::future::Future;
 
+use crate::credentials::AuthChannel as Channel;
 use tonic::Status;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::endpoints::{OpenStream, is_transient};

@@ -4,6 +4,7 @@
 //! dropped [`WatchStream`] end the watch on the server at once: dropping it resets the HTTP/2
 //! stream, and the server removes the watcher.
 
+use crate::credentials::AuthChannel as Channel;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
@@ -13,7 +14,6 @@ use concord_recipes::{Error, WatchBatch, WatchStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::endpoints::MAX_RESPONSE_BYTES;
 

@@ -3,6 +3,7 @@
 //! joins later; bad input.
 
 mod bad_input;
+mod client;
 mod durability;
 mod permissions;
 mod tokens;
