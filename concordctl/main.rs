@@ -1,7 +1,8 @@
 //! `concordctl`: the command line for what etcdctl lacks — Concord's service registry, config
 //! center and pub/sub — plus `lock` and `elect` over etcd's Lock and Election services.
 //!
-//! Flags as etcdctl's: `--endpoints` (default `127.0.0.1:2379`), `-w simple|json|table`.
+//! Flags as etcdctl's: `--endpoints` (default `127.0.0.1:2379`), `-w simple|json|table`,
+//! `--user name:password` (or `--user name --password pw`).
 //! Errors go to stderr with a non-zero exit.
 
 mod config;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use concord_client::{Client, ClientOptions};
+use concord_client::{Client, ClientOptions, Credentials};
 
 use crate::output::Format;
 
@@ -34,6 +35,12 @@ struct Cli {
     /// How long one request may take.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime_secs)]
     command_timeout: Duration,
+    /// The user to authenticate as: `name:password`, or `name` with `--password`.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// The password of `--user` (when the user name has none after a colon).
+    #[arg(long, global = true)]
+    password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let options = ClientOptions {
         connect_timeout: cli.dial_timeout,
         request_timeout: cli.command_timeout,
+        credentials: credentials(cli.user.as_deref(), cli.password.as_deref())?,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoints, options).await?;
@@ -103,6 +111,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sub(command) => pubsub::subscribe(&client, out, command).await,
         Command::Lock(command) => lock::lock(&client, out, command).await,
         Command::Elect(command) => lock::elect(&client, out, command).await,
+    }
+}
+
+/// The credentials `--user` and `--password` give, as etcdctl reads them.
+fn credentials(user: Option<&str>, password: Option<&str>) -> anyhow::Result<Option<Credentials>> {
+    match (user, password) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => anyhow::bail!("--password needs --user"),
+        (Some(user), Some(password)) => Ok(Some(Credentials::new(user, password))),
+        (Some(user), None) => match user.split_once(':') {
+            Some((name, password)) => Ok(Some(Credentials::new(name, password))),
+            None => anyhow::bail!("--user {user:?} has no password: use --user name:password or --password"),
+        },
     }
 }
 

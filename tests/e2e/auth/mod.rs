@@ -6,6 +6,7 @@ mod bad_input;
 mod client;
 mod durability;
 mod permissions;
+mod services;
 mod tokens;
 
 use std::time::Duration;

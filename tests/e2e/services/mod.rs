@@ -7,4 +7,4 @@ mod config;
 mod ctl;
 mod pubsub;
 mod registry;
-mod support;
+pub(crate) mod support;
