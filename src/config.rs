@@ -80,6 +80,32 @@ pub struct Flags {
     /// bcrypt's cost for hashing passwords (4 to 31).
     #[arg(long, default_value_t = crate::auth::password::DEFAULT_COST)]
     pub bcrypt_cost: u32,
+    /// Path to the client server TLS certificate (PEM).
+    #[arg(long, default_value = "")]
+    pub cert_file: String,
+    /// Path to the client server TLS key (PEM).
+    #[arg(long, default_value = "")]
+    pub key_file: String,
+    /// Path to the client server TLS trusted CA certificates (PEM), for client certificates.
+    #[arg(long, default_value = "")]
+    pub trusted_ca_file: String,
+    /// Require client certificates signed by --trusted-ca-file; with auth on, a request
+    /// without a token acts as the certificate's common name.
+    #[arg(long, default_value_t = false)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS certificate (PEM), also this member's client certificate
+    /// towards its peers.
+    #[arg(long, default_value = "")]
+    pub peer_cert_file: String,
+    /// Path to the peer server TLS key (PEM).
+    #[arg(long, default_value = "")]
+    pub peer_key_file: String,
+    /// Path to the peer TLS trusted CA certificates (PEM).
+    #[arg(long, default_value = "")]
+    pub peer_trusted_ca_file: String,
+    /// Require peer client certificates signed by --peer-trusted-ca-file.
+    #[arg(long, default_value_t = false)]
+    pub peer_client_cert_auth: bool,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -112,10 +138,18 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Addresses to serve clients on.
     pub client_addrs: Vec<SocketAddr>,
+    /// For each of `client_addrs`, whether its URL is `https://`.
+    pub client_https: Vec<bool>,
+    /// TLS of the client listeners, if any is `https://`.
+    pub client_tls: Option<crate::net::tls::TlsFiles>,
     /// Client URLs advertised to the cluster.
     pub advertise_client_urls: Vec<String>,
     /// Addresses to serve peers on.
     pub peer_addrs: Vec<SocketAddr>,
+    /// For each of `peer_addrs`, whether its URL is `https://`.
+    pub peer_https: Vec<bool>,
+    /// TLS between members (their listeners, and this member's calls to them).
+    pub peer_tls: Option<crate::net::tls::TlsFiles>,
     /// Peer URLs advertised to the cluster.
     pub advertise_peer_urls: Vec<String>,
     /// The bootstrap membership.
@@ -218,12 +252,48 @@ impl Config {
                 "--max-txn-ops and --max-request-bytes must be positive".into(),
             ));
         }
+        let client_tls = crate::net::tls::TlsFiles::from_flags(
+            &flags.cert_file,
+            &flags.key_file,
+            &flags.trusted_ca_file,
+            flags.client_cert_auth,
+            "",
+        )?;
+        let peer_tls = crate::net::tls::TlsFiles::from_flags(
+            &flags.peer_cert_file,
+            &flags.peer_key_file,
+            &flags.peer_trusted_ca_file,
+            flags.peer_client_cert_auth,
+            "peer-",
+        )?;
+        let (client_addrs, client_https): (Vec<_>, Vec<_>) = resolve_all(&client_urls)?.into_iter().unzip();
+        let (peer_addrs, peer_https): (Vec<_>, Vec<_>) = resolve_all(&peer_urls)?.into_iter().unzip();
+        if client_https.contains(&true) && client_tls.is_none() {
+            return Err(Error::Config(
+                "TLS key/cert (--cert-file, --key-file) must be provided for an https:// client URL".into(),
+            ));
+        }
+        let peer_urls_named = advertise_peer_urls
+            .iter()
+            .chain(initial_cluster.iter().flat_map(|m| &m.peer_urls));
+        let any_https_peer =
+            peer_https.contains(&true) || peer_urls_named.clone().any(|u| u.starts_with("https://"));
+        if any_https_peer && peer_tls.is_none() {
+            return Err(Error::Config(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for https:// peer URLs"
+                    .into(),
+            ));
+        }
         Ok(Config {
             name: flags.name,
             data_dir: flags.data_dir,
-            client_addrs: resolve_all(&client_urls)?,
+            client_addrs,
+            client_https,
+            client_tls,
             advertise_client_urls: split_urls(&flags.advertise_client_urls),
-            peer_addrs: resolve_all(&peer_urls)?,
+            peer_addrs,
+            peer_https,
+            peer_tls,
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
@@ -326,7 +396,9 @@ fn url_host_port(url: &str) -> Result<(&str, u16), Error> {
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-fn resolve_all(urls: &[String]) -> Result<Vec<SocketAddr>, Error> {
+/// The address each of `urls` listens on, and whether it is `https://` (the first URL of an
+/// address decides).
+fn resolve_all(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, Error> {
     use std::net::ToSocketAddrs;
     let mut addrs = Vec::new();
     for url in urls {
@@ -339,8 +411,8 @@ fn resolve_all(urls: &[String]) -> Result<Vec<SocketAddr>, Error> {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Config(format!("{url:?} resolves to no address")))?;
-        if !addrs.contains(&first) {
-            addrs.push(first);
+        if !addrs.iter().any(|(addr, _)| *addr == first) {
+            addrs.push((first, url.starts_with("https://")));
         }
     }
     if addrs.is_empty() {

@@ -77,7 +77,12 @@ impl Member {
         }
         // Who this member is (a member joining an existing cluster asks it for its ID), and the
         // credentials its calls to other members carry.
-        let peers = Peers::default();
+        let peer_tls = config
+            .peer_tls
+            .as_ref()
+            .map(|tls| tls.client_config())
+            .transpose()?;
+        let peers = Peers::new(peer_tls);
         let derived = identity::member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
         peers.credentials().set(derived, None);
         let identity = identity::load_identity(&member_dir.join("identity.json"), config, &peers).await?;

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
 use crate::member::Member;
+use crate::net::tls::{self, TlsFiles};
 use crate::net::{CoalescingStream, listen};
 use crate::raft::identity::initial_members;
 use crate::raft::network::PEER_MESSAGE_BYTES;
@@ -64,9 +65,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let mut peer_listeners = Vec::new();
-    for addr in &config.peer_addrs {
-        peer_listeners.push(listen::bind(*addr).map_err(Error::Listen)?);
+    for (addr, https) in config.peer_addrs.iter().zip(&config.peer_https) {
+        peer_listeners.push((listen::bind(*addr).map_err(Error::Listen)?, *https));
     }
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(TlsFiles::server_config)
+        .transpose()?;
+    let peer_tls = config
+        .peer_tls
+        .as_ref()
+        .map(TlsFiles::server_config)
+        .transpose()?;
     let member = Member::start(&config).await?;
     tracing::info!(
         name = %member.identity.name,
@@ -92,15 +103,20 @@ pub async fn run(
     let serving = CancellationToken::new();
     let mut servers = Vec::new();
     let peer_service = peer_service(&api, &config, Arc::new(lease_service.clone()));
-    for listener in peer_listeners {
-        tracing::info!(addr = %listener.local_addr()?, "serving peer requests");
+    for (listener, https) in peer_listeners {
+        tracing::info!(addr = %listener.local_addr()?, tls = https, "serving peer requests");
         let service = RaftPeerServer::new(peer_service.clone())
             .max_decoding_message_size(PEER_MESSAGE_BYTES)
             .max_encoding_message_size(PEER_MESSAGE_BYTES);
-        let server = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), serving.clone().cancelled_owned());
-        servers.push(tokio::spawn(server));
+        let builder = tonic::transport::Server::builder().add_service(service);
+        let stop = serving.clone().cancelled_owned();
+        let server = match (https, &peer_tls) {
+            (true, Some(tls)) => {
+                tokio::spawn(builder.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), stop))
+            }
+            _ => tokio::spawn(builder.serve_with_incoming_shutdown(incoming(listener), stop)),
+        };
+        servers.push(server);
     }
     // Like etcd, serve clients once this member's name and client URLs are in the membership,
     // so that MemberList, asked anywhere, shows them. Without quorum that may never happen: serve
@@ -120,16 +136,23 @@ pub async fn run(
         () = &mut shutdown => true,
     };
     let routes = routes(&api, &config, lease_service);
-    for listener in listeners.into_iter().filter(|_| !stopping_early) {
-        tracing::info!(addr = %listener.local_addr()?, "serving client requests");
-        let server = tonic::transport::Server::builder()
+    let listeners = listeners.into_iter().zip(config.client_https.iter().copied());
+    for (listener, https) in listeners.filter(|_| !stopping_early) {
+        tracing::info!(addr = %listener.local_addr()?, tls = https, "serving client requests");
+        let builder = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(tower::util::MapResponseLayer::new(transport_errors::as_grpc_go))
-            .add_routes(routes.clone())
-            // Serving our own listener skips tonic's socket options; CoalescingStream turns
-            // Nagle off and batches the connection's writes itself (see `crate::net`).
-            .serve_with_incoming_shutdown(incoming(listener), serving.clone().cancelled_owned());
-        servers.push(tokio::spawn(server));
+            .add_routes(routes.clone());
+        let stop = serving.clone().cancelled_owned();
+        // Serving our own listener skips tonic's socket options; CoalescingStream turns
+        // Nagle off and batches the connection's writes itself (see `crate::net`).
+        let server = match (https, &client_tls) {
+            (true, Some(tls)) => {
+                tokio::spawn(builder.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), stop))
+            }
+            _ => tokio::spawn(builder.serve_with_incoming_shutdown(incoming(listener), stop)),
+        };
+        servers.push(server);
     }
 
     if !stopping_early {

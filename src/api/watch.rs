@@ -213,7 +213,13 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         // Streams of one connection share a key, so the hub wakes them together.
-        let connection = request.remote_addr().map_or(0, |addr| {
+        let remote = request.remote_addr().or_else(|| {
+            request
+                .extensions()
+                .get::<crate::net::tls::TlsPeer>()
+                .and_then(|peer| peer.remote_addr)
+        });
+        let connection = remote.map_or(0, |addr| {
             use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
             BuildHasherDefault::<DefaultHasher>::default().hash_one(addr)
         });

@@ -14,6 +14,7 @@ use super::state::{AuthState, Outcome};
 use super::table;
 use super::tokens::SimpleTokens;
 use crate::mvcc::MvccError;
+use crate::net::tls::TlsPeer;
 
 /// The gRPC metadata keys a token travels in: etcd's clients send `token`, its HTTP gateway
 /// `authorization`.
@@ -142,13 +143,22 @@ impl AuthStore {
     }
 
     /// Who sent `request`: the caller the server itself attached (a service running a recipe
-    /// for its client), else the user the request's token names. While auth is off, tokens are
-    /// not looked at; while it is on, an unknown or lapsed token is refused.
+    /// for its client), else the user the request's token names, else (etcd's rule) the common
+    /// name of the client certificate its TLS connection presented. While auth is off, tokens
+    /// are not looked at; while it is on, an unknown or lapsed token is refused.
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
         if let Some(caller) = request.extensions().get::<Caller>() {
             return Ok(caller.clone());
         }
-        self.caller_of(request.metadata())
+        let caller = self.caller_of(request.metadata())?;
+        let certified = request
+            .extensions()
+            .get::<TlsPeer>()
+            .and_then(|peer| peer.common_name.clone());
+        match (caller, certified) {
+            (Caller::Anonymous, Some(name)) if self.enabled() => Ok(Caller::User(name)),
+            (caller, _) => Ok(caller),
+        }
     }
 
     /// Who the token in `metadata` names (see [`caller`](Self::caller)): a long-lived stream

@@ -15,6 +15,7 @@
 
 mod authority;
 pub mod listen;
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
@@ -32,9 +33,10 @@ const HIGH_WATER: usize = 256 * 1024;
 /// Bytes read from the socket at a time while the authority filter is still looking.
 const FILTER_READ_BYTES: usize = 16 * 1024;
 
-/// A TCP connection whose writes are coalesced until a flush; see the module docs.
-pub struct CoalescingStream {
-    inner: TcpStream,
+/// A connection (TCP, or TLS over TCP) whose writes are coalesced until a flush; see the
+/// module docs.
+pub struct CoalescingStream<S = TcpStream> {
+    inner: S,
     buf: Vec<u8>,
     yielded: bool,
     filter: AuthorityFilter,
@@ -46,13 +48,20 @@ impl CoalescingStream {
     /// Wraps an accepted connection (and turns Nagle off: we do our own batching).
     pub fn new(inner: TcpStream) -> io::Result<Self> {
         inner.set_nodelay(true)?;
-        Ok(Self {
+        Ok(Self::wrap(inner))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CoalescingStream<S> {
+    /// Wraps an established stream (a TLS session over a TCP connection without Nagle).
+    pub fn wrap(inner: S) -> Self {
+        Self {
             inner,
             buf: Vec::with_capacity(16 * 1024),
             yielded: false,
             filter: AuthorityFilter::default(),
             filtered: Vec::new(),
-        })
+        }
     }
 
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -67,7 +76,7 @@ impl CoalescingStream {
     }
 }
 
-impl AsyncRead for CoalescingStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescingStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -102,7 +111,7 @@ impl AsyncRead for CoalescingStream {
     }
 }
 
-impl AsyncWrite for CoalescingStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if self.buf.len() >= HIGH_WATER {
             ready!(self.poll_drain(cx))?;

@@ -35,7 +35,7 @@ use tokio::io::AsyncReadExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec::encode_entry;
 use super::membership::MembershipChange;
@@ -105,20 +105,39 @@ impl Interceptor for Credentials {
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     credentials: Credentials,
+    /// TLS for `https://` peer URLs (`--peer-cert-file` and friends).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
+    /// No channels yet; `https://` peers are reached with `tls`.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            tls,
+            ..Self::default()
+        }
+    }
+
     /// The cached channel to `url` (created, lazily connecting, on first use).
     fn channel(&self, url: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(url.to_string())
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad URL {url}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let tls = self
+                .tls
+                .clone()
+                .ok_or_else(|| format!("{url} needs --peer-cert-file and --peer-key-file"))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS for {url}: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
         channels.insert(url.to_string(), channel.clone());
         Ok(channel)
     }

@@ -21,5 +21,6 @@ mod lease_wave;
 mod proxy;
 mod recipes;
 mod services;
+mod tls;
 mod watch;
 mod watch_lifecycle;

@@ -516,7 +516,7 @@ fn agreed_leader(statuses: &[(usize, Option<MemberStatus>)]) -> Option<usize> {
 
 /// `count` distinct free TCP ports on 127.0.0.1. Each is bound (all at once, so they differ)
 /// and released; another process may grab one before the member binds it, a race accepted here.
-fn free_ports(count: usize) -> Vec<u16> {
+pub(crate) fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
         .collect();
