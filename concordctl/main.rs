@@ -2,7 +2,8 @@
 //! center and pub/sub — plus `lock` and `elect` over etcd's Lock and Election services.
 //!
 //! Flags as etcdctl's: `--endpoints` (default `127.0.0.1:2379`), `-w simple|json|table`,
-//! `--user name:password` (or `--user name --password pw`).
+//! `--user name:password` (or `--user name --password pw`), `--cacert`, `--cert`, `--key` for
+//! `https://` endpoints.
 //! Errors go to stderr with a non-zero exit.
 
 mod config;
@@ -41,6 +42,15 @@ struct Cli {
     /// The password of `--user` (when the user name has none after a colon).
     #[arg(long, global = true)]
     password: Option<String>,
+    /// CA certificates (PEM) that sign the servers' certificates (for `https://` endpoints).
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for servers that require one.
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The key (PEM) of `--cert`.
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         connect_timeout: cli.dial_timeout,
         request_timeout: cli.command_timeout,
         credentials: credentials(cli.user.as_deref(), cli.password.as_deref())?,
+        tls: tls(&cli)?,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoints, options).await?;
@@ -125,6 +136,29 @@ fn credentials(user: Option<&str>, password: Option<&str>) -> anyhow::Result<Opt
             None => anyhow::bail!("--user {user:?} has no password: use --user name:password or --password"),
         },
     }
+}
+
+/// The TLS `--cacert`, `--cert` and `--key` set up; `https://` endpoints need at least
+/// `--cacert` (or a server certificate the system trusts).
+fn tls(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let https = cli.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !https && cli.cacert.is_none() && cli.cert.is_none() {
+        return Ok(None);
+    }
+    let mut config = ClientTlsConfig::new();
+    config = match &cli.cacert {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => config.with_enabled_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(config))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

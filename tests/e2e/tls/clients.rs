@@ -109,6 +109,15 @@ async fn clients_reach_a_tls_listener_only_with_the_ca() {
     let lock = client.lock("over/tls").await.unwrap();
     lock.unlock().await.unwrap();
 
+    // concordctl, with and without the CA.
+    let url = format!("https://{}", server.endpoint);
+    let cacert = format!("--cacert={}", pki.path("ca.pem"));
+    let out = crate::services::support::concordctl(&url, &[cacert.as_str(), "pub", "news", "hello"], None);
+    assert!(out.status.success(), "{out:?}");
+    let out =
+        crate::services::support::concordctl(&url, &["--command-timeout=2s", "pub", "news", "hello"], None);
+    assert!(!out.status.success(), "{out:?}");
+
     // /health and /metrics over TLS.
     let curl = |path: &str| {
         Command::new("curl")
