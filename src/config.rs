@@ -71,7 +71,9 @@ pub struct Flags {
     /// How many versions of each config-center key are kept (Concord's own flag).
     #[arg(long, default_value_t = concord_recipes::config::DEFAULT_KEEP)]
     pub config_history_limit: u64,
-    /// Auth token type: `simple` (tokens good on the member that issued them).
+    /// Auth token type: `simple` (tokens good on the member that issued them), or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|EdDSA|HS256|...,ttl=5m` (signed
+    /// tokens good on every member).
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Time (in seconds) a simple token lives without being used.
@@ -232,12 +234,7 @@ impl Config {
         if flags.config_history_limit == 0 {
             return Err(Error::Config("--config-history-limit must be positive".into()));
         }
-        if flags.auth_token != "simple" {
-            return Err(Error::Config(format!(
-                "unsupported --auth-token {:?} (supported: simple)",
-                flags.auth_token
-            )));
-        }
+        let token = crate::auth::TokenKind::parse(&flags.auth_token).map_err(Error::Config)?;
         if flags.auth_token_ttl == 0 {
             return Err(Error::Config("--auth-token-ttl must be positive".into()));
         }
@@ -308,6 +305,7 @@ impl Config {
             )?,
             config_history_limit: flags.config_history_limit,
             auth: crate::auth::AuthOptions {
+                token,
                 token_ttl: Duration::from_secs(flags.auth_token_ttl),
                 bcrypt_cost: flags.bcrypt_cost,
             },

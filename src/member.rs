@@ -98,7 +98,7 @@ impl Member {
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
         let lessor = Arc::new(Lessor::open(&store)?);
-        let auth = AuthStore::open(&db, config.auth)?;
+        let auth = AuthStore::open(&db, config.auth.clone())?;
         let snapshot_dir = member_dir.join("snap");
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
         let state_machine = StateMachine::open(

@@ -186,6 +186,12 @@ pub const NAME_TOO_LONG: RpcError = RpcError::new(
     Code::InvalidArgument,
     "etcdserver: user or role name is too long (at most 256 bytes)",
 );
+/// `auth: token signing attempted with verify-only key`: Authenticate on a member that has
+/// only the public key of `--auth-token jwt` (etcd answers it with `Unknown`, text and all).
+pub const VERIFY_ONLY: RpcError = RpcError::new(
+    Code::Unknown,
+    "auth: token signing attempted with verify-only key",
+);
 /// `etcdserver: permission not given` (RoleGrantPermission without a permission).
 pub const PERMISSION_NOT_GIVEN: RpcError =
     RpcError::new(Code::InvalidArgument, "etcdserver: permission not given");

@@ -45,6 +45,9 @@ pub enum AuthError {
     /// A user or role name longer than [`MAX_NAME_BYTES`](super::state::MAX_NAME_BYTES).
     #[error("{}", rpctypes::NAME_TOO_LONG.text())]
     NameTooLong,
+    /// Authenticate on a member that can verify JWTs but not sign them.
+    #[error("{}", rpctypes::VERIFY_ONLY.text())]
+    VerifyOnly,
     /// RoleGrantPermission without a permission.
     #[error("{}", rpctypes::PERMISSION_NOT_GIVEN.text())]
     PermissionNotGiven,
@@ -74,7 +77,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every error, for decoding names.
-    const ALL: [AuthError; 20] = [
+    const ALL: [AuthError; 21] = [
         AuthError::RootUserNotExist,
         AuthError::RootRoleNotExist,
         AuthError::UserAlreadyExist,
@@ -87,6 +90,7 @@ impl AuthError {
         AuthError::NoPasswordUser,
         AuthError::PasswordTooLong,
         AuthError::NameTooLong,
+        AuthError::VerifyOnly,
         AuthError::PermissionNotGiven,
         AuthError::PermissionDenied,
         AuthError::RoleNotGranted,
@@ -112,6 +116,7 @@ impl AuthError {
             AuthError::NoPasswordUser => rpctypes::NO_PASSWORD_USER,
             AuthError::PasswordTooLong => rpctypes::PASSWORD_TOO_LONG,
             AuthError::NameTooLong => rpctypes::NAME_TOO_LONG,
+            AuthError::VerifyOnly => rpctypes::VERIFY_ONLY,
             AuthError::PermissionNotGiven => rpctypes::PERMISSION_NOT_GIVEN,
             AuthError::PermissionDenied => rpctypes::PERMISSION_DENIED,
             AuthError::RoleNotGranted => rpctypes::ROLE_NOT_GRANTED,
@@ -144,7 +149,7 @@ mod tests {
             assert_eq!(AuthError::from_name(&err.name()), Some(err));
             assert_eq!(err.to_string(), err.etcd().text());
             let prefix = match err {
-                AuthError::NoPasswordUser => "auth: ",
+                AuthError::NoPasswordUser | AuthError::VerifyOnly => "auth: ",
                 _ => "etcdserver: ",
             };
             assert!(err.to_string().starts_with(prefix), "{err}");

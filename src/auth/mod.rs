@@ -7,7 +7,7 @@
 //!   whether it may do what it asks ([`AuthStore::authorize`]).
 //! - [`apply`]: applying auth changes in a batch of committed commands.
 //! - [`table`]: the `auth` table in the state machine's database.
-//! - [`tokens`]: simple tokens; [`password`]: bcrypt hashing off the runtime.
+//! - [`tokens`]: simple tokens; [`jwt`]: JWTs; [`password`]: bcrypt hashing off the runtime.
 //! - [`error`]: [`AuthError`], etcd's texts.
 //!
 //! The path of a write while auth is on: the service finds the caller and checks its
@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod jwt;
 pub mod password;
 pub mod permissions;
 pub mod state;
@@ -29,4 +30,4 @@ pub mod tokens;
 pub use apply::AuthBatch;
 pub use error::AuthError;
 pub use state::AuthState;
-pub use store::{AuthOptions, AuthStore, Caller, Need};
+pub use store::{AuthOptions, AuthStore, Caller, Need, TokenKind};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use redb::Database;
 
 use super::error::AuthError;
+use super::jwt::{JwtOptions, JwtTokens};
 use super::password::Passwords;
 use super::permissions::Access;
 use super::state::{AuthState, Outcome};
@@ -54,9 +55,34 @@ pub enum Need<'a> {
     User,
 }
 
-/// How the auth store is set up (`--auth-token-ttl`, `--bcrypt-cost`).
-#[derive(Debug, Clone, Copy)]
+/// Which tokens Authenticate hands out (`--auth-token`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `simple`: random strings this member remembers.
+    #[default]
+    Simple,
+    /// `jwt,...`: signed tokens any member with the key verifies.
+    Jwt(JwtOptions),
+}
+
+impl TokenKind {
+    /// Parses `--auth-token`: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
+    pub fn parse(flag: &str) -> Result<TokenKind, String> {
+        match flag.split_once(',').unwrap_or((flag, "")) {
+            ("simple", "") => Ok(TokenKind::Simple),
+            ("jwt", options) => JwtOptions::parse(options).map(TokenKind::Jwt),
+            _ => Err(format!(
+                "unsupported --auth-token {flag:?} (simple, or jwt,pub-key=...,priv-key=...,sign-method=...)"
+            )),
+        }
+    }
+}
+
+/// How the auth store is set up (`--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`).
+#[derive(Debug, Clone)]
 pub struct AuthOptions {
+    /// Simple tokens or JWTs.
+    pub token: TokenKind,
     /// How long a simple token lives without use.
     pub token_ttl: Duration,
     /// bcrypt's cost for new passwords.
@@ -64,13 +90,21 @@ pub struct AuthOptions {
 }
 
 impl Default for AuthOptions {
-    /// etcd's defaults: tokens of 300 s, bcrypt cost 10.
+    /// etcd's defaults: simple tokens of 300 s, bcrypt cost 10.
     fn default() -> Self {
         Self {
+            token: TokenKind::Simple,
             token_ttl: Duration::from_secs(300),
             bcrypt_cost: super::password::DEFAULT_COST,
         }
     }
+}
+
+/// The tokens this member hands out and accepts.
+#[derive(Debug)]
+enum Tokens {
+    Simple(SimpleTokens),
+    Jwt(JwtTokens),
 }
 
 /// This member's auth store: the state the state machine last committed, the tokens this
@@ -81,18 +115,25 @@ pub struct AuthStore {
     /// `state`'s revision and enabled flag in one word (see [`summary`]), readable without the
     /// lock and always consistent with each other: every request asks.
     summary: AtomicU64,
-    tokens: SimpleTokens,
+    tokens: Tokens,
     passwords: Passwords,
 }
 
 impl AuthStore {
     /// The auth store stored in `db`.
-    pub fn open(db: &Database, options: AuthOptions) -> Result<Arc<Self>, MvccError> {
+    pub fn open(db: &Database, options: AuthOptions) -> Result<Arc<Self>, crate::error::Error> {
         let state = table::load(db)?;
+        let tokens = match &options.token {
+            TokenKind::Simple => Tokens::Simple(SimpleTokens::new(options.token_ttl)),
+            TokenKind::Jwt(jwt) => Tokens::Jwt(
+                JwtTokens::load(jwt)
+                    .map_err(|e| crate::error::Error::Config(format!("--auth-token: {e}")))?,
+            ),
+        };
         Ok(Arc::new(Self {
             summary: AtomicU64::new(summary(&state)),
             state: RwLock::new(Arc::new(state)),
-            tokens: SimpleTokens::new(options.token_ttl),
+            tokens,
             passwords: Passwords::new(options.bcrypt_cost),
         }))
     }
@@ -118,12 +159,15 @@ impl AuthStore {
     /// Makes `state` the current one, once the changes that made it are committed; `outcomes`
     /// say whose tokens go.
     pub fn publish(&self, state: Arc<AuthState>, outcomes: &[Outcome]) {
-        for outcome in outcomes {
-            if let Some(user) = &outcome.invalidated_user {
-                self.tokens.invalidate_user(user);
-            }
-            if outcome.disabled {
-                self.tokens.clear();
+        // JWTs issued before this change are refused by their revision instead.
+        if let Tokens::Simple(tokens) = &self.tokens {
+            for outcome in outcomes {
+                if let Some(user) = &outcome.invalidated_user {
+                    tokens.invalidate_user(user);
+                }
+                if outcome.disabled {
+                    tokens.clear();
+                }
             }
         }
         let summary = summary(&state);
@@ -137,7 +181,9 @@ impl AuthStore {
     /// Loads the state again from `db` (after a snapshot replaced it); every token goes.
     pub fn reload(&self, db: &Database) -> Result<(), MvccError> {
         let state = table::load(db)?;
-        self.tokens.clear();
+        if let Tokens::Simple(tokens) = &self.tokens {
+            tokens.clear();
+        }
         self.publish(Arc::new(state), &[]);
         Ok(())
     }
@@ -176,10 +222,14 @@ impl AuthStore {
             Some(token) => {
                 let token = token?;
                 let token = token.strip_prefix("Bearer ").unwrap_or(token);
-                self.tokens
-                    .user(token)
-                    .map(Caller::User)
-                    .ok_or(AuthError::InvalidAuthToken)
+                match &self.tokens {
+                    Tokens::Simple(tokens) => tokens.user(token).map(Caller::User),
+                    Tokens::Jwt(tokens) => tokens
+                        .verify(token)
+                        .filter(|(_, revision)| *revision >= self.state().revision())
+                        .map(|(user, _)| Caller::User(user)),
+                }
+                .ok_or(AuthError::InvalidAuthToken)
             }
         }
     }
@@ -216,7 +266,10 @@ impl AuthStore {
         if now.user(name).map(|u| &u.password) != Some(&user.password) {
             return Err(AuthError::AuthFailed);
         }
-        Ok(self.tokens.issue(name))
+        match &self.tokens {
+            Tokens::Simple(tokens) => Ok(tokens.issue(name)),
+            Tokens::Jwt(tokens) => tokens.issue(name, now.revision()),
+        }
     }
 }
 

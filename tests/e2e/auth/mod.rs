@@ -5,6 +5,7 @@
 mod bad_input;
 mod client;
 mod durability;
+mod jwt;
 mod permissions;
 mod services;
 mod tokens;
