@@ -14,6 +14,12 @@
 #                                    # first acknowledged put sent after it (lower is better)
 #   WORKLOAD=watch scripts/bench.sh  # 1,000 watchers on one prefix, one writer doing 2,000 puts
 #                                    # (WATCHERS=..., TOTAL=...): events/s and delivery latency
+#   AUTH=1 scripts/bench.sh          # auth on, both servers: a user with readwrite on the keys
+#                                    # (not root), simple tokens; the clients authenticate once
+#   TLS=1 scripts/bench.sh           # clients over TLS (a CA and certificate made with openssl)
+#   AUTH=1 STORM=16 scripts/bench.sh # and 16 more tasks guessing passwords all along
+#
+# Each run also prints the servers' CPU time per operation (user + system, from /proc).
 #
 # Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio of the
 # medians, Concord/etcd, per client count.
@@ -28,12 +34,57 @@ if [ "$WORKLOAD" = watch ]; then CLIENTS=1; TOTAL_1=${TOTAL_WATCH:-2000}; fi
 TOTAL_1=${TOTAL_1:-5000}   # a lone client is slow: fewer ops keep the run short
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install -y etcd-server" >&2; exit 1; }
+AUTH=${AUTH:-0}
+TLS=${TLS:-0}
+SCHEME=http
 cargo build --release -q -p concord -p concord-bench
 BENCH=target/release/concord-bench
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
+
+TLS_SERVER=()
+TLS_CLIENT=()
+CTL_TLS=()
+if [ "$TLS" = 1 ]; then
+    SCHEME=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+        -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=server \
+        -keyout "$WORK/server-key.pem" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" \
+        -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+    TLS_SERVER=(--cert-file "$WORK/server.pem" --key-file "$WORK/server-key.pem")
+    TLS_CLIENT=(--cacert "$WORK/ca.pem")
+    CTL_TLS=(--cacert "$WORK/ca.pem")
+fi
+BENCH_USER=()
+if [ "$AUTH" = 1 ]; then BENCH_USER=(--user bench:benchpw --storm "${STORM:-0}"); fi
+
+# Auth on $ENDPOINT: root, and a user `bench` that may read and write every key from "0" on.
+enable_auth() {
+    local ctl=(etcdctl --endpoints "${ENDPOINT%%,*}" "${CTL_TLS[@]}")
+    "${ctl[@]}" user add root:rootpw >/dev/null
+    "${ctl[@]}" user grant-role root root >/dev/null
+    "${ctl[@]}" role add bench >/dev/null
+    "${ctl[@]}" role grant-permission bench readwrite --from-key 0 >/dev/null
+    "${ctl[@]}" user add bench:benchpw >/dev/null
+    "${ctl[@]}" user grant-role bench bench >/dev/null
+    "${ctl[@]}" auth enable >/dev/null
+}
+
+# User + system CPU time of the given processes, in clock ticks.
+cpu_ticks() {
+    local total=0
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 wait_port() { # host:port
     for _ in $(seq 1 200); do
@@ -52,9 +103,9 @@ start() { # name client-port peer-port -> sets ENDPOINT (MEMBERS members, ports 
     for m in $(seq 0 $((MEMBERS - 1))); do
         local cp=$((port + 10 * m)) pp=$((peer + 10 * m))
         local common=(--name "m$m" --data-dir "$WORK/$name/m$m"
-            --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp"
+            --listen-client-urls "$SCHEME://127.0.0.1:$cp" --advertise-client-urls "$SCHEME://127.0.0.1:$cp"
             --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp"
-            --initial-cluster "$cluster")
+            --initial-cluster "$cluster" "${TLS_SERVER[@]}")
         if [ "$name" = etcd ]; then
             etcd "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
         else
@@ -62,7 +113,7 @@ start() { # name client-port peer-port -> sets ENDPOINT (MEMBERS members, ports 
         fi
         PIDS+=($!)
         ROUND_PIDS+=($!)
-        endpoints+="${endpoints:+,}http://127.0.0.1:$cp"
+        endpoints+="${endpoints:+,}$SCHEME://127.0.0.1:$cp"
     done
     for m in $(seq 0 $((MEMBERS - 1))); do wait_port "127.0.0.1:$((port + 10 * m))"; done
     sleep $((MEMBERS == 1 ? 1 : 3))   # let them elect a leader
@@ -76,11 +127,15 @@ declare -A RATES
 for round in $(seq 1 "$ROUNDS"); do
     for server in etcd concord; do
         if [ $server = etcd ]; then start etcd 32379 32380; else start concord 33379 33380; fi
+        if [ "$AUTH" = 1 ]; then enable_auth; fi
         for c in $CLIENTS; do
             total=$TOTAL; [ "$c" = 1 ] && total=$TOTAL_1
+            before=$(cpu_ticks "${ROUND_PIDS[@]}")
             line=$($BENCH --endpoint "$ENDPOINT" --workload "$WORKLOAD" --clients "$c" --total "$total" \
                 --watchers "$WATCHERS" --pids "$(IFS=,; echo "${ROUND_PIDS[*]}")" \
-                --label "round=$round $server")
+                "${BENCH_USER[@]}" "${TLS_CLIENT[@]}" --label "round=$round $server")
+            after=$(cpu_ticks "${ROUND_PIDS[@]}")
+            line+=" server_cpu_us_per_op=$(( (after - before) * TICK_US / total ))"
             echo "$line"
             RATES[$server-$c]+="$(sed -n 's/.*\(_per_sec\|failover_ms\)=\([0-9]*\).*/\2/p' <<<"$line") "
         done

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::{PutRequest, RangeRequest};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// What each client does in a loop.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,6 +61,16 @@ struct Args {
     /// Instances registered before the registry workload's timed registrations.
     #[arg(long, default_value_t = 10_000)]
     instances: usize,
+    /// Authenticate as `name:password` once and send the token with every put and get.
+    #[arg(long)]
+    user: Option<String>,
+    /// While the clients work, this many more tasks authenticate with a wrong password over
+    /// and over (a password-guessing storm); the line reports how many attempts they made.
+    #[arg(long, default_value_t = 0)]
+    storm: usize,
+    /// CA certificate (PEM) of `https://` endpoints.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
     /// For the failover workload: the process ID serving each endpoint, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -83,8 +94,41 @@ pub(crate) fn key(index: usize, size: usize) -> Vec<u8> {
     key
 }
 
+/// A KV client whose requests carry the token (if any).
+type Kv = KvClient<InterceptedService<Channel, Token>>;
+
+/// Puts the bench user's token into each request.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Authenticates `user` (`name:password`) on `channel`: the token to send.
+async fn authenticate(channel: Channel, user: &str) -> anyhow::Result<Token> {
+    use concord_proto::etcdserverpb::AuthenticateRequest;
+    use concord_proto::etcdserverpb::auth_client::AuthClient;
+    let (name, password) = user.split_once(':').context("--user is name:password")?;
+    let request = AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let token = AuthClient::new(channel)
+        .authenticate(request)
+        .await?
+        .into_inner()
+        .token;
+    Ok(Token(Some(token.parse()?)))
+}
+
 async fn client_loop(
-    mut kv: KvClient<Channel>,
+    mut kv: Kv,
     workload: Workload,
     ops: std::ops::Range<usize>,
     args: (usize, usize),
@@ -171,14 +215,28 @@ async fn main() -> anyhow::Result<()> {
     let mut channels = Vec::with_capacity(connections);
     for c in 0..connections {
         let endpoint = endpoints[c % endpoints.len()];
-        let channel = Channel::from_shared(endpoint.to_string())?
+        let mut builder = Channel::from_shared(endpoint.to_string())?;
+        if let Some(ca) = &args.cacert {
+            let ca = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+            builder = builder.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?;
+        }
+        let channel = builder
             .connect()
             .await
             .with_context(|| format!("connect to {endpoint}"))?;
         channels.push(channel);
     }
+    // One token per connection: a simple token is good only on the member that issued it.
+    let mut tokens = Vec::with_capacity(connections);
+    for channel in &channels {
+        tokens.push(match &args.user {
+            Some(user) => authenticate(channel.clone(), user).await?,
+            None => Token(None),
+        });
+    }
+    let kv_of = |c: usize| KvClient::with_interceptor(channels[c].clone(), tokens[c].clone());
     if let Workload::Get = args.workload {
-        let mut kv = KvClient::new(channels[0].clone());
+        let mut kv = kv_of(0);
         for i in 0..1000 {
             kv.put(PutRequest {
                 key: key(i, args.key_size),
@@ -189,6 +247,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let per_client = args.total / args.clients;
+    let storming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for s in 0..args.storm {
+        let (channel, storming, attempts) = (
+            channels[s % connections].clone(),
+            storming.clone(),
+            attempts.clone(),
+        );
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            while storming.load(Ordering::Relaxed) {
+                let _ = authenticate(channel.clone(), "bench:wrong").await;
+                attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
@@ -208,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         tasks.push(tokio::spawn(client_loop(
-            KvClient::new(channel),
+            kv_of(c % connections),
             args.workload,
             ops,
             (args.key_size, args.value_size),
@@ -219,10 +293,11 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
     latencies.sort_unstable();
     let ops = latencies.len();
     println!(
-        "{label} workload={workload:?} clients={clients} ops={ops} seconds={secs:.2} ops_per_sec={rate:.0} p50_ms={p50:.2} p99_ms={p99:.2}",
+        "{label} workload={workload:?} clients={clients} ops={ops} seconds={secs:.2} ops_per_sec={rate:.0} p50_ms={p50:.2} p99_ms={p99:.2}{storm}",
         label = args.label,
         workload = args.workload,
         clients = args.clients,
@@ -230,6 +305,13 @@ async fn main() -> anyhow::Result<()> {
         rate = ops as f64 / elapsed.as_secs_f64(),
         p50 = percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        storm = match args.storm {
+            0 => String::new(),
+            n => format!(
+                " storm_tasks={n} wrong_password_attempts={}",
+                attempts.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        },
     );
     Ok(())
 }
