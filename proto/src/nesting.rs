@@ -254,6 +254,8 @@ mod tests {
         let command = |depth| {
             Command {
                 request: Some(command::Request::Txn(nested(depth))),
+                // A field after the txn is skipped like any other.
+                auth_revision: 7,
             }
             .encode_to_vec()
         };
@@ -264,6 +266,7 @@ mod tests {
         );
         let put = Command {
             request: Some(command::Request::Put(Default::default())),
+            auth_revision: 0,
         };
         assert_eq!(field_txn_depth(&put.encode_to_vec(), 3, MAX_TXN_DEPTH), Some(0));
     }

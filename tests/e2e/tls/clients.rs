@@ -6,13 +6,15 @@ use std::time::Duration;
 use super::Pki;
 use crate::harness::Server;
 
-/// A lone member with an `https://` client listener (and `extra` flags); its `host:port`.
+/// A lone member with an `https://` client listener (and `extra` flags), on a port of its own
+/// that it also advertises (so `--cluster` commands find it).
 fn start(dir: &std::path::Path, pki: &Pki, extra: &[&str]) -> Server {
+    let url = format!("https://127.0.0.1:{}", crate::cluster::harness::free_ports(1)[0]);
     let mut args = vec![
         "--listen-client-urls".to_string(),
-        "https://127.0.0.1:0".to_string(),
+        url.clone(),
         "--advertise-client-urls".to_string(),
-        "https://127.0.0.1:0".to_string(),
+        url,
         "--listen-peer-urls".to_string(),
         "http://127.0.0.1:0".to_string(),
     ];
@@ -83,6 +85,11 @@ async fn clients_reach_a_tls_listener_only_with_the_ca() {
         &["get", "ready"],
     );
     assert!(!ok, "{out}");
+
+    // etcdctl 3.4 dials the members of `--cluster` commands by URL, which puts `https://` in
+    // the request's `:authority`: repaired behind TLS as in the clear.
+    let (ok, out) = etcdctl(&server, &with_ca, &["endpoint", "status", "--cluster"]);
+    assert!(ok && out.contains(&server.endpoint), "{out}");
 
     // The etcd-client crate.
     let tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
