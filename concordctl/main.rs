@@ -46,10 +46,10 @@ struct Cli {
     #[arg(long, global = true)]
     cacert: Option<std::path::PathBuf>,
     /// This client's certificate (PEM), for servers that require one.
-    #[arg(long, global = true, requires = "key")]
+    #[arg(long = "cert", id = "client_cert", global = true, requires = "client_key")]
     cert: Option<std::path::PathBuf>,
     /// The key (PEM) of `--cert`.
-    #[arg(long, global = true, requires = "cert")]
+    #[arg(long = "key", id = "client_key", global = true, requires = "client_cert")]
     key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -174,5 +174,52 @@ pub(crate) async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// clap's own consistency checks over every subcommand (a global flag named like a
+    /// subcommand's argument, say), which it otherwise makes only when that command is used.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// A subcommand argument named like a global flag (`key`, `--key`) parses as itself.
+    #[test]
+    fn subcommand_arguments_do_not_clash_with_global_flags() {
+        let cli = Cli::try_parse_from([
+            "concordctl",
+            "--key",
+            "k.pem",
+            "--cert",
+            "c.pem",
+            "config",
+            "get",
+            "ns",
+            "web",
+        ])
+        .unwrap();
+        assert_eq!(cli.key, Some(std::path::PathBuf::from("k.pem")));
+        assert!(matches!(cli.command, Command::Config(_)));
+    }
+
+    #[test]
+    fn user_and_password_are_read_as_etcdctl_reads_them() {
+        let both = credentials(Some("alice:pw:with:colons"), None).unwrap().unwrap();
+        assert_eq!(
+            (both.user.as_str(), both.password.as_str()),
+            ("alice", "pw:with:colons")
+        );
+        let split = credentials(Some("alice"), Some("pw")).unwrap().unwrap();
+        assert_eq!(split.password, "pw");
+        assert!(credentials(Some("alice"), None).is_err());
+        assert!(credentials(None, Some("pw")).is_err());
+        assert_eq!(credentials(None, None).unwrap(), None);
     }
 }
