@@ -1,5 +1,5 @@
 //! [`AuthState`]: users, roles, the enabled flag and the auth revision, and how each
-//! [`AuthChange`] changes them (etcd's auth store rules, error for error).
+//! `AuthChange` changes them (etcd's auth store rules, error for error).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
