@@ -39,6 +39,16 @@ fn not_yet(what: &str) -> Status {
 }
 
 impl MaintenanceService {
+    /// [`MvccStore::hash_kv`](crate::mvcc::MvccStore::hash_kv) on a blocking thread (it reads
+    /// the whole history).
+    async fn hash_kv_at(&self, revision: i64) -> Result<crate::mvcc::KvHash, Error> {
+        let api = self.api.clone();
+        tokio::task::spawn_blocking(move || api.store().hash_kv(revision))
+            .await
+            .map_err(|e| Error::Raft(format!("hashing the store: {e}")))?
+            .map_err(Error::from)
+    }
+
     /// Whether the caller of `request` has `need` (while auth is on).
     fn allow<T>(&self, request: &Request<T>, need: Need<'_>) -> Result<(), Error> {
         let caller = self.api.caller(request)?;
@@ -107,14 +117,28 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Defragment"))
     }
 
+    /// The hash of this member's whole history up to its current revision (etcd's is of its
+    /// backend file; both are for comparing members).
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.allow(&request, Need::Admin)?;
-        Err(not_yet("Hash"))
+        let hashed = self.hash_kv_at(0).await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.api.header(hashed.revision)),
+            hash: hashed.hash,
+        }))
     }
 
+    /// etcd's HashKV: the hash of the history up to `revision` (0: the current one), with the
+    /// compacted revision it was taken at; equal on members that applied the same log.
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.allow(&request, Need::Admin)?;
-        Err(not_yet("HashKV"))
+        let hashed = self.hash_kv_at(request.get_ref().revision).await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.api.header(self.api.store().current_revision())),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -154,9 +178,8 @@ impl Maintenance for MaintenanceService {
                 .await;
             moved.map_err(|_| Error::Timeout)?;
         }
-        Ok(Response::new(MoveLeaderResponse {
-            header: self.api.current_header(),
-        }))
+        // etcd answers without a header, whether leadership moved or stayed.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

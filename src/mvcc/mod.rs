@@ -37,6 +37,7 @@ pub mod check;
 mod compaction;
 mod compare;
 pub mod error;
+mod hash;
 pub mod history;
 mod index;
 mod key_index;
@@ -53,6 +54,7 @@ mod writer;
 pub(crate) mod test_util;
 
 pub use error::MvccError;
+pub use hash::KvHash;
 pub use history::copy_tables;
 pub use key_span::KeySpan;
 pub use revision::Revision;

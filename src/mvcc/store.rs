@@ -94,7 +94,7 @@ impl MvccStore {
         self.compacted.load(Ordering::Acquire)
     }
 
-    fn read_state(&self) -> Result<RwLockReadGuard<'_, IndexState>, MvccError> {
+    pub(crate) fn read_state(&self) -> Result<RwLockReadGuard<'_, IndexState>, MvccError> {
         self.state.read().map_err(|_| poisoned())
     }
 

@@ -103,9 +103,9 @@ async fn services_not_built_yet_answer_unimplemented() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = connect(&server).await;
-    // Every etcd service is served; of Maintenance, hashes, defragmentation and snapshots are
-    // not built yet (issue 16) and say so.
-    let err = status(c.hash_kv(0).await.unwrap_err());
+    // Every etcd service is served; of Maintenance, defragmentation and snapshots are not built
+    // yet (issue 16) and say so.
+    let err = status(c.defragment().await.unwrap_err());
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(c.user_list().await.is_ok(), "Auth is served");
 }

@@ -18,6 +18,7 @@ mod examples;
 mod harness;
 mod lease;
 mod lease_wave;
+mod maintenance;
 mod proxy;
 mod recipes;
 mod services;

@@ -95,13 +95,14 @@ async fn a_jwt_from_one_member_is_good_on_every_member() {
         }
     }
 
-    // And a token expires with its TTL (2 s here), used or not.
+    // And a token expires with its TTL (2 s here), used or not. A JWT's expiry is in whole
+    // seconds and it is good through that second: up to a second more than the TTL.
     let options = etcd_client::ConnectOptions::new().with_user("alice", "alicepw");
     let mut fresh = etcd_client::Client::connect([cluster.client_url(1)], Some(options))
         .await
         .unwrap();
     fresh.get("foo", None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let expired = fresh.get("foo", None).await.unwrap_err().to_string();
     assert!(expired.contains(invalid), "{expired}");
 }
