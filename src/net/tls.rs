@@ -201,7 +201,12 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, addr) = match listener.accept().await {
+            // Once the server stops taking connections, stop accepting (and close the socket).
+            let next = tokio::select! {
+                next = listener.accept() => next,
+                () = accepted.closed() => return,
+            };
+            let (tcp, addr) = match next {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "accepting a TLS connection");
@@ -209,9 +214,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if accepted.is_closed() {
-                return;
-            }
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
