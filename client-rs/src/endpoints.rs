@@ -272,10 +272,14 @@ impl Endpoints {
                             if self.may_retry_for_auth(&status) && auth_retries < AUTH_RETRIES =>
                         {
                             auth_retries += 1;
-                            if !concord_proto::rpctypes::AUTH_OLD_REVISION.is(&status) {
+                            if concord_proto::rpctypes::AUTH_OLD_REVISION.is(&status) {
+                                // The member had not yet applied the auth change the write
+                                // met: give it a moment to.
+                                tokio::time::sleep(self.options.jittered_backoff(auth_retries)).await;
+                            } else {
                                 self.token.clear();
+                                tracing::debug!(error = %status, "authenticating again");
                             }
-                            tracing::debug!(error = %status, "authenticating again");
                             continue;
                         }
                         Ok(Err(status)) => {

@@ -36,7 +36,8 @@ pub struct LocalKv {
     kv: KvService,
     lease: LeaseService,
     hub: Arc<WatchHub>,
-    /// Whose requests these are (anonymous: the server's own).
+    /// Whose requests these are: anonymous until a service acts for its client (and so
+    /// refused while auth is on: a service that forgot fails closed).
     caller: Caller,
 }
 
