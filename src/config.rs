@@ -108,6 +108,10 @@ pub struct Flags {
     /// Require peer client certificates signed by --peer-trusted-ca-file.
     #[arg(long, default_value_t = false)]
     pub peer_client_cert_auth: bool,
+    /// Raise the NOSPACE alarm (and refuse writes that add data) when the database would grow
+    /// past this many bytes; 0 is the default (2 GiB), a negative value means no quota.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -176,6 +180,8 @@ pub struct Config {
     pub config_history_limit: u64,
     /// Tokens and password hashing.
     pub auth: crate::auth::AuthOptions,
+    /// `--quota-backend-bytes` as given (0: the default, negative: none).
+    pub quota_backend_bytes: i64,
 }
 
 impl Default for Config {
@@ -202,7 +208,10 @@ impl Config {
             }
         };
         let advertise_peer_urls = split_urls(&flags.initial_advertise_peer_urls);
-        if initial_cluster_state == ClusterState::New {
+        // A data directory that already holds a member (or one restored from a backup) ignores
+        // the bootstrap flags, as etcd's does once it has a WAL.
+        let has_member = flags.data_dir.join("member").join("identity.json").exists();
+        if initial_cluster_state == ClusterState::New && !has_member {
             let me = initial_cluster
                 .iter()
                 .find(|m| m.name == flags.name)
@@ -309,6 +318,7 @@ impl Config {
                 token_ttl: Duration::from_secs(flags.auth_token_ttl),
                 bcrypt_cost: flags.bcrypt_cost,
             },
+            quota_backend_bytes: flags.quota_backend_bytes,
         })
     }
 }

@@ -9,17 +9,24 @@
 //!
 //! Beside it, [`lease`]: leases and their keys, applied with the store, and the leader's clock
 //! that expires them through Raft; and [`auth`]: users, roles and permissions, applied with the
-//! store, and the checks every service makes while auth is on.
+//! store, and the checks every service makes while auth is on; and [`alarm`]: NOSPACE and
+//! CORRUPT, raised through Raft, which refuse writes while they last.
+//!
+//! Beside them, [`backup`]: backups streamed by a serving member, and restored offline; and
+//! [`defrag`]: the database rewritten compactly while the member serves.
 //!
 //! Around it: [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
 //! [`error`] (the one error type and its mapping to `tonic::Status`), [`crash`] (a member that
 //! cannot go on exits instead of serving nothing) and [`failpoint`] (test-only crash points).
 
+pub mod alarm;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod crash;
+pub mod defrag;
 pub mod error;
 pub mod failpoint;
 pub mod lease;

@@ -1,4 +1,5 @@
-//! The `concord` binary: parses etcd's flags and runs the server until SIGINT or SIGTERM.
+//! The `concord` binary: parses etcd's flags and runs the server until SIGINT or SIGTERM;
+//! `concord snapshot restore|status` works on backup files instead.
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,6 +8,15 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `concord snapshot restore|status` works offline on backup files.
+    let mut args = std::env::args();
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        let program = args.next().unwrap_or_default();
+        let rest = args.skip(1);
+        let printed = concord::backup::cli::run(std::iter::once(format!("{program} snapshot")).chain(rest))?;
+        println!("{printed}");
+        return Ok(());
+    }
     let flags = Flags::parse();
     // Concord's own logs at --log-level; dependencies (openraft is chatty) only warnings.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -18,6 +18,7 @@ use openraft::RaftMetrics;
 use openraft::async_runtime::WatchReceiver;
 use redb::Database;
 
+use crate::alarm::AlarmStore;
 use crate::auth::AuthStore;
 use crate::config::{ClusterState, Config};
 use crate::error::Error;
@@ -41,10 +42,10 @@ pub struct Member {
     pub lessor: Arc<Lessor>,
     /// Users, roles and permissions, and the tokens this member issued.
     pub auth: Arc<AuthStore>,
+    /// The raised alarms.
+    pub alarms: Arc<AlarmStore>,
     /// Delivers committed changes to watchers.
     pub hub: Arc<WatchHub>,
-    /// The state machine's database (for size statistics).
-    pub db: Arc<Database>,
     /// Who we are.
     pub identity: Identity,
     /// Path of the state machine's database file.
@@ -56,6 +57,9 @@ pub struct Member {
     /// Set once an orderly shutdown begins (Raft stopping is then expected).
     pub stopping: Arc<AtomicBool>,
 }
+
+/// Name of the state machine's database in the member directory.
+pub const DB_FILE: &str = "db.redb";
 
 fn storage(err: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(err.to_string()))
@@ -94,17 +98,21 @@ impl Member {
 
         // The state: one database for the MVCC store and the lease table, the watch hub fed
         // from it, and the state machine that applies committed commands to all three.
-        let db_path = member_dir.join("db.redb");
+        let db_path = member_dir.join(DB_FILE);
+        crate::backup::save::sweep(&member_dir)?;
+        crate::defrag::sweep(&db_path)?;
         let db = Arc::new(open_db(&db_path)?);
         let store = Arc::new(MvccStore::open(db.clone())?);
         let lessor = Arc::new(Lessor::open(&store)?);
         let auth = AuthStore::open(&db, config.auth.clone())?;
+        let alarms = AlarmStore::open(&db)?;
         let snapshot_dir = member_dir.join("snap");
         let hub = WatchHub::new(store.clone(), config.max_request_bytes);
         let state_machine = StateMachine::open(
             store.clone(),
             lessor.clone(),
             auth.clone(),
+            alarms.clone(),
             hub.clone(),
             snapshot_dir.clone(),
         )?;
@@ -125,21 +133,36 @@ impl Member {
             .is_initialized()
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if !initialized && config.initial_cluster_state == ClusterState::New {
-            let members = identity::initial_members(config);
+        // A member restored from a backup (`concord snapshot restore`) bootstraps with the
+        // membership the restore recorded, whatever the flags say (as etcd's restored WAL does).
+        let restored = identity::read_bootstrap(&member_dir)?;
+        let was_restored = restored.is_some();
+        let bootstrap = match restored {
+            Some(members) => Some(members),
+            None if config.initial_cluster_state == ClusterState::New => {
+                Some(identity::initial_members(config))
+            }
+            None => None,
+        };
+        if let Some(members) = bootstrap.filter(|_| !initialized) {
             let voters: BTreeSet<u64> = members.keys().copied().collect();
-            tracing::info!(member = %format!("{:x}", identity.member_id), ?voters, "bootstrapping a new cluster");
+            tracing::info!(member = %format!("{:x}", identity.member_id), ?voters, restored = was_restored, "bootstrapping a new cluster");
             raft.initialize(members)
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        if was_restored {
+            // Raft's log holds the membership now.
+            std::fs::remove_file(member_dir.join(identity::BOOTSTRAP_FILE))?;
+            sync_dir(&member_dir)?;
         }
         Ok(Self {
             raft,
             store,
             lessor,
             auth,
+            alarms,
             hub,
-            db,
             identity,
             db_path,
             snapshot_dir,

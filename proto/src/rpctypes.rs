@@ -90,6 +90,14 @@ pub const LEASE_NOT_FOUND: RpcError = RpcError::new(Code::NotFound, "etcdserver:
 /// `etcdserver: lease already exists`.
 pub const LEASE_EXISTS: RpcError =
     RpcError::new(Code::FailedPrecondition, "etcdserver: lease already exists");
+/// `etcdserver: mvcc: database space exceeded`: the NOSPACE alarm is raised, or this write
+/// would take the database past its quota.
+pub const NO_SPACE: RpcError = RpcError::new(
+    Code::ResourceExhausted,
+    "etcdserver: mvcc: database space exceeded",
+);
+/// `etcdserver: corrupt cluster`: the CORRUPT alarm is raised.
+pub const CORRUPT: RpcError = RpcError::new(Code::DataLoss, "etcdserver: corrupt cluster");
 /// `etcdserver: too large lease TTL`.
 pub const LEASE_TTL_TOO_LARGE: RpcError = RpcError::new(Code::OutOfRange, "etcdserver: too large lease TTL");
 

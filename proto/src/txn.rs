@@ -21,6 +21,29 @@ pub fn is_serializable(txn: &TxnRequest) -> bool {
         .all(|op| matches!(&op.request, Some(Request::RequestRange(range)) if range.serializable))
 }
 
+/// Bytes each put adds beyond its key and value, in quota accounting (etcd's `kvOverhead`).
+pub const PUT_OVERHEAD_BYTES: u64 = 256;
+
+/// What the puts of a txn (both branches, nested txns included) may add to the database, in
+/// etcd's quota accounting (`quota.Cost`): key + value + [`PUT_OVERHEAD_BYTES`] for each put, so
+/// a txn without puts costs nothing.
+pub fn put_cost(txn: &TxnRequest) -> u64 {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(put)) => put_bytes(put.key.len(), put.value.len()),
+            Some(Request::RequestTxn(nested)) => put_cost(nested),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// What one put of `key_len` and `value_len` bytes may add, in etcd's quota accounting.
+pub fn put_bytes(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len) as u64 + PUT_OVERHEAD_BYTES
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,6 +142,9 @@ impl Api {
         command.0.auth_revision = auth_revision;
         let command = &command;
         self.admission().check(&command.0, Origin::Client)?;
+        if let Some(request) = &command.0.request {
+            self.check_quota(request).await?;
+        }
         let raft = &self.node().raft;
         let peers = &self.node().peers;
         let result = self

@@ -1,5 +1,6 @@
-//! etcd's `Maintenance` service: Status and Alarm; the rest answer `Unimplemented` for now.
+//! etcd's `Maintenance` service.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,12 +10,17 @@ use concord_proto::etcdserverpb::{
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
 };
+use concord_proto::raftpb::AlarmChange;
+use concord_proto::raftpb::command::Request as Cmd;
+use concord_proto::raftpb::command_response::Response as Applied;
 use concord_proto::rpctypes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::auth::Need;
+use crate::backup::save;
 use crate::error::Error;
 use crate::raft::membership;
 
@@ -25,12 +31,16 @@ pub const SERVER_VERSION: &str = "3.5.0";
 #[derive(Clone)]
 pub struct MaintenanceService {
     api: Arc<Api>,
+    defragmenting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MaintenanceService {
     /// A Maintenance service for `api`.
     pub fn new(api: Arc<Api>) -> Self {
-        Self { api }
+        Self {
+            api,
+            defragmenting: Arc::default(),
+        }
     }
 }
 
@@ -59,21 +69,33 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's Alarm: GET lists the raised alarms (of one type, or all for NONE); ACTIVATE and
+    /// DEACTIVATE raise or clear one through Raft, answering with it.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // Listing alarms needs some user, changing them root (etcd's rules).
-        match request.get_ref().action() {
+        let action = request.get_ref().action();
+        match action {
             AlarmAction::Get => self.allow(&request, Need::User)?,
             _ => self.allow(&request, Need::Admin)?,
         }
-        // Concord raises no alarms (no quota or corruption alarms yet): listing and disarming
-        // see none; raising one by hand is not supported.
-        if request.get_ref().action() == AlarmAction::Activate {
-            return Err(not_yet("raising an alarm"));
+        let request = request.into_inner();
+        if action == AlarmAction::Get {
+            return Ok(Response::new(AlarmResponse {
+                header: self.api.current_header(),
+                alarms: self.api.node().alarms.list(request.alarm()),
+            }));
         }
-        Ok(Response::new(AlarmResponse {
-            header: self.api.current_header(),
-            alarms: Vec::new(),
-        }))
+        let change = AlarmChange {
+            member_id: request.member_id,
+            alarm: request.alarm,
+            activate: action == AlarmAction::Activate,
+        };
+        let response = self.api.propose(Cmd::Alarm(change), 0).await?;
+        let Applied::Alarm(mut answer) = response else {
+            return Err(Error::Raft("the state machine answered an alarm with something else".into()).into());
+        };
+        answer.header = self.api.current_header();
+        Ok(Response::new(answer))
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -114,7 +136,24 @@ impl Maintenance for MaintenanceService {
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.allow(&request, Need::Admin)?;
-        Err(not_yet("Defragment"))
+        // One at a time; reads and writes go on meanwhile (see crate::defrag).
+        let _one = self.defragmenting.lock().await;
+        let api = self.api.clone();
+        let report =
+            tokio::task::spawn_blocking(move || crate::defrag::defragment(api.store(), &api.node().db_path))
+                .await
+                .map_err(|e| Error::Raft(format!("defragmenting: {e}")))?
+                .map_err(Error::Io)?;
+        tracing::info!(
+            before = report.size_before,
+            after = report.size_after,
+            took_ms = report.took.as_millis() as u64,
+            paused_ms = report.paused.as_millis() as u64,
+            "defragment"
+        );
+        Ok(Response::new(DefragmentResponse {
+            header: self.api.current_header(),
+        }))
     }
 
     /// The hash of this member's whole history up to its current revision (etcd's is of its
@@ -148,7 +187,37 @@ impl Maintenance for MaintenanceService {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.allow(&request, Need::Admin)?;
-        Err(not_yet("Snapshot"))
+        let node = self.api.node();
+        let dir = node.db_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let api = self.api.clone();
+        let backup = save::build_async(self.api.store().database(), dir, move || {
+            api.store().current_revision()
+        })
+        .await
+        .map_err(Error::Io)?;
+        tracing::info!(
+            bytes = backup.size,
+            revision = backup.revision,
+            "sending a backup"
+        );
+        let mut header = Some(self.api.header(backup.revision));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        backup.stream(tx);
+        let stream = ReceiverStream::new(rx).map(move |chunk| {
+            let chunk = chunk.map_err(|e| Status::from(Error::Io(e)))?;
+            // etcd's first message carries the header and the server's version.
+            let first = header.take();
+            Ok(SnapshotResponse {
+                version: first
+                    .as_ref()
+                    .map(|_| SERVER_VERSION.to_string())
+                    .unwrap_or_default(),
+                header: first,
+                remaining_bytes: chunk.remaining_bytes,
+                blob: chunk.blob,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     /// etcd's MoveLeader: sent to the leader (etcdctl finds it), hands leadership to a voter

@@ -21,6 +21,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod metrics;
 pub mod pubsub;
+pub mod quota;
 pub mod registry;
 pub mod transport_errors;
 pub mod watch;
@@ -42,6 +43,7 @@ use crate::raft::admission::Admission;
 pub struct Api {
     node: Member,
     admission: Admission,
+    quota: quota::Quota,
     request_timeout: Duration,
 }
 
@@ -51,6 +53,7 @@ impl Api {
         Arc::new(Self {
             node,
             admission: Admission::new(config),
+            quota: quota::Quota::from_flag(config.quota_backend_bytes),
             // etcd: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
         })
@@ -97,6 +100,11 @@ impl Api {
     /// The checks every write passes before it is proposed.
     pub fn admission(&self) -> Admission {
         self.admission
+    }
+
+    /// The backend quota.
+    pub fn quota(&self) -> &quota::Quota {
+        &self.quota
     }
 
     /// How long a request may wait for Raft.

@@ -230,7 +230,7 @@ impl LeaseState {
     /// The leases stored in `store`'s database with the keys attached to them. Reading the
     /// keys means reading every live key's row, so a store without leases skips it.
     fn load(store: &MvccStore) -> Result<Self, MvccError> {
-        let records = table::load(store.database())?;
+        let records = table::load(&store.database())?;
         let leased_keys = if records.is_empty() {
             Vec::new()
         } else {

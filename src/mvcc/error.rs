@@ -41,6 +41,12 @@ pub enum MvccError {
     /// A lease grant chose an ID that is already in use.
     #[error("{}", rpctypes::LEASE_EXISTS.text())]
     LeaseExists,
+    /// A raised NOSPACE alarm refuses writes that add data.
+    #[error("{}", rpctypes::NO_SPACE.text())]
+    NoSpace,
+    /// A raised CORRUPT alarm refuses writes.
+    #[error("{}", rpctypes::CORRUPT.text())]
+    Corrupt,
     /// The auth store refused the command (it changed nothing).
     #[error(transparent)]
     Auth(crate::auth::AuthError),
@@ -68,6 +74,8 @@ impl MvccError {
             MvccError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
             MvccError::LeaseNotFound => rpctypes::LEASE_NOT_FOUND,
             MvccError::LeaseExists => rpctypes::LEASE_EXISTS,
+            MvccError::NoSpace => rpctypes::NO_SPACE,
+            MvccError::Corrupt => rpctypes::CORRUPT,
             MvccError::Auth(err) => err.etcd(),
             MvccError::Storage(_) => return None,
         })

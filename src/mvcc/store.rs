@@ -44,7 +44,9 @@ pub(crate) struct IndexState {
 /// then redb's writer lock; do not call the store's read methods on a thread that holds a
 /// batch (use the batch's own [`WriteBatch::range`]).
 pub struct MvccStore {
-    db: Arc<Database>,
+    /// Replaced only by defragmentation ([`MvccStore::replace_database`]), under the index
+    /// write lock.
+    db: RwLock<Arc<Database>>,
     state: RwLock<IndexState>,
     current: AtomicI64,
     compacted: AtomicI64,
@@ -72,16 +74,32 @@ impl MvccStore {
         let state = load(&db)?;
         let (current, compacted) = (state.current, state.compacted);
         Ok(MvccStore {
-            db,
+            db: RwLock::new(db),
             state: RwLock::new(state),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
         })
     }
 
-    /// The database the store lives in.
-    pub fn database(&self) -> &Arc<Database> {
-        &self.db
+    /// The database the store lives in (for a reader that needs the index to agree with it:
+    /// take it while holding the index lock).
+    pub fn database(&self) -> Arc<Database> {
+        match self.db.read() {
+            Ok(db) => db.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Moves the store onto `db`, a copy of its database holding everything committed (see
+    /// `crate::defrag`). The caller holds the index write lock (`state`), so no batch is open
+    /// and no reader is between the index and the database; readers already inside a read
+    /// transaction finish on the old database.
+    pub(crate) fn replace_database(&self, state: &mut RwLockWriteGuard<'_, IndexState>, db: Arc<Database>) {
+        let _held = state;
+        match self.db.write() {
+            Ok(mut current) => *current = db,
+            Err(poisoned) => *poisoned.into_inner() = db,
+        }
     }
 
     /// The revision of the last committed write (1 for an empty store).
@@ -112,7 +130,7 @@ impl MvccStore {
     pub fn leased_keys(&self) -> Result<Vec<(Vec<u8>, i64)>, MvccError> {
         let (keys, rtxn) = {
             let state = self.read_state()?;
-            let rtxn = self.db.begin_read()?;
+            let rtxn = self.database().begin_read()?;
             (state.index.keys(KeySpan::new(b"\0", b"\0"), state.current), rtxn)
         };
         let history = rtxn.open_table(HISTORY)?;
@@ -136,7 +154,7 @@ impl MvccStore {
         let opts = RangeOptions::for_request(req);
         let (plan, rtxn) = {
             let state = self.read_state()?;
-            let rtxn = self.db.begin_read()?;
+            let rtxn = self.database().begin_read()?;
             let plan = range::plan(&state.index, span, opts, state.current, state.compacted)?;
             (plan, rtxn)
         };
@@ -155,7 +173,7 @@ impl MvccStore {
             ));
         }
         let state = self.read_state()?;
-        let rtxn = self.db.begin_read()?;
+        let rtxn = self.database().begin_read()?;
         let history = rtxn.open_table(HISTORY)?;
         let mut snapshot = Snapshot {
             index: &state.index,
@@ -178,7 +196,7 @@ impl MvccStore {
             return Err(MvccError::Compacted);
         }
         let end_rev = if end_rev <= 0 { state.current + 1 } else { end_rev };
-        let rtxn = self.db.begin_read()?;
+        let rtxn = self.database().begin_read()?;
         let history = rtxn.open_table(HISTORY)?;
         let start = Revision::new(start_rev.max(0), 0).to_bytes();
         let end = Revision::new(end_rev.max(0), 0).to_bytes();
@@ -213,7 +231,7 @@ impl MvccStore {
     /// held until [`WriteBatch::commit`] or drop.
     pub fn begin_write(&self) -> Result<WriteBatch<'_>, MvccError> {
         let state = self.write_state()?;
-        let txn = self.db.begin_write()?;
+        let txn = self.database().begin_write()?;
         Ok(WriteBatch::new(self, state, txn))
     }
 }

@@ -331,7 +331,7 @@ impl<'a> WriteBatch<'a> {
         txn.commit()?;
         // From here on the old index is wrong whatever happens.
         staged.published = true;
-        let fresh = load(store.database()).map_err(|err| {
+        let fresh = load(&store.database()).map_err(|err| {
             tracing::error!(error = %err, "index rebuild after replacing the store failed");
             MvccError::Storage(format!(
                 "store replaced but its index could not be rebuilt: {err}"

@@ -93,6 +93,7 @@ impl Admission {
             }
             Request::LeaseRevoke(_) => {}
             Request::Auth(change) => self.check_size(change)?,
+            Request::Alarm(_) => {}
             // A keepalive's record of a lease's full TTL (the leader's clock proposes its own
             // checkpoints without passing here).
             Request::LeaseCheckpoints(checkpoints) => {

@@ -40,6 +40,7 @@ impl fmt::Display for Command {
             Some(Request::LeaseCheckpoints(c)) => write!(f, "lease_checkpoints({})", c.checkpoints.len()),
             Some(Request::LeaseExpiry(e)) => write!(f, "lease_expiry({})", e.ids.len()),
             Some(Request::Auth(_)) => write!(f, "auth"),
+            Some(Request::Alarm(a)) => write!(f, "alarm({}, {})", a.alarm, a.activate),
             None => write!(f, "empty"),
         }
     }
@@ -109,6 +110,8 @@ fn store_error(err: &MvccError) -> raftpb::StoreError {
         MvccError::InvalidSortOption => (Kind::InvalidSortOption, String::new()),
         MvccError::LeaseNotFound => (Kind::LeaseNotFound, String::new()),
         MvccError::LeaseExists => (Kind::LeaseExists, String::new()),
+        MvccError::NoSpace => (Kind::NoSpace, String::new()),
+        MvccError::Corrupt => (Kind::Corrupt, String::new()),
         MvccError::Auth(err) => (Kind::Auth, err.name()),
         MvccError::Storage(detail) => (Kind::Storage, detail.clone()),
     };
@@ -130,6 +133,8 @@ fn mvcc_error(err: raftpb::StoreError) -> MvccError {
         Ok(Kind::InvalidSortOption) => MvccError::InvalidSortOption,
         Ok(Kind::LeaseNotFound) => MvccError::LeaseNotFound,
         Ok(Kind::LeaseExists) => MvccError::LeaseExists,
+        Ok(Kind::NoSpace) => MvccError::NoSpace,
+        Ok(Kind::Corrupt) => MvccError::Corrupt,
         Ok(Kind::Auth) => match AuthError::from_name(&err.detail) {
             Some(auth) => MvccError::Auth(auth),
             None => MvccError::Storage(format!("unknown auth error {:?}", err.detail)),

@@ -83,18 +83,60 @@ pub async fn load_identity(path: &Path, config: &Config, peers: &Peers) -> Resul
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(storage(format!("{}: {err}", path.display()))),
     }
-    let member_id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
-    let cluster_id = match config.initial_cluster_state {
-        ClusterState::New => cluster_id(&initial_members(config).into_keys().collect::<Vec<_>>()),
-        ClusterState::Existing => existing_cluster_id(config, member_id, peers).await?,
+    let identity = match config.initial_cluster_state {
+        ClusterState::New => new_cluster_identity(config),
+        ClusterState::Existing => {
+            let member_id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+            Identity {
+                member_id,
+                cluster_id: existing_cluster_id(config, member_id, peers).await?,
+                name: config.name.clone(),
+            }
+        }
     };
-    let identity = Identity {
-        member_id,
-        cluster_id,
-        name: config.name.clone(),
-    };
-    write_atomically(path, &serde_json::to_vec(&identity).map_err(storage)?)?;
+    write_identity(path, &identity)?;
     Ok(identity)
+}
+
+/// The identity of a member of a new cluster bootstrapped from `config`'s `--initial-cluster`.
+pub fn new_cluster_identity(config: &Config) -> Identity {
+    Identity {
+        member_id: member_id(&config.advertise_peer_urls, &config.initial_cluster_token),
+        cluster_id: cluster_id(&initial_members(config).into_keys().collect::<Vec<_>>()),
+        name: config.name.clone(),
+    }
+}
+
+/// Stores `identity` at `path`, atomically and durably.
+pub fn write_identity(path: &Path, identity: &Identity) -> Result<(), Error> {
+    Ok(write_atomically(
+        path,
+        &serde_json::to_vec(identity).map_err(storage)?,
+    )?)
+}
+
+/// Name, in the member directory, of the membership a restored member bootstraps with
+/// (`concord snapshot restore` writes it; the first start initializes Raft with it and removes it).
+pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
+
+/// Stores the membership a restored member bootstraps its new cluster with.
+pub fn write_bootstrap(member_dir: &Path, members: &BTreeMap<u64, MemberNode>) -> Result<(), Error> {
+    Ok(write_atomically(
+        &member_dir.join(BOOTSTRAP_FILE),
+        &serde_json::to_vec(members).map_err(storage)?,
+    )?)
+}
+
+/// The membership a restored member bootstraps with, if `concord snapshot restore` left one.
+pub fn read_bootstrap(member_dir: &Path) -> Result<Option<BTreeMap<u64, MemberNode>>, Error> {
+    let path = member_dir.join(BOOTSTRAP_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| storage(format!("{}: {e}", path.display()))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(storage(format!("{}: {err}", path.display()))),
+    }
 }
 
 /// Asks the other members in `--initial-cluster` for the cluster's ID until one answers.

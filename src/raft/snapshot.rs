@@ -17,7 +17,7 @@ use super::codec::{decode_json, encode_json};
 use super::durable::sync_dir;
 use super::{SnapshotMeta, TypeConfig};
 use crate::mvcc::{self, MvccStore};
-use crate::{auth, crash, lease};
+use crate::{alarm, auth, crash, lease};
 
 /// The snapshot's own metadata, inside the snapshot file.
 const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
@@ -41,14 +41,14 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// Builds a snapshot from a consistent read of the live database.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    store: Arc<MvccStore>,
     dir: PathBuf,
 }
 
 impl SnapshotBuilder {
-    /// A builder that reads `db` and writes into `dir`.
-    pub fn new(db: Arc<Database>, dir: PathBuf) -> Self {
-        Self { db, dir }
+    /// A builder that reads `store`'s database and writes into `dir`.
+    pub fn new(store: Arc<MvccStore>, dir: PathBuf) -> Self {
+        Self { store, dir }
     }
 }
 
@@ -56,7 +56,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let db = self.db.clone();
+        let db = self.store.database();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || build(&db, &dir))
             .await
@@ -82,21 +82,14 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
     let path = dir.join(file_name(&meta));
     let tmp = path.with_extension(BUILDING);
     let _ = std::fs::remove_file(&tmp);
-    {
-        let snap = Database::create(&tmp).map_err(storage_err)?;
-        let mut write = snap.begin_write().map_err(storage_err)?;
-        write.set_durability(Durability::Immediate).map_err(storage_err)?;
-        mvcc::copy_tables(&read, &write).map_err(storage_err)?;
-        lease::table::copy(&read, &write).map_err(storage_err)?;
-        auth::table::copy(&read, &write).map_err(storage_err)?;
-        write_applied_state(&write, &meta.last_log_id, &meta.last_membership)?;
+    let _closed = copy_state_into(&read, &tmp, |write| {
         write
             .open_table(SNAPSHOT_META)
             .map_err(storage_err)?
             .insert(KEY_META, encode_json(&meta)?.as_slice())
             .map_err(storage_err)?;
-        write.commit().map_err(storage_err)?;
-    }
+        Ok(())
+    })?;
     std::fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
     remove_others(dir, &path)?;
@@ -105,6 +98,29 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
         meta,
         snapshot: SnapshotFile { path },
     })
+}
+
+/// Writes a new redb file at `path` holding every state table as `read` sees them (the MVCC
+/// tables, leases, auth, alarms and the applied state), plus whatever `extra` adds, durably,
+/// and returns it open. Used for Raft snapshots, client backups (etcd's
+/// `Maintenance.Snapshot`) and defragmentation.
+pub fn copy_state_into(
+    read: &redb::ReadTransaction,
+    path: &Path,
+    extra: impl FnOnce(&redb::WriteTransaction) -> io::Result<()>,
+) -> io::Result<Database> {
+    let (applied, membership) = read_applied_state_in(read)?;
+    let copy = Database::create(path).map_err(storage_err)?;
+    let mut write = copy.begin_write().map_err(storage_err)?;
+    write.set_durability(Durability::Immediate).map_err(storage_err)?;
+    mvcc::copy_tables(read, &write).map_err(storage_err)?;
+    lease::table::copy(read, &write).map_err(storage_err)?;
+    auth::table::copy(read, &write).map_err(storage_err)?;
+    alarm::table::copy(read, &write).map_err(storage_err)?;
+    write_applied_state(&write, &applied, &membership)?;
+    extra(&write)?;
+    write.commit().map_err(storage_err)?;
+    Ok(copy)
 }
 
 /// The newest snapshot in `dir`, if any.
@@ -208,13 +224,14 @@ fn check(path: &Path, claimed: &SnapshotMeta) -> io::Result<()> {
     mvcc::check_loadable(&read).map_err(|e| invalid(format!("snapshot tables: {e}")))?;
     lease::table::load_in(&read).map_err(|e| invalid(format!("snapshot leases: {e}")))?;
     auth::table::load_in(&read).map_err(|e| invalid(format!("snapshot auth: {e}")))?;
+    alarm::table::load_in(&read).map_err(|e| invalid(format!("snapshot alarms: {e}")))?;
     Ok(())
 }
 
 /// Replaces the live state with the snapshot's: the MVCC tables and index swap under the
 /// store's write lock (readers never see a mix), together with the lease table and the applied
-/// state and the auth table, durably. The caller reloads the lessor and the auth store
-/// afterwards.
+/// state, the auth table and the alarms, durably. The caller reloads the lessor, the auth store
+/// and the alarms afterwards.
 pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
     let snap = ReadOnlyDatabase::open(&snapshot.path).map_err(storage_err)?;
     let read = snap.begin_read().map_err(storage_err)?;
@@ -222,6 +239,7 @@ pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) 
     batch.replace_with(&read).map_err(storage_err)?;
     lease::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     auth::table::copy(&read, batch.transaction()).map_err(storage_err)?;
+    alarm::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     write_applied_state(batch.transaction(), &meta.last_log_id, &meta.last_membership)?;
     batch.commit(Durability::Immediate).map_err(storage_err)?;
     Ok(())

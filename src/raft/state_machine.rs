@@ -19,11 +19,12 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::impls::EntryPayload;
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use redb::{Database, Durability};
+use redb::Durability;
 
 use super::applied::{read_applied_state, storage_err, write_applied_state};
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{Command, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::alarm::{AlarmBatch, AlarmStore};
 use crate::auth::{AuthBatch, AuthStore, Need};
 use crate::lease::{LeaseState, Lessor};
 use crate::mvcc::{MvccError, MvccStore, WriteBatch, response_header};
@@ -34,10 +35,10 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// openraft's state machine over the MVCC store.
 pub struct StateMachine {
-    db: Arc<Database>,
     store: Arc<MvccStore>,
     lessor: Arc<Lessor>,
     auth: Arc<AuthStore>,
+    alarms: Arc<AlarmStore>,
     hub: Arc<WatchHub>,
     snapshot_dir: PathBuf,
     applied: Option<LogId>,
@@ -46,24 +47,25 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store`, the leases in `lessor` and the users and roles
-    /// in `auth`; committed changes are handed to `hub`; snapshots go to `snapshot_dir`.
+    /// Opens the state machine over `store`, the leases in `lessor`, the users and roles in
+    /// `auth` and the raised `alarms`; committed changes are handed to `hub`; snapshots go to
+    /// `snapshot_dir`.
     pub fn open(
         store: Arc<MvccStore>,
         lessor: Arc<Lessor>,
         auth: Arc<AuthStore>,
+        alarms: Arc<AlarmStore>,
         hub: Arc<WatchHub>,
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::sweep_unfinished(&snapshot_dir)?;
-        let db = store.database().clone();
-        let (applied, membership) = read_applied_state(&db)?;
+        let (applied, membership) = read_applied_state(&store.database())?;
         Ok(Self {
-            db,
             store,
             lessor,
             auth,
+            alarms,
             hub,
             snapshot_dir,
             applied,
@@ -85,7 +87,7 @@ impl StateMachine {
 
     /// Commits an empty transaction durably: every earlier non-durable commit reaches the disk.
     fn sync(&mut self) -> io::Result<()> {
-        let mut txn = self.db.begin_write().map_err(storage_err)?;
+        let mut txn = self.store.database().begin_write().map_err(storage_err)?;
         txn.set_durability(Durability::Immediate).map_err(storage_err)?;
         txn.commit().map_err(storage_err)?;
         self.last_sync = Instant::now();
@@ -101,13 +103,17 @@ pub(super) fn apply_command(
     batch: &mut WriteBatch<'_>,
     leases: &mut LeaseState,
     auth: &mut AuthBatch<'_>,
+    alarms: &mut AlarmBatch<'_>,
     cmd: &Command,
 ) -> io::Result<CommandResult> {
     crate::failpoint::hit("apply");
-    if cmd.0.request.is_some()
-        && let Err(err) = auth.admit(cmd.0.auth_revision)
-    {
-        return Ok(CommandResult::Rejected(MvccError::Auth(err)));
+    if let Some(request) = &cmd.0.request {
+        if let Err(err) = auth.admit(cmd.0.auth_revision) {
+            return Ok(CommandResult::Rejected(MvccError::Auth(err)));
+        }
+        if let Err(err) = alarms.admit(request) {
+            return Ok(CommandResult::Rejected(err));
+        }
     }
     let from = batch.event_count();
     let outcome = match &cmd.0.request {
@@ -138,6 +144,7 @@ pub(super) fn apply_command(
                 ..Default::default()
             })
         }),
+        Some(Request::Alarm(change)) => alarms.apply(batch.transaction(), change).map(Response::Alarm),
         None => return Ok(CommandResult::Empty),
     };
     leases.track(batch.events_since(from));
@@ -187,12 +194,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership = self.membership.clone();
         let mut leases = self.lessor.lock();
         let mut auth = AuthBatch::new(&self.auth);
+        let mut alarms = AlarmBatch::new(&self.alarms);
         let mut batch = self.store.begin_write().map_err(storage_err)?;
         let mut answers = Vec::with_capacity(pending.len());
         for (entry, responder) in pending {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Empty,
-                EntryPayload::Normal(cmd) => apply_command(&mut batch, &mut leases, &mut auth, cmd)?,
+                EntryPayload::Normal(cmd) => {
+                    apply_command(&mut batch, &mut leases, &mut auth, &mut alarms, cmd)?
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id()), m.clone());
                     CommandResult::Empty
@@ -210,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let committed = batch.commit(durability).map_err(storage_err)?;
         drop(leases);
+        alarms.publish();
         if auth.publish() {
             // Before this batch's events go out: no watcher sees a change after losing the
             // right to.
@@ -235,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Err(err) = self.sync() {
             tracing::error!(error = %err, "durable commit before snapshot failed");
         }
-        SnapshotBuilder::new(self.db.clone(), self.snapshot_dir.clone())
+        SnapshotBuilder::new(self.store.clone(), self.snapshot_dir.clone())
     }
 
     async fn install_snapshot(
@@ -245,7 +256,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         snapshot::install(&self.store, meta, &snapshot)?;
         self.lessor.reload(&self.store).map_err(storage_err)?;
-        self.auth.reload(&self.db).map_err(storage_err)?;
+        let db = self.store.database();
+        self.auth.reload(&db).map_err(storage_err)?;
+        self.alarms.reload(&db).map_err(storage_err)?;
         self.cancel_refused_watchers();
         let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id;

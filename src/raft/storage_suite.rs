@@ -25,10 +25,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let store = std::sync::Arc::new(MvccStore::open(db).map_err(storage_error)?);
         let lessor = std::sync::Arc::new(crate::lease::Lessor::open(&store).map_err(storage_error)?);
         let auth =
-            crate::auth::AuthStore::open(store.database(), Default::default()).map_err(storage_error)?;
+            crate::auth::AuthStore::open(&store.database(), Default::default()).map_err(storage_error)?;
+        let alarms = crate::alarm::AlarmStore::open(&store.database()).map_err(storage_error)?;
         let hub = crate::watch::WatchHub::new(store.clone(), 1 << 20);
-        let sm =
-            StateMachine::open(store, lessor, auth, hub, dir.path().join("snap")).map_err(storage_error)?;
+        let sm = StateMachine::open(store, lessor, auth, alarms, hub, dir.path().join("snap"))
+            .map_err(storage_error)?;
         Ok((dir, log, sm))
     }
 }

@@ -78,6 +78,11 @@ impl Server {
         Self::start_on(data_dir, extra_args.iter().map(|s| s.to_string()).collect())
     }
 
+    /// Starts a lone member on `data_dir` exactly (one `concord snapshot restore` made, say).
+    pub fn start_on_data_dir(data_dir: PathBuf, extra_args: &[&str]) -> Server {
+        Self::start_on(data_dir, extra_args.iter().map(|s| s.to_string()).collect())
+    }
+
     fn start_on(data_dir: PathBuf, extra_args: Vec<String>) -> Server {
         let mut args = lone_member_flags();
         args.extend(extra_args);

@@ -18,6 +18,7 @@ use redb::{Database, Durability};
 
 use super::strategies::{Mutation, command, mutate, mutation, range_request};
 use super::{admission, admitted, config};
+use crate::alarm::{AlarmBatch, AlarmStore};
 use crate::auth::{AuthBatch, AuthStore};
 use crate::config::Config;
 use crate::lease::{Lessor, Renewal};
@@ -36,6 +37,7 @@ pub(super) struct Member {
     store: Arc<MvccStore>,
     lessor: Lessor,
     auth: Arc<AuthStore>,
+    alarms: Arc<AlarmStore>,
     hub: Arc<WatchHub>,
     applied: u64,
 }
@@ -55,13 +57,15 @@ impl Member {
         let db = Arc::new(Database::create(path).unwrap());
         let store = Arc::new(MvccStore::open(db).unwrap());
         let lessor = Lessor::open(&store).unwrap();
-        let auth = AuthStore::open(store.database(), Default::default()).unwrap();
+        let auth = AuthStore::open(&store.database(), Default::default()).unwrap();
+        let alarms = AlarmStore::open(&store.database()).unwrap();
         let hub = WatchHub::new(store.clone(), Config::default().max_request_bytes);
-        let (applied, _) = read_applied_state(store.database()).unwrap();
+        let (applied, _) = read_applied_state(&store.database()).unwrap();
         Member {
             store,
             lessor,
             auth,
+            alarms,
             hub,
             applied: applied.map_or(0, |id| id.index),
         }
@@ -75,9 +79,10 @@ impl Member {
         for chunk in commands.chunks(batch.max(1)) {
             let mut leases = self.lessor.lock();
             let mut auth = AuthBatch::new(&self.auth);
+            let mut alarms = AlarmBatch::new(&self.alarms);
             let mut write = self.store.begin_write().unwrap();
             for command in chunk {
-                match apply_command(&mut write, &mut leases, &mut auth, command) {
+                match apply_command(&mut write, &mut leases, &mut auth, &mut alarms, command) {
                     Ok(result) => results.push(result),
                     Err(err) => panic!("{command} failed to apply: {err}\n{command:?}"),
                 }
@@ -87,6 +92,7 @@ impl Member {
             write_applied_state(write.transaction(), &applied, &StoredMembership::default()).unwrap();
             let committed = write.commit(Durability::None).unwrap();
             drop(leases);
+            alarms.publish();
             auth.publish();
             self.hub.notify(committed.revision, &committed.events);
         }
@@ -233,7 +239,7 @@ proptest! {
 // Snapshots: a peer's snapshot file, damaged, installed over a member's state.
 
 fn build_snapshot(member: &Member, dir: &Path) -> openraft::alias::SnapshotOf<TypeConfig, SnapshotFile> {
-    let mut builder = SnapshotBuilder::new(member.store.database().clone(), dir.to_path_buf());
+    let mut builder = SnapshotBuilder::new(member.store.clone(), dir.to_path_buf());
     TypeConfig::run(async move { builder.build_snapshot().await.unwrap() })
 }
 

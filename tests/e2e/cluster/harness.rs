@@ -96,6 +96,51 @@ impl Cluster {
     /// [`Cluster::start`], with `extra_args` (e.g. `["--snapshot-count", "500"]`) appended to
     /// every member's flags, members added later included.
     pub fn start_with(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_prepared(dir, n, extra_args, |_| {})
+    }
+
+    /// [`Cluster::start`] of members whose data directories are first made by
+    /// `concord snapshot restore FILE` (etcdutl's workflow: one restore per member, each with
+    /// its own name and peer URL and the same `--initial-cluster` and token).
+    pub fn start_restored(dir: &Path, n: usize, backup: &Path) -> Cluster {
+        Cluster::start_prepared(dir, n, &[], |cluster| {
+            let initial_cluster = cluster.initial_cluster();
+            for member in &cluster.members {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+                    .arg("snapshot")
+                    .arg("restore")
+                    .arg(backup)
+                    .args([
+                        "--data-dir",
+                        &cluster.dir.join(&member.name).display().to_string(),
+                    ])
+                    .args(["--name", &member.name])
+                    .args(["--initial-cluster", &initial_cluster])
+                    .args(["--initial-cluster-token", &cluster.token])
+                    .args(["--initial-advertise-peer-urls", &member.peer_url])
+                    .output()
+                    .expect("run concord snapshot restore");
+                assert!(
+                    out.status.success(),
+                    "restore for {}: {}",
+                    member.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// [`Cluster::start_with`], running `prepare` once ports and names are chosen, before any
+    /// member starts.
+    fn start_prepared(dir: &Path, n: usize, extra_args: &[&str], prepare: impl FnOnce(&Cluster)) -> Cluster {
         assert!(n > 0, "a cluster needs a member");
         let ports = free_ports(2 * n);
         let token = format!(
@@ -119,12 +164,8 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             ctl_args: Vec::new(),
         };
-        let initial_cluster = cluster
-            .members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect::<Vec<_>>()
-            .join(",");
+        prepare(&cluster);
+        let initial_cluster = cluster.initial_cluster();
         let spawned: Vec<_> = (0..n)
             .map(|i| cluster.spawn(i, &initial_cluster, "new"))
             .collect();

@@ -1,4 +1,4 @@
-//! Maintenance calls end to end: hashes equal on every member, and MoveLeader.
+//! Hash and HashKV end to end: equal on every member, different for different data; and MoveLeader.
 
 use std::time::{Duration, Instant};
 

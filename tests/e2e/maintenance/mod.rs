@@ -1,0 +1,5 @@
+//! Maintenance end to end: backups, hashes, and what operators run every day.
+
+mod alarms;
+mod backup;
+mod hash;
