@@ -112,6 +112,13 @@ pub struct Flags {
     /// past this many bytes; 0 is the default (2 GiB), a negative value means no quota.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
+    /// URLs to serve `/metrics` and the health endpoints on, besides the client URLs
+    /// (comma-separated; `http://` only).
+    #[arg(long, default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Log format: `text` (the default) or `json` (one object per line).
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -182,6 +189,8 @@ pub struct Config {
     pub auth: crate::auth::AuthOptions,
     /// `--quota-backend-bytes` as given (0: the default, negative: none).
     pub quota_backend_bytes: i64,
+    /// Addresses to serve metrics and health on (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<SocketAddr>,
 }
 
 impl Default for Config {
@@ -274,6 +283,23 @@ impl Config {
         )?;
         let (client_addrs, client_https): (Vec<_>, Vec<_>) = resolve_all(&client_urls)?.into_iter().unzip();
         let (peer_addrs, peer_https): (Vec<_>, Vec<_>) = resolve_all(&peer_urls)?.into_iter().unzip();
+        let metrics_urls = split_urls(&flags.listen_metrics_urls);
+        let (metrics_addrs, metrics_https): (Vec<_>, Vec<_>) = if metrics_urls.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            resolve_all(&metrics_urls)?.into_iter().unzip()
+        };
+        if metrics_https.contains(&true) {
+            return Err(Error::Config(
+                "--listen-metrics-urls takes http:// URLs only".into(),
+            ));
+        }
+        if !["text", "json"].contains(&flags.log_format.as_str()) {
+            return Err(Error::Config(format!(
+                "unknown --log-format {:?} (expected \"text\" or \"json\")",
+                flags.log_format
+            )));
+        }
         if client_https.contains(&true) && client_tls.is_none() {
             return Err(Error::Config(
                 "TLS key/cert (--cert-file, --key-file) must be provided for an https:// client URL".into(),
@@ -319,6 +345,7 @@ impl Config {
                 bcrypt_cost: flags.bcrypt_cost,
             },
             quota_backend_bytes: flags.quota_backend_bytes,
+            metrics_addrs,
         })
     }
 }

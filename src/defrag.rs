@@ -193,6 +193,7 @@ pub fn defragment(store: &MvccStore, db_path: &Path) -> io::Result<DefragReport>
         took: started.elapsed(),
         paused,
     };
+    crate::metrics::observe(&crate::metrics::get().defrag_duration, report.took);
     tracing::info!(before = report.size_before, after = report.size_after, took = ?report.took, paused = ?report.paused, "defragmented the database");
     Ok(report)
 }

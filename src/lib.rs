@@ -15,7 +15,7 @@
 //! Beside them, [`backup`]: backups streamed by a serving member, and restored offline; and
 //! [`defrag`]: the database rewritten compactly while the member serves.
 //!
-//! Around it: [`config`] (flags → validated config), [`member`] (a member assembled, top to
+//! Around it: [`metrics`] (Prometheus metrics under etcd's names), [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
 //! [`error`] (the one error type and its mapping to `tonic::Status`), [`crash`] (a member that
 //! cannot go on exits instead of serving nothing) and [`failpoint`] (test-only crash points).
@@ -31,6 +31,7 @@ pub mod error;
 pub mod failpoint;
 pub mod lease;
 pub mod member;
+pub mod metrics;
 pub mod mvcc;
 pub mod net;
 pub mod raft;

@@ -27,11 +27,16 @@ async fn main() -> anyhow::Result<()> {
             flags.log_level
         ))
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if flags.log_format == "json" {
+        // One JSON object per line, for log shippers (etcd's --log-format json).
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     concord::crash::exit_on_panic();
     let config = Config::from_flags(flags)?;

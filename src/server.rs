@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
 use crate::member::Member;
+use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::net::tls::{self, TlsFiles};
 use crate::net::{CoalescingStream, listen};
 use crate::raft::identity::initial_members;
@@ -64,6 +65,10 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let mut metrics_listeners = Vec::new();
+    for addr in &config.metrics_addrs {
+        metrics_listeners.push(listen::bind(*addr).map_err(Error::Listen)?);
+    }
     let mut peer_listeners = Vec::new();
     for (addr, https) in config.peer_addrs.iter().zip(&config.peer_https) {
         peer_listeners.push((listen::bind(*addr).map_err(Error::Listen)?, *https));
@@ -86,6 +91,7 @@ pub async fn run(
         "raft started"
     );
     tokio::spawn(watchdog::run(member.raft.clone(), member.stopping.clone()));
+    tokio::spawn(count_leader_changes(member.raft.clone()));
     let api = Api::new(member, &config);
 
     // The member's background work, each stopped in its own turn below.
@@ -142,6 +148,7 @@ pub async fn run(
         let builder = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(tower::util::MapResponseLayer::new(transport_errors::as_grpc_go))
+            .layer(GrpcMetricsLayer)
             .add_routes(routes.clone());
         let stop = serving.clone().cancelled_owned();
         // Serving our own listener skips tonic's socket options; CoalescingStream turns
@@ -153,6 +160,23 @@ pub async fn run(
             _ => tokio::spawn(builder.serve_with_incoming_shutdown(incoming(listener), stop)),
         };
         servers.push(server);
+    }
+
+    // `--listen-metrics-urls`: `/metrics` and the health endpoints on their own port.
+    for listener in metrics_listeners.into_iter().filter(|_| !stopping_early) {
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        let routes = Routes::from(
+            axum::Router::new()
+                .merge(health::router(api.clone()))
+                .merge(metrics::router(api.clone())),
+        );
+        let builder = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes);
+        let stop = serving.clone().cancelled_owned();
+        servers.push(tokio::spawn(
+            builder.serve_with_incoming_shutdown(incoming(listener), stop),
+        ));
     }
 
     if !stopping_early {
@@ -180,6 +204,24 @@ pub async fn run(
     catch_up.stop().await;
     api.node().shutdown().await;
     Ok(())
+}
+
+/// Counts the leader changes this member sees (`etcd_server_leader_changes_seen_total`), until
+/// Raft stops.
+async fn count_leader_changes(raft: crate::raft::Raft) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut watched = raft.metrics();
+    let mut last = None;
+    loop {
+        let leader = watched.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            crate::metrics::get().leader_changes.inc();
+        }
+        last = leader;
+        if watched.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A background task that runs until its turn in the ordered stop: told to stop, then

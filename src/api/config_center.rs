@@ -148,7 +148,12 @@ impl ConfigRpc for ConfigService {
             }
         });
         let api = self.api.clone();
-        let versions = versions.map(|version| version.map(to_proto));
+        // Counted as a config watcher for as long as the stream lives.
+        let watching = crate::metrics::Raised::new(&crate::metrics::get().config_watchers);
+        let versions = versions.map(move |version| {
+            let _watching = &watching;
+            version.map(to_proto)
+        });
         let responses = batched(
             versions,
             VERSIONS_PER_RESPONSE,

@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::local_kv::LocalKv;
+use crate::metrics;
 
 /// The Election service.
 #[derive(Clone)]
@@ -58,10 +59,13 @@ impl ElectionRpc for ElectionService {
         let request = request.into_inner();
         let session = kv.session(request.lease).await?;
         let mut election = Election::new(&session, request.name);
+        let waiting = metrics::Raised::new(&metrics::get().campaigns_waiting);
         let (leader, header) = election
             .campaign(request.value)
             .await
             .map_err(|e| e.to_status())?;
+        drop(waiting);
+        metrics::get().leaderships_won.inc();
         Ok(Response::new(CampaignResponse {
             header: Some(header),
             leader: Some(LeaderKey {

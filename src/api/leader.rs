@@ -145,6 +145,8 @@ impl Api {
         if let Some(request) = &command.0.request {
             self.check_quota(request).await?;
         }
+        let metrics = crate::metrics::get();
+        let pending = crate::metrics::Raised::new(&metrics.proposals_pending);
         let raft = &self.node().raft;
         let peers = &self.node().peers;
         let result = self
@@ -157,7 +159,11 @@ impl Api {
                 },
                 |leader| async move { peers.forward(&leader, command).await },
             )
-            .await?;
+            .await
+            .inspect_err(|_| {
+                metrics.proposals_failed.inc();
+            })?;
+        drop(pending);
         match result {
             CommandResult::Applied(response) => response
                 .response

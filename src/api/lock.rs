@@ -14,6 +14,7 @@ use concord_recipes::mutex::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::local_kv::LocalKv;
+use crate::metrics;
 
 /// The Lock service.
 #[derive(Clone)]
@@ -37,7 +38,10 @@ impl Lock for LockService {
         let mut mutex = Mutex::new(&session, request.name);
         // A Lock request that goes away while waiting drops this future: the recipe then
         // deletes the key it created, as etcd's server does when the request's context ends.
+        let waiting = metrics::Raised::new(&metrics::get().lock_waiting);
         mutex.lock().await.map_err(|e| e.to_status())?;
+        drop(waiting);
+        metrics::get().locks_acquired.inc();
         Ok(Response::new(LockResponse {
             header: mutex.header().cloned(),
             key: mutex.key().to_vec(),

@@ -4,7 +4,7 @@
 //! A backup file is a redb database holding every state table (the same tables as a Raft
 //! snapshot, [`crate::raft::snapshot::copy_state_into`]) followed by the SHA-256 of those bytes,
 //! etcd's trailing checksum. [`save`] builds and streams one while the member keeps serving,
-//! [`file`] checks and opens one, [`restore`] makes a data directory of a new cluster from one,
+//! [`mod@file`] checks and opens one, [`restore`] makes a data directory of a new cluster from one,
 //! [`status`] describes one, and [`cli`] is the `concord snapshot` command line.
 
 pub mod cli;

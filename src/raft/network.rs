@@ -366,11 +366,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             entries,
         });
         request.set_timeout(option.hard_ttl());
+        let sent = std::time::Instant::now();
         let answer = self
             .client()?
             .append_entries(request)
             .await
             .map_err(|s| rpc_error(&s))?;
+        let peer = crate::metrics::ToLabel {
+            To: format!("{:x}", self.target),
+        };
+        crate::metrics::observe(
+            &crate::metrics::get().peer_round_trip.get_or_create(&peer),
+            sent.elapsed(),
+        );
         decode(answer.into_inner())
     }
 

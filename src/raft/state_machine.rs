@@ -218,7 +218,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             Durability::None
         };
+        let started = Instant::now();
         let committed = batch.commit(durability).map_err(storage_err)?;
+        crate::metrics::observe(&crate::metrics::get().backend_commit, started.elapsed());
         drop(leases);
         alarms.publish();
         if auth.publish() {

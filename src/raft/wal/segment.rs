@@ -132,9 +132,13 @@ impl Segment {
 
     /// Makes everything written durable with one fdatasync.
     pub fn sync(&self) -> io::Result<()> {
-        self.file
+        let started = std::time::Instant::now();
+        let synced = self
+            .file
             .sync_data()
-            .map_err(|e| with_path(e, "fdatasync of", &self.path))
+            .map_err(|e| with_path(e, "fdatasync of", &self.path));
+        crate::metrics::observe(&crate::metrics::get().wal_fsync, started.elapsed());
+        synced
     }
 
     /// Ends the file at the end of the valid data and makes that durable: a segment that is no

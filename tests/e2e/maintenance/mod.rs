@@ -3,3 +3,4 @@
 mod alarms;
 mod backup;
 mod hash;
+mod observability;
