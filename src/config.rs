@@ -112,6 +112,14 @@ pub struct Flags {
     /// past this many bytes; 0 is the default (2 GiB), a negative value means no quota.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
+    /// Auto-compaction mode: `periodic` (keep a period of history) or `revision` (keep a
+    /// number of revisions).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// What auto-compaction keeps: a duration (`1h`, `30m`; a bare number is hours) in
+    /// periodic mode, a number of revisions in revision mode; 0 turns it off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
     /// URLs to serve `/metrics` and the health endpoints on, besides the client URLs
     /// (comma-separated; `http://` only).
     #[arg(long, default_value = "")]
@@ -191,6 +199,8 @@ pub struct Config {
     pub quota_backend_bytes: i64,
     /// Addresses to serve metrics and health on (`--listen-metrics-urls`).
     pub metrics_addrs: Vec<SocketAddr>,
+    /// What auto-compaction keeps.
+    pub auto_compaction: crate::compactor::AutoCompaction,
 }
 
 impl Default for Config {
@@ -294,6 +304,9 @@ impl Config {
                 "--listen-metrics-urls takes http:// URLs only".into(),
             ));
         }
+        let auto_compaction =
+            crate::compactor::AutoCompaction::parse(&flags.auto_compaction_mode, &flags.auto_compaction_retention)
+                .map_err(Error::Config)?;
         if !["text", "json"].contains(&flags.log_format.as_str()) {
             return Err(Error::Config(format!(
                 "unknown --log-format {:?} (expected \"text\" or \"json\")",
@@ -346,6 +359,7 @@ impl Config {
             },
             quota_backend_bytes: flags.quota_backend_bytes,
             metrics_addrs,
+            auto_compaction,
         })
     }
 }

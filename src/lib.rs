@@ -13,7 +13,8 @@
 //! CORRUPT, raised through Raft, which refuse writes while they last.
 //!
 //! Beside them, [`backup`]: backups streamed by a serving member, and restored offline; and
-//! [`defrag`]: the database rewritten compactly while the member serves.
+//! [`defrag`]: the database rewritten compactly while the member serves; and [`compactor`]:
+//! auto-compaction by period or by revisions.
 //!
 //! Around it: [`metrics`] (Prometheus metrics under etcd's names), [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
@@ -24,6 +25,7 @@ pub mod alarm;
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod compactor;
 pub mod config;
 pub mod crash;
 pub mod defrag;

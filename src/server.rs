@@ -27,6 +27,7 @@ use crate::api::{
     lock::LockService, maintenance::MaintenanceService, metrics, pubsub::PubSubService,
     registry::RegistryService, transport_errors, watch::WatchService,
 };
+use crate::compactor;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
@@ -103,6 +104,7 @@ pub async fn run(
     });
     let lease_clock =
         Stage::spawn(|stop| expiry::run(api.node().lessor.clone(), api.node().raft.clone(), stop));
+    let compactor = Stage::spawn(|stop| compactor::run(api.clone(), config.auto_compaction, stop));
 
     // The Lease service answers clients, and followers relaying theirs when this member leads.
     let lease_service = LeaseService::new(api.clone(), &config);
@@ -199,6 +201,7 @@ pub async fn run(
         }
     }
     publisher.stop().await;
+    compactor.stop().await;
     expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;
     lease_clock.stop().await;
     catch_up.stop().await;

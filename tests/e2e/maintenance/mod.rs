@@ -2,5 +2,6 @@
 
 mod alarms;
 mod backup;
+mod compaction;
 mod hash;
 mod observability;
