@@ -45,9 +45,8 @@ impl AutoCompaction {
             "periodic" => {
                 let period = match retention.parse::<u64>() {
                     Ok(hours) => Duration::from_secs(hours * 3600),
-                    Err(_) => parse_duration(retention).map_err(|e| {
-                        format!("--auto-compaction-retention {retention:?}: {e}")
-                    })?,
+                    Err(_) => parse_duration(retention)
+                        .map_err(|e| format!("--auto-compaction-retention {retention:?}: {e}"))?,
                 };
                 Ok(if period.is_zero() {
                     AutoCompaction::Off
@@ -75,7 +74,9 @@ impl AutoCompaction {
     fn interval(self) -> Duration {
         match self {
             AutoCompaction::Off => MAX_SAMPLE_INTERVAL,
-            AutoCompaction::Periodic(period) => (period / 10).clamp(Duration::from_millis(10), MAX_SAMPLE_INTERVAL),
+            AutoCompaction::Periodic(period) => {
+                (period / 10).clamp(Duration::from_millis(10), MAX_SAMPLE_INTERVAL)
+            }
             AutoCompaction::Revisions(_) => REVISION_INTERVAL,
         }
     }
@@ -152,8 +153,14 @@ mod tests {
     fn retention_parses_as_etcds() {
         let parse = AutoCompaction::parse;
         assert_eq!(parse("periodic", "0"), Ok(AutoCompaction::Off));
-        assert_eq!(parse("periodic", "1"), Ok(AutoCompaction::Periodic(Duration::from_secs(3600))));
-        assert_eq!(parse("periodic", "30m"), Ok(AutoCompaction::Periodic(Duration::from_secs(1800))));
+        assert_eq!(
+            parse("periodic", "1"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse("periodic", "30m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
         assert_eq!(parse("revision", "1000"), Ok(AutoCompaction::Revisions(1000)));
         assert!(parse("revision", "1h").is_err());
         assert!(parse("revision", "-5").is_err());
@@ -163,7 +170,10 @@ mod tests {
             AutoCompaction::Periodic(Duration::from_secs(10 * 3600)).interval(),
             MAX_SAMPLE_INTERVAL
         );
-        assert_eq!(AutoCompaction::Periodic(Duration::from_secs(10)).interval(), Duration::from_secs(1));
+        assert_eq!(
+            AutoCompaction::Periodic(Duration::from_secs(10)).interval(),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -171,10 +181,20 @@ mod tests {
         let period = Duration::from_secs(10);
         let start = Instant::now();
         let mut samples = Samples::default();
-        assert_eq!(samples.record(start, 5, period), None, "nothing is a period old yet");
+        assert_eq!(
+            samples.record(start, 5, period),
+            None,
+            "nothing is a period old yet"
+        );
         assert_eq!(samples.record(start + Duration::from_secs(5), 9, period), None);
-        assert_eq!(samples.record(start + Duration::from_secs(10), 20, period), Some(5));
-        assert_eq!(samples.record(start + Duration::from_secs(16), 30, period), Some(9));
+        assert_eq!(
+            samples.record(start + Duration::from_secs(10), 20, period),
+            Some(5)
+        );
+        assert_eq!(
+            samples.record(start + Duration::from_secs(16), 30, period),
+            Some(9)
+        );
         assert_eq!(samples.0.len(), 3, "older samples are dropped");
     }
 }

@@ -120,6 +120,12 @@ pub struct Flags {
     /// periodic mode, a number of revisions in revision mode; 0 turns it off.
     #[arg(long, default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Check, before serving clients, that this member's data agrees with the other members'.
+    #[arg(long, default_value_t = false)]
+    pub experimental_initial_corrupt_check: bool,
+    /// How often the leader compares every member's data (e.g. `5m`); 0 turns it off.
+    #[arg(long, default_value = "0")]
+    pub experimental_corrupt_check_time: String,
     /// URLs to serve `/metrics` and the health endpoints on, besides the client URLs
     /// (comma-separated; `http://` only).
     #[arg(long, default_value = "")]
@@ -201,6 +207,10 @@ pub struct Config {
     pub metrics_addrs: Vec<SocketAddr>,
     /// What auto-compaction keeps.
     pub auto_compaction: crate::compactor::AutoCompaction,
+    /// Whether to check for corruption before serving.
+    pub initial_corrupt_check: bool,
+    /// How often the leader checks for corruption (`None`: never).
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -304,9 +314,11 @@ impl Config {
                 "--listen-metrics-urls takes http:// URLs only".into(),
             ));
         }
-        let auto_compaction =
-            crate::compactor::AutoCompaction::parse(&flags.auto_compaction_mode, &flags.auto_compaction_retention)
-                .map_err(Error::Config)?;
+        let auto_compaction = crate::compactor::AutoCompaction::parse(
+            &flags.auto_compaction_mode,
+            &flags.auto_compaction_retention,
+        )
+        .map_err(Error::Config)?;
         if !["text", "json"].contains(&flags.log_format.as_str()) {
             return Err(Error::Config(format!(
                 "unknown --log-format {:?} (expected \"text\" or \"json\")",
@@ -360,6 +372,11 @@ impl Config {
             quota_backend_bytes: flags.quota_backend_bytes,
             metrics_addrs,
             auto_compaction,
+            initial_corrupt_check: flags.experimental_initial_corrupt_check,
+            corrupt_check_interval: match flags.experimental_corrupt_check_time.trim() {
+                "" | "0" | "0s" => None,
+                period => Some(parse_duration(period)?),
+            },
         })
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! Beside them, [`backup`]: backups streamed by a serving member, and restored offline; and
 //! [`defrag`]: the database rewritten compactly while the member serves; and [`compactor`]:
-//! auto-compaction by period or by revisions.
+//! auto-compaction by period or by revisions; and [`corruption`]: members comparing hashes.
 //!
 //! Around it: [`metrics`] (Prometheus metrics under etcd's names), [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
@@ -27,6 +27,7 @@ pub mod auth;
 pub mod backup;
 pub mod compactor;
 pub mod config;
+pub mod corruption;
 pub mod crash;
 pub mod defrag;
 pub mod error;

@@ -27,7 +27,6 @@ use crate::api::{
     lock::LockService, maintenance::MaintenanceService, metrics, pubsub::PubSubService,
     registry::RegistryService, transport_errors, watch::WatchService,
 };
-use crate::compactor;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::expiry;
@@ -40,6 +39,7 @@ use crate::raft::network::PEER_MESSAGE_BYTES;
 use crate::raft::peer_gate::PeerGate;
 use crate::raft::peer_service::{LeaseClock, PeerService};
 use crate::raft::watchdog;
+use crate::{compactor, corruption};
 
 /// Slack above `--max-request-bytes` for the gRPC decoder, so an oversized request reaches our
 /// own check and gets etcd's message instead of a transport error (etcd adds the same 512 KiB).
@@ -105,6 +105,8 @@ pub async fn run(
     let lease_clock =
         Stage::spawn(|stop| expiry::run(api.node().lessor.clone(), api.node().raft.clone(), stop));
     let compactor = Stage::spawn(|stop| compactor::run(api.clone(), config.auto_compaction, stop));
+    let corruption_check =
+        Stage::spawn(|stop| corruption::run(api.clone(), config.corrupt_check_interval, stop));
 
     // The Lease service answers clients, and followers relaying theirs when this member leads.
     let lease_service = LeaseService::new(api.clone(), &config);
@@ -143,6 +145,16 @@ pub async fn run(
         }
         () = &mut shutdown => true,
     };
+    // etcd's --experimental-initial-corrupt-check: a member whose data disagrees with its
+    // peers' does not serve.
+    if config.initial_corrupt_check
+        && !stopping_early
+        && let Err(err) = corruption::initial_check(&api).await
+    {
+        tracing::error!(error = %err, "refusing to serve");
+        api.node().shutdown().await;
+        return Err(err);
+    }
     let routes = routes(&api, &config, lease_service);
     let listeners = listeners.into_iter().zip(config.client_https.iter().copied());
     for (listener, https) in listeners.filter(|_| !stopping_early) {
@@ -202,6 +214,7 @@ pub async fn run(
     }
     publisher.stop().await;
     compactor.stop().await;
+    corruption_check.stop().await;
     expiry::final_checkpoint(&api.node().lessor, &api.node().raft, config.election_timeout).await;
     lease_clock.stop().await;
     catch_up.stop().await;
@@ -266,6 +279,7 @@ fn peer_service(api: &Arc<Api>, config: &Config, clock: Arc<dyn LeaseClock>) -> 
     );
     PeerService::new(
         member.raft.clone(),
+        member.store.clone(),
         gate,
         clock,
         member.snapshot_dir.clone(),

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use concord_proto::raftpb::lease_relay_response::Outcome as LeaseOutcome;
 use concord_proto::raftpb::raft_peer_client::RaftPeerClient;
@@ -224,6 +224,19 @@ impl Peers {
         let mut request = tonic::Request::new(concord_proto::raftpb::ClusterInfoRequest {});
         request.set_timeout(CONNECT_TIMEOUT);
         self.ask(node, |mut c| async move { c.cluster_info(request).await })
+            .await
+    }
+
+    /// `node`'s HashKV at `revision` (see [`crate::mvcc::MvccStore::hash_kv`]).
+    pub async fn hash_kv(
+        &self,
+        node: &MemberNode,
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<HashKvResponse, PeerError> {
+        let mut request = tonic::Request::new(HashKvRequest { revision });
+        request.set_timeout(timeout);
+        self.ask(node, |mut c| async move { c.hash_kv(request).await })
             .await
     }
 

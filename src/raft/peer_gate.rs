@@ -84,6 +84,11 @@ impl PeerGate {
         }
     }
 
+    /// This member's ID.
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
     /// The cluster this member belongs to.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id

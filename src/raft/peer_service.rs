@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
 };
 use concord_proto::raftpb::forward_response::Outcome;
 use concord_proto::raftpb::lease_relay_response::Outcome as LeaseOutcome;
@@ -34,6 +34,7 @@ use super::peer_gate::{Call, PeerGate};
 use super::snapshot::{self, SnapshotFile};
 use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::error::Error;
+use crate::mvcc::MvccStore;
 
 /// The leader's lease clock, as this member serves it to followers relaying their clients'
 /// lease requests (the Lease service implements it).
@@ -51,6 +52,7 @@ pub trait LeaseClock: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    store: Arc<MvccStore>,
     gate: Arc<PeerGate>,
     clock: Arc<dyn LeaseClock>,
     snapshot_dir: PathBuf,
@@ -59,11 +61,12 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// A peer service over `raft`, admitting callers of its cluster through `gate` and
+    /// A peer service over `raft` (and `store`, for hashes), admitting callers of its cluster through `gate` and
     /// answering lease relays from `clock`; incoming snapshots are written into
     /// `snapshot_dir`; forwarded writes pass `admission` and give up after `request_timeout`.
     pub fn new(
         raft: Raft,
+        store: Arc<MvccStore>,
         gate: PeerGate,
         clock: Arc<dyn LeaseClock>,
         snapshot_dir: PathBuf,
@@ -72,6 +75,7 @@ impl PeerService {
     ) -> Self {
         PeerService {
             raft,
+            store,
             gate: Arc::new(gate),
             clock,
             snapshot_dir,
@@ -231,6 +235,27 @@ impl RaftPeer for PeerService {
         Ok(Response::new(ClusterInfoResponse {
             cluster_id: self.gate.cluster_id(),
             member_ids,
+        }))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.gate.admit(request.metadata(), Call::Raft).await?;
+        let revision = request.into_inner().revision;
+        let store = self.store.clone();
+        let hashed = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::from(crate::error::Error::from(e)))?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(ResponseHeader {
+                member_id: self.gate.me(),
+                cluster_id: self.gate.cluster_id(),
+                revision: self.store.current_revision(),
+                raft_term: 0,
+            }),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
         }))
     }
 

@@ -15,7 +15,10 @@ fn wait_compacted(server: &Server, key: &str, revision: i64) {
         if String::from_utf8_lossy(&out.stderr).contains(COMPACTED) {
             return;
         }
-        assert!(Instant::now() < deadline, "revision {revision} was never compacted");
+        assert!(
+            Instant::now() < deadline,
+            "revision {revision} was never compacted"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -47,13 +50,23 @@ fn revision_auto_compaction_keeps_the_last_revisions() {
     // Revisions 2..=21 were written; keeping 5 compacts at 16 as soon as the member leads.
     let server = Server::start_on_data_dir(
         data_dir,
-        &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "5"],
+        &[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "5",
+        ],
     );
     wait_compacted(&server, "k", 15);
     assert!(server.ctl(&["get", "k", "--rev", "16"]).contains("v14"));
     // A bad retention is refused at start.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"])
+        .args([
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1h",
+        ])
         .args(["--data-dir", &dir.path().join("bad").display().to_string()])
         .output()
         .unwrap();

@@ -3,5 +3,6 @@
 mod alarms;
 mod backup;
 mod compaction;
+mod corruption;
 mod hash;
 mod observability;
