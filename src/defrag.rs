@@ -12,6 +12,9 @@
 //!    store onto the copy. Readers already inside a read transaction finish on the old file,
 //!    which is freed when they are done.
 //!
+//! A snapshot installed meanwhile (which replaces the whole state) makes the defragmentation give
+//! up before the swap, changing nothing.
+//!
 //! A crash leaves either the old file (and a `.defrag` leftover, removed at the next start or
 //! defragmentation) or the complete copy, which records the applied log index of what it holds:
 //! Raft re-applies the rest, as after any restart.
@@ -174,6 +177,7 @@ pub fn defragment(store: &MvccStore, db_path: &Path) -> io::Result<DefragReport>
     let size_before = std::fs::metadata(db_path)?.len();
     let target = copy_path(db_path);
     sweep(db_path)?;
+    let replacements = store.replacements();
     let copied = copy_everything(store, &target);
     let (copy, mut progress) = match copied {
         Ok(copied) => copied,
@@ -182,7 +186,7 @@ pub fn defragment(store: &MvccStore, db_path: &Path) -> io::Result<DefragReport>
             return Err(err);
         }
     };
-    let swapped = swap(store, db_path, &target, copy, &mut progress);
+    let swapped = swap(store, db_path, &target, copy, &mut progress, replacements);
     if swapped.is_err() {
         let _ = std::fs::remove_file(&target);
     }
@@ -225,9 +229,15 @@ fn swap(
     target: &Path,
     copy: Database,
     progress: &mut Progress,
+    replacements: u64,
 ) -> io::Result<Duration> {
     let mut state = store.write_state().map_err(mvcc)?;
     let locked = Instant::now();
+    if store.replacements() != replacements {
+        return Err(storage(
+            "a snapshot replaced the state while it was being copied; nothing was changed, run it again",
+        ));
+    }
     pass(&store.database(), &copy, progress, Durability::Immediate)?;
     std::fs::rename(target, db_path)?;
     if let Some(dir) = db_path.parent() {

@@ -32,6 +32,10 @@ enum Workload {
     /// Concord's Config: `--watchers` watchers of one key, `--total` versions; put -> every
     /// watcher has it.
     Config,
+    /// `--fill-mb` of history compacted away, then one Defragment under `--clients` writers.
+    Defrag,
+    /// `--fill-mb` of live keys, then a backup (Maintenance.Snapshot) into `--out`.
+    Backup,
 }
 
 #[derive(Debug, Parser)]
@@ -74,6 +78,12 @@ struct Args {
     /// For the failover workload: the process ID serving each endpoint, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// Megabytes written before the defrag and backup workloads.
+    #[arg(long, default_value_t = 300)]
+    fill_mb: usize,
+    /// Where the backup workload writes the backup.
+    #[arg(long, default_value = "backup.db")]
+    out: std::path::PathBuf,
     /// A label printed with the result line.
     #[arg(long, default_value = "")]
     label: String,
@@ -82,6 +92,7 @@ struct Args {
 mod failover;
 mod lease;
 mod lock;
+mod ops;
 mod services;
 mod watch;
 
@@ -153,7 +164,9 @@ async fn client_loop(
             | Workload::Lock
             | Workload::Failover
             | Workload::Registry
-            | Workload::Config => {
+            | Workload::Config
+            | Workload::Defrag
+            | Workload::Backup => {
                 unreachable!("this workload has its own driver")
             }
             Workload::Get => {
@@ -200,6 +213,14 @@ async fn main() -> anyhow::Result<()> {
     if let Workload::Config = args.workload {
         let first = args.endpoint.split(',').next().unwrap_or_default();
         return services::config(first, args.watchers, args.total, &args.pids, &args.label).await;
+    }
+    if let Workload::Defrag = args.workload {
+        let first = args.endpoint.split(',').next().unwrap_or_default();
+        return ops::defrag(first, args.clients, args.fill_mb, &args.label).await;
+    }
+    if let Workload::Backup = args.workload {
+        let first = args.endpoint.split(',').next().unwrap_or_default();
+        return ops::backup(first, args.fill_mb, &args.out, &args.label).await;
     }
     if let Workload::Failover = args.workload {
         let endpoints: Vec<&str> = args.endpoint.split(',').collect();

@@ -111,12 +111,10 @@ impl Maintenance for MaintenanceService {
         });
         let me = node.identity.member_id;
         let is_learner = membership::member(&node.raft, me).is_some_and(|(_, learner)| learner);
-        let db_size = std::fs::metadata(&node.db_path)
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
-        // redb reports page statistics only inside a write transaction; rather than stall
-        // writers for a status call, report the file size for both.
-        let db_size_in_use = db_size;
+        let db_size = self.api.db_size() as i64;
+        // redb counts the pages in use only inside a write transaction: rather than stall
+        // writers for a status call, report the quota's last count (the file size if none).
+        let db_size_in_use = self.api.db_in_use_last() as i64;
         Ok(Response::new(StatusResponse {
             header: self.api.current_header(),
             version: SERVER_VERSION.to_string(),

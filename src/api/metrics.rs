@@ -52,7 +52,7 @@ fn refresh(api: &Api, metrics: &Metrics) {
     metrics.proposals_committed.set(committed as i64);
     metrics.proposals_applied.set(applied as i64);
     metrics.db_total_size.set(api.db_size() as i64);
-    metrics.db_in_use.set(api.db_size() as i64);
+    metrics.db_in_use.set(api.db_in_use_last() as i64);
     let store = api.store();
     metrics.current_revision.set(store.current_revision());
     metrics.compact_revision.set(store.compacted_revision());

@@ -1,9 +1,16 @@
 //! The backend quota (etcd's `quotaKVServer`): a write that adds data is refused with
-//! `etcdserver: mvcc: database space exceeded` once the database file would outgrow
+//! `etcdserver: mvcc: database space exceeded` once the database would outgrow
 //! `--quota-backend-bytes`, and the NOSPACE alarm is raised through Raft, so every member
 //! refuses such writes until an operator makes room (compact, defragment) and disarms it.
+//!
+//! The file size is checked first (a `stat`). redb grows its file by doubling (up to 4 GiB at a
+//! time), so a file past the quota may be half empty: only then are the bytes in use counted
+//! (redb's page statistics, which take its writer lock for a moment), at most every few
+//! seconds, and they decide.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use concord_proto::etcdserverpb::AlarmType;
 use concord_proto::raftpb::AlarmChange;
@@ -31,12 +38,17 @@ pub fn cost(request: &Request) -> u64 {
     }
 }
 
+/// How long a count of the bytes in use is trusted.
+const IN_USE_FRESH: Duration = Duration::from_secs(5);
+
 /// The quota of one member, and whether it is already raising the alarm.
 #[derive(Debug)]
 pub struct Quota {
     /// The largest the database may grow; `None`: no quota.
     limit: Option<u64>,
     raising: AtomicBool,
+    /// The last count of bytes in use, and when it was taken.
+    in_use: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Quota {
@@ -57,6 +69,7 @@ impl Quota {
         Quota {
             limit,
             raising: AtomicBool::new(false),
+            in_use: Mutex::new(None),
         }
     }
 
@@ -84,6 +97,9 @@ impl Api {
         if self.db_size() + cost <= limit {
             return Ok(());
         }
+        if self.db_in_use().await + cost <= limit {
+            return Ok(());
+        }
         self.raise_no_space().await;
         Err(MvccError::NoSpace.into())
     }
@@ -91,6 +107,42 @@ impl Api {
     /// Size of the database file in bytes.
     pub fn db_size(&self) -> u64 {
         std::fs::metadata(&self.node().db_path).map_or(0, |m| m.len())
+    }
+
+    /// The bytes of the database in use, as last counted (the file size if never counted).
+    pub fn db_in_use_last(&self) -> u64 {
+        let counted = self.quota().in_use.lock().ok().and_then(|c| *c);
+        counted.map_or_else(|| self.db_size(), |(_, bytes)| bytes)
+    }
+
+    /// The bytes of the database in use: counted again if the last count is stale.
+    async fn db_in_use(&self) -> u64 {
+        if let Some((at, bytes)) = self.quota().in_use.lock().ok().and_then(|c| *c)
+            && at.elapsed() < IN_USE_FRESH
+        {
+            return bytes;
+        }
+        let db = self.store().database();
+        let counted = tokio::task::spawn_blocking(move || -> Result<u64, redb::Error> {
+            let txn = db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })
+        .await;
+        match counted {
+            Ok(Ok(bytes)) => {
+                if let Ok(mut cached) = self.quota().in_use.lock() {
+                    *cached = Some((Instant::now(), bytes));
+                }
+                bytes
+            }
+            // Count the file then: refusing a write is better than outgrowing the quota.
+            other => {
+                tracing::warn!(error = ?other.map(|r| r.err()), "cannot count the database's bytes in use");
+                self.db_size()
+            }
+        }
     }
 
     /// Proposes the NOSPACE alarm for this member, unless another writer already is.

@@ -1,6 +1,6 @@
 //! [`MvccStore`]: the MVCC key-value store on a shared redb database.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use concord_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
@@ -50,6 +50,9 @@ pub struct MvccStore {
     state: RwLock<IndexState>,
     current: AtomicI64,
     compacted: AtomicI64,
+    /// How many times the whole contents were replaced (snapshot installs); a defragmentation
+    /// that sees it change gives up rather than copy a mix.
+    replacements: AtomicU64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -78,6 +81,7 @@ impl MvccStore {
             state: RwLock::new(state),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
+            replacements: AtomicU64::new(0),
         })
     }
 
@@ -105,6 +109,15 @@ impl MvccStore {
     /// The revision of the last committed write (1 for an empty store).
     pub fn current_revision(&self) -> i64 {
         self.current.load(Ordering::Acquire)
+    }
+
+    /// How many times the store's contents were replaced wholesale (snapshot installs).
+    pub fn replacements(&self) -> u64 {
+        self.replacements.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn count_replacement(&self) {
+        self.replacements.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The revision of the last compaction, or `-1` if the store was never compacted.

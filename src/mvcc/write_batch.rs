@@ -329,6 +329,7 @@ impl<'a> WriteBatch<'a> {
         } = self;
         txn.set_durability(durability)?;
         txn.commit()?;
+        store.count_replacement();
         // From here on the old index is wrong whatever happens.
         staged.published = true;
         let fresh = load(&store.database()).map_err(|err| {

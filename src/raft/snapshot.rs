@@ -110,7 +110,7 @@ pub fn copy_state_into(
     extra: impl FnOnce(&redb::WriteTransaction) -> io::Result<()>,
 ) -> io::Result<Database> {
     let (applied, membership) = read_applied_state_in(read)?;
-    let copy = Database::create(path).map_err(storage_err)?;
+    let mut copy = Database::create(path).map_err(storage_err)?;
     let mut write = copy.begin_write().map_err(storage_err)?;
     write.set_durability(Durability::Immediate).map_err(storage_err)?;
     mvcc::copy_tables(read, &write).map_err(storage_err)?;
@@ -120,6 +120,15 @@ pub fn copy_state_into(
     write_applied_state(&write, &applied, &membership)?;
     extra(&write)?;
     write.commit().map_err(storage_err)?;
+    // A copy written in one transaction leaves pages free (redb's B-tree grows by copying):
+    // this copy is ours alone, so give them back.
+    let written = std::fs::metadata(path).map_or(0, |m| m.len());
+    copy.compact().map_err(storage_err)?;
+    tracing::debug!(
+        written,
+        compacted = std::fs::metadata(path).map_or(0, |m| m.len()),
+        "copied the state"
+    );
     Ok(copy)
 }
 

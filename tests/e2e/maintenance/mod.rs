@@ -4,5 +4,6 @@ mod alarms;
 mod backup;
 mod compaction;
 mod corruption;
+mod defrag;
 mod hash;
 mod observability;
