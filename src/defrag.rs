@@ -10,7 +10,8 @@
 //!    nothing is applied meanwhile and the copy is exact.
 //! 3. Still under the lock: rename the copy over `db.redb`, fsync the directory, and move the
 //!    store onto the copy. Readers already inside a read transaction finish on the old file,
-//!    which is freed when they are done.
+//!    which is freed when they are done. The old database is closed after the lock is released
+//!    (redb takes a while, 200 ms for a 1 GiB file here, to tidy a file on close).
 //!
 //! A snapshot installed meanwhile (which replaces the whole state) makes the defragmentation give
 //! up before the swap, changing nothing.
@@ -219,6 +220,8 @@ fn copy_everything(store: &MvccStore, target: &Path) -> io::Result<(Database, Pr
             break;
         }
     }
+    // Flush the copy now, so the locked pass has only its own few pages to make durable.
+    pass(&store.database(), &copy, &mut progress, Durability::Immediate)?;
     Ok((copy, progress))
 }
 
@@ -243,6 +246,10 @@ fn swap(
     if let Some(dir) = db_path.parent() {
         sync_dir(dir)?;
     }
-    store.replace_database(&mut state, Arc::new(copy));
-    Ok(locked.elapsed())
+    let old = store.replace_database(&mut state, Arc::new(copy));
+    drop(state);
+    let paused = locked.elapsed();
+    // Closing the old database takes a while (redb tidies its file): not while writers wait.
+    drop(old);
+    Ok(paused)
 }

@@ -98,11 +98,17 @@ impl MvccStore {
     /// `crate::defrag`). The caller holds the index write lock (`state`), so no batch is open
     /// and no reader is between the index and the database; readers already inside a read
     /// transaction finish on the old database.
-    pub(crate) fn replace_database(&self, state: &mut RwLockWriteGuard<'_, IndexState>, db: Arc<Database>) {
+    /// Returns the old database, to be dropped after the lock is released (closing it
+    /// takes a while).
+    pub(crate) fn replace_database(
+        &self,
+        state: &mut RwLockWriteGuard<'_, IndexState>,
+        db: Arc<Database>,
+    ) -> Arc<Database> {
         let _held = state;
         match self.db.write() {
-            Ok(mut current) => *current = db,
-            Err(poisoned) => *poisoned.into_inner() = db,
+            Ok(mut current) => std::mem::replace(&mut *current, db),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), db),
         }
     }
 

@@ -112,7 +112,9 @@ pub fn copy_state_into(
     let (applied, membership) = read_applied_state_in(read)?;
     let mut copy = Database::create(path).map_err(storage_err)?;
     let mut write = copy.begin_write().map_err(storage_err)?;
-    write.set_durability(Durability::Immediate).map_err(storage_err)?;
+    // No fsync here: compacting below commits durably, after it has moved the pages to the
+    // front and cut the file, so the pages that would only be cut off are never written back.
+    write.set_durability(Durability::None).map_err(storage_err)?;
     mvcc::copy_tables(read, &write).map_err(storage_err)?;
     lease::table::copy(read, &write).map_err(storage_err)?;
     auth::table::copy(read, &write).map_err(storage_err)?;
@@ -120,10 +122,14 @@ pub fn copy_state_into(
     write_applied_state(&write, &applied, &membership)?;
     extra(&write)?;
     write.commit().map_err(storage_err)?;
-    // A copy written in one transaction leaves pages free (redb's B-tree grows by copying):
-    // this copy is ours alone, so give them back.
+    // A copy written in one transaction leaves pages free (redb's B-tree grows by copying, and
+    // its file by doubling): this copy is ours alone, so give them back; then make it durable
+    // (an empty durable commit, in case compacting found nothing to move).
     let written = std::fs::metadata(path).map_or(0, |m| m.len());
     copy.compact().map_err(storage_err)?;
+    let mut sync = copy.begin_write().map_err(storage_err)?;
+    sync.set_durability(Durability::Immediate).map_err(storage_err)?;
+    sync.commit().map_err(storage_err)?;
     tracing::debug!(
         written,
         compacted = std::fs::metadata(path).map_or(0, |m| m.len()),
