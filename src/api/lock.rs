@@ -42,6 +42,9 @@ impl Lock for LockService {
         mutex.lock().await.map_err(|e| e.to_status())?;
         drop(waiting);
         metrics::get().locks_acquired.inc();
+        if let Ok(mut held) = metrics::get().held_lock_keys.lock() {
+            held.insert(mutex.key().to_vec());
+        }
         Ok(Response::new(LockResponse {
             header: mutex.header().cloned(),
             key: mutex.key().to_vec(),
@@ -51,6 +54,9 @@ impl Lock for LockService {
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let kv = self.kv.acting_for(&request)?;
         let key = request.into_inner().key;
+        if let Ok(mut held) = metrics::get().held_lock_keys.lock() {
+            held.remove(&key);
+        }
         let delete = TxnRequest {
             success: vec![delete_op(key)],
             ..Default::default()

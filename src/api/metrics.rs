@@ -61,6 +61,11 @@ fn refresh(api: &Api, metrics: &Metrics) {
     metrics
         .registry_instances
         .set(count(api, registry, &concord_recipes::kv::prefix_end(registry)));
+    // Locks whose key is gone (unlocked, expired or deleted) are no longer held.
+    if let Ok(mut held) = metrics.held_lock_keys.lock() {
+        held.retain(|key| count(api, key, b"") > 0);
+        metrics.locks_held.set(held.len() as i64);
+    }
     let hub = &node.hub;
     let (synced, unsynced) = hub.watcher_counts();
     metrics.watch_streams.set(hub.stream_count() as i64);

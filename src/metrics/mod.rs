@@ -107,6 +107,12 @@ pub struct Metrics {
     pub lock_waiting: Gauge,
     /// Locks granted through the Lock service.
     pub locks_acquired: Counter,
+    /// Locks granted through this member's Lock service whose key still exists.
+    pub locks_held: Gauge,
+    /// The keys of the locks this member's Lock service granted, until seen gone (an unlock,
+    /// a lease expiry or a delete ends a lock; only the first passes through the service, so
+    /// the others are found when scraped).
+    pub held_lock_keys: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
     /// Campaigns waiting to lead (Election service).
     pub campaigns_waiting: Gauge,
     /// Leaderships won through the Election service.
@@ -264,6 +270,12 @@ impl Metrics {
                 "Locks granted through the Lock service.",
                 Counter::default()
             ),
+            locks_held: metric!(
+                "concord_locks_held",
+                "Locks granted through this member's Lock service that are still held.",
+                Gauge::default()
+            ),
+            held_lock_keys: std::sync::Mutex::default(),
             campaigns_waiting: metric!(
                 "concord_election_campaigns_waiting",
                 "Election campaigns waiting to lead.",

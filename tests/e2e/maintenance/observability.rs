@@ -83,6 +83,18 @@ async fn metrics_carry_etcds_names_and_health_follows_alarms() {
         let started = value(&scraped, "grpc_server_started_total", &[("grpc_method", "Range")]);
         assert!(started >= Some(1.0));
     }
+    // Concord's own: locks held through the Lock service, until unlocked.
+    let locked = client.lock("job", None).await.unwrap();
+    let scraped = scrape(&metrics_addr);
+    assert_eq!(value(&scraped, "concord_locks_held", &[]), Some(1.0));
+    assert_eq!(value(&scraped, "concord_lock_acquired_total", &[]), Some(1.0));
+    assert_eq!(value(&scraped, "concord_lock_waiting", &[]), Some(0.0));
+    client.unlock(locked.key()).await.unwrap();
+    assert_eq!(
+        value(&scrape(&metrics_addr), "concord_locks_held", &[]),
+        Some(0.0)
+    );
+
     // Each log line is a JSON object.
     let line = server.log_tail();
     let first = line.lines().find(|l| !l.trim().is_empty()).unwrap();
