@@ -21,7 +21,6 @@ use concord_proto::raftpb::command::Request;
 
 use crate::api::Api;
 use crate::error::Error;
-use crate::mvcc::KvHash;
 use crate::raft::membership;
 
 /// How long a member has to answer a hash request.
@@ -61,19 +60,10 @@ impl Comparison {
     }
 }
 
-async fn own_hash(api: &Arc<Api>) -> Result<KvHash, Error> {
-    let api = api.clone();
-    let revision = api.store().current_revision();
-    tokio::task::spawn_blocking(move || api.store().hash_kv(revision))
-        .await
-        .map_err(|e| Error::Raft(format!("hashing the store: {e}")))?
-        .map_err(Error::from)
-}
-
 /// Hashes this member's history and asks every other member for theirs at the same revision.
 pub async fn compare(api: &Arc<Api>) -> Result<Comparison, Error> {
     let me = api.node().identity.member_id;
-    let mine = own_hash(api).await?;
+    let mine = api.hash_kv(api.store().current_revision()).await?;
     let mut hashes = BTreeMap::from([(me, mine.hash)]);
     for (id, node, _) in membership::members(&api.node().raft) {
         if id == me {

@@ -49,16 +49,6 @@ fn not_yet(what: &str) -> Status {
 }
 
 impl MaintenanceService {
-    /// [`MvccStore::hash_kv`](crate::mvcc::MvccStore::hash_kv) on a blocking thread (it reads
-    /// the whole history).
-    async fn hash_kv_at(&self, revision: i64) -> Result<crate::mvcc::KvHash, Error> {
-        let api = self.api.clone();
-        tokio::task::spawn_blocking(move || api.store().hash_kv(revision))
-            .await
-            .map_err(|e| Error::Raft(format!("hashing the store: {e}")))?
-            .map_err(Error::from)
-    }
-
     /// Whether the caller of `request` has `need` (while auth is on).
     fn allow<T>(&self, request: &Request<T>, need: Need<'_>) -> Result<(), Error> {
         let caller = self.api.caller(request)?;
@@ -158,7 +148,7 @@ impl Maintenance for MaintenanceService {
     /// backend file; both are for comparing members).
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.allow(&request, Need::Admin)?;
-        let hashed = self.hash_kv_at(0).await?;
+        let hashed = self.api.hash_kv(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(hashed.revision)),
             hash: hashed.hash,
@@ -169,7 +159,7 @@ impl Maintenance for MaintenanceService {
     /// compacted revision it was taken at; equal on members that applied the same log.
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.allow(&request, Need::Admin)?;
-        let hashed = self.hash_kv_at(request.get_ref().revision).await?;
+        let hashed = self.api.hash_kv(request.get_ref().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(self.api.store().current_revision())),
             hash: hashed.hash,

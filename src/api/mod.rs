@@ -102,6 +102,15 @@ impl Api {
         self.admission
     }
 
+    /// [`MvccStore::hash_kv`] on a blocking thread (it reads the whole history).
+    pub async fn hash_kv(self: &Arc<Self>, revision: i64) -> Result<crate::mvcc::KvHash, Error> {
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || api.store().hash_kv(revision))
+            .await
+            .map_err(|e| Error::Raft(format!("hashing the store: {e}")))?
+            .map_err(Error::from)
+    }
+
     /// The backend quota.
     pub fn quota(&self) -> &quota::Quota {
         &self.quota

@@ -54,6 +54,15 @@ pub fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Polls `done` every 50 ms until it holds; fails the test, naming `what`, after `within`.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running `concord` process with its own data directory.
 pub struct Server {
     child: Child,
@@ -264,6 +273,13 @@ impl Server {
     /// A plain HTTP/1.1 GET on the client port: `(status, body)`, or `None` if it failed.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         http_get(&self.endpoint, path)
+    }
+
+    /// Size of the member's state database file (`member/db.redb`), in bytes.
+    pub fn db_size(&self) -> u64 {
+        std::fs::metadata(self.data_dir.join("member").join("db.redb"))
+            .expect("the member's database exists")
+            .len()
     }
 
     /// The server's data directory (`--data-dir`).

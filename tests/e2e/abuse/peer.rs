@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::cluster::harness::Cluster;
+use crate::harness::wait_until;
 
 /// How long a condition is polled for.
 const WAIT: Duration = Duration::from_secs(10);
@@ -76,14 +77,6 @@ fn incoming_files(data_dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,13 +259,13 @@ async fn a_cut_off_snapshot_transfer_leaves_no_file_and_leftovers_go_at_start() 
         .unwrap();
     }
     let data = data_dir.clone();
-    wait_until("the transfer is being written", || {
+    wait_until("the transfer is being written", WAIT, || {
         !incoming_files(&data).is_empty()
     });
     call.abort();
     drop(tx);
     let data = data_dir.clone();
-    wait_until("the cut-off transfer's file is removed", || {
+    wait_until("the cut-off transfer's file is removed", WAIT, || {
         incoming_files(&data).is_empty()
     });
 

@@ -4,30 +4,16 @@
 //! by a client, as etcd's are.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
 
 use crate::cluster::harness::Cluster;
-use crate::harness::Server;
+use crate::harness::{Server, wait_until};
 
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
-
-/// Size of the member's database file.
-fn db_size(server: &Server) -> u64 {
-    std::fs::metadata(server.data_dir().join("member").join("db.redb"))
-        .unwrap()
-        .len()
-}
-
-/// Waits until `check` holds, for up to 10 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// How long the members have to agree on an alarm.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_past_its_quota_refuses_writes_until_room_is_made_and_the_alarm_disarmed() {
@@ -58,7 +44,7 @@ async fn a_cluster_past_its_quota_refuses_writes_until_room_is_made_and_the_alar
 
     // Every member lists the alarm and refuses writes; reads and deletes work.
     for i in 0..3 {
-        eventually(&format!("member {i} lists NOSPACE"), || {
+        wait_until(&format!("member {i} lists NOSPACE"), WAIT, || {
             cluster.ctl_on(i, &["alarm", "list"]).contains("alarm:NOSPACE")
         });
         let out = cluster.member(i).etcdctl(&["put", "k", "v"]);
@@ -83,16 +69,16 @@ async fn a_cluster_past_its_quota_refuses_writes_until_room_is_made_and_the_alar
         .unwrap()
         .revision();
     cluster.ctl_on(0, &["compact", &revision.to_string(), "--physical"]);
-    let before: Vec<u64> = (0..3).map(|i| db_size(cluster.member(i))).collect();
+    let before: Vec<u64> = (0..3).map(|i| cluster.member(i).db_size()).collect();
     let endpoints = cluster.endpoints().join(",");
     cluster.ctl_on(0, &["defrag", &format!("--endpoints={endpoints}")]);
     for (i, before) in before.iter().enumerate() {
-        let after = db_size(cluster.member(i));
+        let after = cluster.member(i).db_size();
         assert!(after < before / 2, "member {i}: {before} -> {after} bytes");
     }
     cluster.ctl_on(0, &["alarm", "disarm"]);
     for i in 0..3 {
-        eventually(&format!("member {i} clears NOSPACE"), || {
+        wait_until(&format!("member {i} clears NOSPACE"), WAIT, || {
             cluster.ctl_on(i, &["alarm", "list"]).trim().is_empty()
         });
     }

@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::Server;
 
-fn db_size(server: &Server) -> u64 {
-    std::fs::metadata(server.data_dir().join("member").join("db.redb"))
-        .unwrap()
-        .len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defragmenting_under_sixteen_writers_loses_nothing_and_shrinks_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +29,7 @@ async fn defragmenting_under_sixteen_writers_loses_nothing_and_shrinks_the_file(
         .unwrap()
         .revision();
     server.ctl(&["compact", &revision.to_string(), "--physical"]);
-    let before = db_size(&server);
+    let before = server.db_size();
 
     // Sixteen writers put until the defragmentation is over.
     let stop = Arc::new(AtomicBool::new(false));
@@ -78,7 +72,7 @@ async fn defragmenting_under_sixteen_writers_loses_nothing_and_shrinks_the_file(
         written.extend(keys);
         worst = worst.max(slowest);
     }
-    let after = db_size(&server);
+    let after = server.db_size();
     eprintln!(
         "defrag: {before} -> {after} bytes in {took:?}; worst put {worst:?}; {} puts",
         written.len()
