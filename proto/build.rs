@@ -16,6 +16,16 @@ const PROTOS: &[&str] = &[
     "proto/concord/config/v1/config.proto",
 ];
 
+/// The packages that get serde (JSON) implementations.
+const JSON_PACKAGES: &[&str] = &[
+    ".mvccpb",
+    ".authpb",
+    ".etcdserverpb",
+    ".v3lockpb",
+    ".v3electionpb",
+    ".concord",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_DIR}");
     for proto in PROTOS {
@@ -29,13 +39,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => PathBuf::from(path),
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    config.file_descriptor_set_path(&descriptors);
 
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .codec_path("crate::codec::GuardedCodec")
         .compile_with_config(config, PROTOS, &[PROTO_DIR])?;
+
+    // The JSON mapping of the client API (the HTTP gateway's): proto field names, 64-bit
+    // integers as strings, bytes as base64, enums by name, defaults omitted, unknown fields
+    // refused. Raft's own commands never travel as JSON.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .build(JSON_PACKAGES)?;
     Ok(())
 }

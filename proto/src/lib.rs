@@ -32,30 +32,35 @@ pub mod txn;
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's user, role and permission types (package `authpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's v3 client API services and messages (package `etcdserverpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// etcd's distributed lock service (package `v3lockpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// etcd's leader election service (package `v3electionpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// Concord's Raft protocol: replicated commands and the WAL's log entry (package `concordraftpb`).
@@ -72,6 +77,7 @@ pub mod concord {
         #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
         pub mod v1 {
             tonic::include_proto!("concord.registry.v1");
+            include!(concat!(env!("OUT_DIR"), "/concord.registry.v1.serde.rs"));
         }
     }
 
@@ -81,6 +87,7 @@ pub mod concord {
         #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
         pub mod v1 {
             tonic::include_proto!("concord.config.v1");
+            include!(concat!(env!("OUT_DIR"), "/concord.config.v1.serde.rs"));
         }
     }
 
@@ -90,6 +97,7 @@ pub mod concord {
         #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
         pub mod v1 {
             tonic::include_proto!("concord.pubsub.v1");
+            include!(concat!(env!("OUT_DIR"), "/concord.pubsub.v1.serde.rs"));
         }
     }
 }
@@ -193,5 +201,65 @@ mod tests {
         let bytes = txn.encode_to_vec();
         assert_eq!(TxnRequest::decode(bytes.as_slice())?, txn);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::etcdserverpb::{
+        PutRequest, RangeResponse, ResponseHeader, TxnRequest, compare, request_op,
+    };
+    use super::mvccpb::KeyValue;
+
+    #[test]
+    fn answers_use_proto_names_and_strings_for_64_bit_integers() {
+        let answer = RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 14841639068965178418,
+                member_id: 1,
+                revision: 2,
+                raft_term: 3,
+            }),
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                value: b"bar".to_vec(),
+                create_revision: 2,
+                mod_revision: 2,
+                version: 1,
+                lease: 0,
+            }],
+            count: 1,
+            more: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"header":{"cluster_id":"14841639068965178418","member_id":"1","revision":"2","raft_term":"3"},"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}],"count":"1"}"#
+        );
+    }
+
+    #[test]
+    fn requests_take_proto_and_json_names_and_enums_by_name() {
+        let txn: TxnRequest = serde_json::from_str(
+            r#"{"compare":[{"target":"CREATE","key":"Zm9v","createRevision":"2"}],"success":[{"request_put":{"key":"Zm9v","value":"YmFy"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(txn.compare[0].target, compare::CompareTarget::Create as i32);
+        assert_eq!(
+            txn.compare[0].target_union,
+            Some(compare::TargetUnion::CreateRevision(2))
+        );
+        assert!(matches!(
+            txn.success[0].request,
+            Some(request_op::Request::RequestPut(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_base64_are_refused() {
+        let unknown = serde_json::from_str::<PutRequest>(r#"{"key":"Zm9v","bogus":1}"#);
+        assert!(unknown.unwrap_err().to_string().contains("bogus"));
+        assert!(serde_json::from_str::<PutRequest>(r#"{"key":"!!"}"#).is_err());
     }
 }
