@@ -16,6 +16,9 @@
 //! [`defrag`]: the database rewritten compactly while the member serves; and [`compactor`]:
 //! auto-compaction by period or by revisions; and [`corruption`]: members comparing hashes.
 //!
+//! Beside the gRPC services, [`gateway`]: etcd's HTTP/JSON API (and our services') on the same
+//! port, calling the same services.
+//!
 //! Around it: [`metrics`] (Prometheus metrics under etcd's names), [`config`] (flags → validated config), [`member`] (a member assembled, top to
 //! bottom), [`server`] (listeners, services and the ordered stop),
 //! [`error`] (the one error type and its mapping to `tonic::Status`), [`crash`] (a member that
@@ -32,6 +35,7 @@ pub mod crash;
 pub mod defrag;
 pub mod error;
 pub mod failpoint;
+pub mod gateway;
 pub mod lease;
 pub mod member;
 pub mod metrics;

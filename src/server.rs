@@ -1,4 +1,5 @@
-//! Serving: binds the client listeners, runs the gRPC services and `/health`, and stops in order.
+//! Serving: binds the client listeners, runs the gRPC services, their HTTP/JSON gateway and
+//! `/health`, and stops in order.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::error::Error;
+use crate::gateway;
 use crate::lease::expiry;
 use crate::member::Member;
 use crate::metrics::grpc::GrpcMetricsLayer;
@@ -344,8 +346,12 @@ fn routes(api: &Arc<Api>, config: &Config, lease_service: LeaseService) -> Route
             api.clone(),
             recipes_kv
         ))));
+    // The HTTP/JSON gateway calls the gRPC services above; a JSON request may take twice the
+    // gRPC limit (base64 makes bytes a third longer).
+    let gateway = gateway::router(routes.clone(), 2 * max_message);
     let router = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = router
+        .merge(gateway)
         .merge(health::router(api.clone()))
         .merge(metrics::router(api.clone()));
     routes

@@ -208,9 +208,7 @@ mod tests {
 mod json_tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::etcdserverpb::{
-        PutRequest, RangeResponse, ResponseHeader, TxnRequest, compare, request_op,
-    };
+    use super::etcdserverpb::{PutRequest, RangeResponse, ResponseHeader, TxnRequest, compare, request_op};
     use super::mvccpb::KeyValue;
 
     #[test]

@@ -1,5 +1,6 @@
 //! etcd's `Cluster` service: MemberList, MemberAdd (voters and learners), MemberRemove,
 //! MemberUpdate, MemberPromote. Changes run on the leader (see `crate::raft::membership`).
+//! Like etcd's, their headers carry no revision: membership is not part of the key space.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,7 +127,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(change).await?;
         self.await_view(|m| m.contains_key(&id)).await;
         Ok(Response::new(MemberAddResponse {
-            header: self.api.current_header(),
+            header: Some(self.api.header(0)),
             member: Some(member(id, node, req.is_learner)),
             members: self.members(),
         }))
@@ -141,7 +142,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(MembershipChange::Remove(id)).await?;
         self.await_view(|m| !m.contains_key(&id)).await;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.api.current_header(),
+            header: Some(self.api.header(0)),
             members: self.members(),
         }))
     }
@@ -159,7 +160,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(node, _)| node.peer_urls == urls))
             .await;
         Ok(Response::new(MemberUpdateResponse {
-            header: self.api.current_header(),
+            header: Some(self.api.header(0)),
             members: self.members(),
         }))
     }
@@ -172,7 +173,7 @@ impl Cluster for ClusterService {
             self.api.linearizable_read().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.api.current_header(),
+            header: Some(self.api.header(0)),
             members: self.members(),
         }))
     }
@@ -187,7 +188,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(_, learner)| !learner))
             .await;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.api.current_header(),
+            header: Some(self.api.header(0)),
             members: self.members(),
         }))
     }

@@ -181,15 +181,19 @@ impl StreamTask {
         ticker.tick().await; // the first tick is immediate
         let mut retry = tokio::time::interval(PROGRESS_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Like etcd, a client that closes its sending side keeps its watches: the stream ends
+        // when the client goes (the HTTP gateway's watch sends its requests, then only reads).
+        let mut sending = true;
         loop {
             tokio::select! {
-                message = inbound.message() => match message {
+                message = inbound.message(), if sending => match message {
                     Ok(Some(request)) => {
                         if !self.handle(request).await {
                             break;
                         }
                     }
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => sending = false,
+                    Err(_) => break,
                 },
                 _ = ticker.tick() => self.hub.progress_tick(self.stream),
                 _ = retry.tick(), if self.progress_deferred => {
