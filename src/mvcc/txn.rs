@@ -18,8 +18,8 @@
 use concord_proto::etcdserverpb::request_op::Request;
 use concord_proto::etcdserverpb::response_op::Response;
 use concord_proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseOp, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use concord_proto::txn::is_read_only;
 
@@ -182,11 +182,18 @@ fn apply_txn<E: TxnExec>(
     ))
 }
 
+/// The txn's header carries its revision; a nested txn's header is empty, as etcd's (its puts,
+/// ranges and deletes carry the revision in theirs).
 fn set_txn_headers(resp: &mut TxnResponse, rev: i64) {
     resp.header = header(rev);
+    clear_nested_headers(resp);
+}
+
+fn clear_nested_headers(resp: &mut TxnResponse) {
     for op in &mut resp.responses {
-        if let Some(Response::ResponseTxn(t)) = &mut op.response {
-            set_txn_headers(t, rev);
+        if let Some(Response::ResponseTxn(nested)) = &mut op.response {
+            nested.header = Some(ResponseHeader::default());
+            clear_nested_headers(nested);
         }
     }
 }
@@ -424,7 +431,11 @@ mod tests {
             panic!("nested response missing");
         };
         assert!(nested.succeeded);
-        assert_eq!(rev_of(&nested.header), 5);
+        assert_eq!(nested.header, Some(ResponseHeader::default()), "empty, as etcd's");
+        let Some(Response::ResponsePut(nested_put)) = &nested.responses[0].response else {
+            panic!("nested put response missing");
+        };
+        assert_eq!(rev_of(&nested_put.header), 5);
         // ... while its reads see the outer txn's writes.
         assert_eq!(range_resp(&nested.responses[1]).kvs[0].value, b"2");
         assert_eq!(value(&t, "b"), Some("inner-ok".into()));

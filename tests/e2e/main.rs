@@ -15,6 +15,7 @@ mod cluster;
 mod crash;
 mod etcdctl_kv;
 mod examples;
+mod gateway;
 mod harness;
 mod lease;
 mod lease_wave;

@@ -8,7 +8,7 @@ use crate::harness::Server;
 
 /// A lone member with an `https://` client listener (and `extra` flags), on a port of its own
 /// that it also advertises (so `--cluster` commands find it).
-fn start(dir: &std::path::Path, pki: &Pki, extra: &[&str]) -> Server {
+pub fn start(dir: &std::path::Path, pki: &Pki, extra: &[&str]) -> Server {
     let url = format!("https://127.0.0.1:{}", crate::cluster::harness::free_ports(1)[0]);
     let mut args = vec![
         "--listen-client-urls".to_string(),

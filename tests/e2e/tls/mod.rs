@@ -2,7 +2,7 @@
 //! (etcdctl, the `etcd-client` crate, `concord-client`, curl), client certificates (required,
 //! and naming the user while auth is on), and a cluster whose members talk over TLS.
 
-mod clients;
+pub mod clients;
 mod cluster;
 
 use std::path::{Path, PathBuf};
