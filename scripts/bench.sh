@@ -6,6 +6,9 @@
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
+#   WORKLOAD=http-put CLIENTS=64 scripts/bench.sh
+#                                    # durable puts through the HTTP/JSON gateway (POST
+#                                    # /v3/kv/put), each client on its own HTTP/1.1 connection
 #   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
 #   WORKLOAD=lock CLIENTS=16 scripts/bench.sh  # 16 contenders on one lock (Lock service):
 #                                    # lock+unlock cycles/s

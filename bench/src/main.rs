@@ -16,6 +16,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 enum Workload {
     /// Durable puts of distinct keys.
     Put,
+    /// Durable puts of distinct keys through the HTTP/JSON gateway, a connection per client.
+    HttpPut,
     /// Linearizable single-key gets.
     Get,
     /// `--watchers` watchers on one prefix, one writer doing `--total` puts.
@@ -90,6 +92,7 @@ struct Args {
 }
 
 mod failover;
+mod http;
 mod lease;
 mod lock;
 mod ops;
@@ -160,6 +163,7 @@ async fn client_loop(
                 .context("put")?;
             }
             Workload::Watch
+            | Workload::HttpPut
             | Workload::Lease
             | Workload::Lock
             | Workload::Failover
@@ -291,6 +295,14 @@ async fn main() -> anyhow::Result<()> {
         let ops = c * per_client..(c + 1) * per_client;
         if let Workload::Lock = args.workload {
             tasks.push(tokio::spawn(lock::cycle_loop(channel, per_client)));
+            continue;
+        }
+        if let Workload::HttpPut = args.workload {
+            tasks.push(tokio::spawn(http::put_loop(
+                endpoints[c % endpoints.len()].to_string(),
+                ops,
+                (args.key_size, args.value_size),
+            )));
             continue;
         }
         if let Workload::Lease = args.workload {

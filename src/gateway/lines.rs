@@ -47,7 +47,9 @@ impl JsonMessages {
                             self.buffered.advance(used);
                             return Some(Ok(message));
                         }
-                        Some(Err(err)) if !(err.is_eof() && !self.ended) => {
+                        // Final, unless the message is only cut short by the end of what has
+                        // arrived so far (then more is read below).
+                        Some(Err(err)) if !err.is_eof() || self.ended => {
                             return Some(Err(json::invalid_json(&err)));
                         }
                         _ => {}

@@ -126,7 +126,10 @@ fn cluster_maintenance_and_lock() {
         1
     );
 
-    curl.ok("/v3/kv/put", &json!({"key": b64("h"), "value": b64("1")}).to_string());
+    curl.ok(
+        "/v3/kv/put",
+        &json!({"key": b64("h"), "value": b64("1")}).to_string(),
+    );
     let alarms = curl.ok("/v3/maintenance/alarm", "{}");
     assert!(alarms.get("alarms").is_none(), "no alarm: {alarms}");
     curl.ok("/v3/maintenance/defragment", "{}");
