@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what building and testing Concord needs beyond Rust: etcdctl for the
 # end-to-end tests, curl for the HTTP gateway's, and protoc for the etcd-client crate's build
-# script; with --with-etcd also the etcd server, for the side-by-side scenarios and tests. Does nothing when all are present.
+# script; with --with-etcd also the etcd server, for the side-by-side scenarios and tests.
+# Does nothing when all are present.
 set -euo pipefail
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
