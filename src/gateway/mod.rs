@@ -5,7 +5,7 @@
 //!
 //! Each path stands for one gRPC method. The JSON request becomes that method's message
 //! (pbjson's mapping: proto field names, 64-bit integers as strings, bytes as base64, enums by
-//! name), which is handed to the same gRPC services gRPC clients reach ([`loopback`]); the
+//! name), which is handed to the same gRPC services gRPC clients reach (`loopback.rs`); the
 //! answer comes back as JSON, a streaming answer as one `{"result": ...}` object per line.
 //! Errors are the gateway's: the HTTP status of the gRPC code and
 //! `{"error": ..., "message": ..., "code": N}`.
