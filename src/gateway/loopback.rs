@@ -70,18 +70,13 @@ impl Loopback {
         method: &'static str,
         request: Request,
     ) -> Response {
-        let (parts, body) = request.into_parts();
-        let message = match self.read_one::<Req>(body).await {
-            Ok(message) => message,
+        let call = match self.one_request::<Req>(request).await {
+            Ok(call) => call,
             Err(status) => return json::error(&status),
         };
         let mut client = self.client().await;
-        let call = client.unary(
-            grpc_request(&parts, message),
-            PathAndQuery::from_static(method),
-            ProstCodec::<Req, Resp>::default(),
-        );
-        match call.await {
+        let codec = ProstCodec::<Req, Resp>::default();
+        match client.unary(call, PathAndQuery::from_static(method), codec).await {
             Ok(answer) => json::answer(answer.get_ref()),
             Err(status) => json::error(&status),
         }
@@ -93,18 +88,17 @@ impl Loopback {
         method: &'static str,
         request: Request,
     ) -> Response {
-        let (parts, body) = request.into_parts();
-        let message = match self.read_one::<Req>(body).await {
-            Ok(message) => message,
+        let call = match self.one_request::<Req>(request).await {
+            Ok(call) => call,
             Err(status) => return json::error(&status),
         };
         let mut client = self.client().await;
-        let call = client.server_streaming(
-            grpc_request(&parts, message),
-            PathAndQuery::from_static(method),
-            ProstCodec::<Req, Resp>::default(),
-        );
-        streamed(call.await)
+        let codec = ProstCodec::<Req, Resp>::default();
+        streamed(
+            client
+                .server_streaming(call, PathAndQuery::from_static(method), codec)
+                .await,
+        )
     }
 
     /// A bidirectional call: JSON requests one after another in the body, as they arrive,
@@ -141,15 +135,16 @@ impl Loopback {
         client
     }
 
-    /// The whole body as one request.
-    async fn read_one<Req: JsonMessage>(&self, body: axum::body::Body) -> Result<Req, Status> {
+    /// The whole body as one gRPC request.
+    async fn one_request<Req: JsonMessage>(&self, request: Request) -> Result<tonic::Request<Req>, Status> {
+        let (parts, body) = request.into_parts();
         let bytes = axum::body::to_bytes(body, self.body_limit).await.map_err(|_| {
             Status::resource_exhausted(format!(
                 "gateway: the request is larger than {} bytes",
                 self.body_limit
             ))
         })?;
-        json::decode(&bytes)
+        Ok(grpc_request(&parts, json::decode(&bytes)?))
     }
 }
 

@@ -233,14 +233,17 @@ fn the_gateway_serves_https_and_client_certificates() {
     let pki = Pki::new(dir.path());
     let server = start_https(dir.path(), &pki, &["--client-cert-auth"]);
     let base = format!("https://{}", server.endpoint);
-    let as_root = Curl::new(&base).with_args(&[
-        "--cacert",
-        &pki.path("ca.pem"),
-        "--cert",
-        &pki.path("root.pem"),
-        "--key",
-        &pki.path("root-key.pem"),
-    ]);
+    let certified = |name: &str| {
+        Curl::new(&base).with_args(&[
+            "--cacert",
+            &pki.path("ca.pem"),
+            "--cert",
+            &pki.path(&format!("{name}.pem")),
+            "--key",
+            &pki.path(&format!("{name}-key.pem")),
+        ])
+    };
+    let as_root = certified("root");
     as_root.ok(
         "/v3/kv/put",
         &json!({"key": b64("tls"), "value": b64("yes")}).to_string(),
@@ -251,14 +254,7 @@ fn the_gateway_serves_https_and_client_certificates() {
     as_root.ok("/v3/auth/enable", "{}");
     let got = as_root.ok("/v3/kv/range", &json!({"key": b64("tls")}).to_string());
     assert_eq!(text(&got["kvs"][0]["value"]), "yes");
-    let as_alice = Curl::new(&base).with_args(&[
-        "--cacert",
-        &pki.path("ca.pem"),
-        "--cert",
-        &pki.path("alice.pem"),
-        "--key",
-        &pki.path("alice-key.pem"),
-    ]);
+    let as_alice = certified("alice");
     let denied = as_alice.post("/v3/kv/range", &json!({"key": b64("tls")}).to_string());
     assert_eq!(
         (denied.status, denied.message()),
