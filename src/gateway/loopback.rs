@@ -41,11 +41,11 @@ pub struct Loopback {
     body_limit: usize,
 }
 
-/// What a JSON request becomes a gRPC message by.
+/// A gRPC request message the gateway reads from JSON.
 pub trait JsonMessage: prost::Message + DeserializeOwned + Default + Send + 'static {}
 impl<T: prost::Message + DeserializeOwned + Default + Send + 'static> JsonMessage for T {}
 
-/// What a gRPC answer becomes JSON by.
+/// A gRPC answer the gateway writes as JSON.
 pub trait JsonAnswer: prost::Message + Serialize + Default + Send + 'static {}
 impl<T: prost::Message + Serialize + Default + Send + 'static> JsonAnswer for T {}
 
