@@ -3,13 +3,15 @@
 //! `--quota-backend-bytes`, and the NOSPACE alarm is raised through Raft, so every member
 //! refuses such writes until an operator makes room (compact, defragment) and disarms it.
 //!
-//! The file size is checked first (a `stat`). redb grows its file by doubling (up to 4 GiB at a
+//! The file size is checked first (a `stat`, taken again for every write once the file is past
+//! half the quota, and at most every 100 ms below that: a write path should not pay a system
+//! call for a limit it is nowhere near). redb grows its file by doubling (up to 4 GiB at a
 //! time), so a file past the quota may be half empty: only then are the bytes in use counted
 //! (redb's page statistics, which take its writer lock for a moment), at most every few
 //! seconds, and they decide.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use concord_proto::etcdserverpb::AlarmType;
@@ -41,6 +43,9 @@ pub fn cost(request: &Request) -> u64 {
 /// How long a count of the bytes in use is trusted.
 const IN_USE_FRESH: Duration = Duration::from_secs(5);
 
+/// How long a file size under half the quota is trusted.
+const FILE_SIZE_FRESH: Duration = Duration::from_millis(100);
+
 /// The quota of one member, and whether it is already raising the alarm.
 #[derive(Debug)]
 pub struct Quota {
@@ -49,6 +54,10 @@ pub struct Quota {
     raising: AtomicBool,
     /// The last count of bytes in use, and when it was taken.
     in_use: Mutex<Option<(Instant, u64)>>,
+    /// The file size last read, and when (milliseconds after `created`; 0: never).
+    file_size: AtomicU64,
+    file_size_at: AtomicU64,
+    created: Instant,
 }
 
 impl Quota {
@@ -70,12 +79,32 @@ impl Quota {
             limit,
             raising: AtomicBool::new(false),
             in_use: Mutex::new(None),
+            file_size: AtomicU64::new(0),
+            file_size_at: AtomicU64::new(0),
+            created: Instant::now(),
         }
     }
 
     /// The quota in bytes (`None`: no quota).
     pub fn limit(&self) -> Option<u64> {
         self.limit
+    }
+
+    /// The file size read by `stat` if it may matter: a size under half of `limit` read less
+    /// than [`FILE_SIZE_FRESH`] ago is reused.
+    fn file_size(&self, limit: u64, stat: impl FnOnce() -> u64) -> u64 {
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        let (size, at) = (
+            self.file_size.load(Ordering::Relaxed),
+            self.file_size_at.load(Ordering::Relaxed),
+        );
+        if at != 0 && size < limit / 2 && now - at < FILE_SIZE_FRESH.as_millis() as u64 {
+            return size;
+        }
+        let size = stat();
+        self.file_size.store(size, Ordering::Relaxed);
+        self.file_size_at.store(now, Ordering::Relaxed);
+        size
     }
 }
 
@@ -94,7 +123,7 @@ impl Api {
         let Some(limit) = self.quota().limit() else {
             return Ok(());
         };
-        if self.db_size() + cost <= limit {
+        if self.quota().file_size(limit, || self.db_size()) + cost <= limit {
             return Ok(());
         }
         if self.db_in_use().await + cost <= limit {
@@ -166,6 +195,8 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use concord_proto::etcdserverpb::{DeleteRangeRequest, LeaseGrantRequest, PutRequest};
 
     use super::*;
@@ -183,5 +214,24 @@ mod tests {
         assert_eq!(Quota::from_flag(0).limit(), Some(DEFAULT_QUOTA_BYTES));
         assert_eq!(Quota::from_flag(-1).limit(), None);
         assert_eq!(Quota::from_flag(4096).limit(), Some(4096));
+    }
+
+    #[test]
+    fn the_file_is_read_again_near_the_quota_and_otherwise_now_and_then() {
+        let mut quota = Quota::from_flag(1000);
+        // A member up for a second, so that a read "long ago" can be set below.
+        quota.created = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        let reads = std::cell::Cell::new(0);
+        let stat = |size: u64| {
+            reads.set(reads.get() + 1);
+            size
+        };
+        assert_eq!(quota.file_size(1000, || stat(100)), 100);
+        assert_eq!(quota.file_size(1000, || stat(900)), 100, "far below: the last size");
+        assert_eq!(reads.get(), 1);
+        quota.file_size_at.store(1, Ordering::Relaxed); // as if read a second ago
+        assert_eq!(quota.file_size(1000, || stat(600)), 600, "stale: read again");
+        assert_eq!(quota.file_size(1000, || stat(700)), 700, "past half: read every time");
+        assert_eq!(reads.get(), 3);
     }
 }
