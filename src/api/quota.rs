@@ -227,11 +227,19 @@ mod tests {
             size
         };
         assert_eq!(quota.file_size(1000, || stat(100)), 100);
-        assert_eq!(quota.file_size(1000, || stat(900)), 100, "far below: the last size");
+        assert_eq!(
+            quota.file_size(1000, || stat(900)),
+            100,
+            "far below: the last size"
+        );
         assert_eq!(reads.get(), 1);
         quota.file_size_at.store(1, Ordering::Relaxed); // as if read a second ago
         assert_eq!(quota.file_size(1000, || stat(600)), 600, "stale: read again");
-        assert_eq!(quota.file_size(1000, || stat(700)), 700, "past half: read every time");
+        assert_eq!(
+            quota.file_size(1000, || stat(700)),
+            700,
+            "past half: read every time"
+        );
         assert_eq!(reads.get(), 3);
     }
 }
