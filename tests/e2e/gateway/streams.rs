@@ -64,7 +64,7 @@ fn a_watch_streams_events_until_the_client_goes() {
     });
 }
 
-/// Several requests in one body: a watch from history, then its cancellation.
+/// A watch from history; then a create and its cancel sent in one body.
 #[test]
 fn a_watch_body_may_create_and_cancel() {
     let dir = tempfile::tempdir().unwrap();
