@@ -98,7 +98,7 @@ impl Quota {
             self.file_size.load(Ordering::Relaxed),
             self.file_size_at.load(Ordering::Relaxed),
         );
-        if at != 0 && size < limit / 2 && now - at < FILE_SIZE_FRESH.as_millis() as u64 {
+        if at != 0 && size < limit / 2 && now.saturating_sub(at) < FILE_SIZE_FRESH.as_millis() as u64 {
             return size;
         }
         let size = stat();
