@@ -252,6 +252,26 @@ pub const ELECTION_NO_LEADER: RpcError = RpcError::new(Code::Unknown, "election:
 /// `"leader" field must be provided` (Proclaim or Resign without a leader key).
 pub const MISSING_LEADER_KEY: RpcError = RpcError::new(Code::Unknown, "\"leader\" field must be provided");
 
+// The HTTP/JSON gateway's own refusals (grpc-gateway's are plain-text HTTP errors; ours are
+// JSON errors like every other answer there).
+
+/// `gateway: no method at this path`: a path under `/v3/`, `/v3beta/`, `/v3alpha/` or `/v1/`
+/// that names no method.
+pub const GATEWAY_NO_METHOD: RpcError = RpcError::new(Code::NotFound, "gateway: no method at this path");
+/// `gateway: use POST`: another HTTP method on a method's path (answered with HTTP 405).
+pub const GATEWAY_POST_ONLY: RpcError = RpcError::new(Code::Unimplemented, "gateway: use POST");
+
+/// A JSON request (a whole body, or one message of a streamed body) past the gateway's
+/// `limit` of bytes: `RESOURCE_EXHAUSTED` `gateway: the request is larger than LIMIT bytes`.
+pub fn gateway_request_too_large(limit: usize) -> Status {
+    Status::resource_exhausted(format!("gateway: the request is larger than {limit} bytes"))
+}
+
+/// A gateway answer that could not be encoded as JSON (`INTERNAL`).
+pub fn gateway_cannot_encode(reason: &dyn std::fmt::Display) -> Status {
+    Status::internal(format!("gateway: cannot encode the answer: {reason}"))
+}
+
 /// What etcd's transport (grpc-go) answers a request of `found` bytes over its `limit`:
 /// `RESOURCE_EXHAUSTED` `grpc: received message larger than max (found vs. limit)`.
 pub fn message_too_large(found: &str, limit: &str) -> Status {

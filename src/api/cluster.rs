@@ -1,6 +1,5 @@
 //! etcd's `Cluster` service: MemberList, MemberAdd (voters and learners), MemberRemove,
 //! MemberUpdate, MemberPromote. Changes run on the leader (see `crate::raft::membership`).
-//! Like etcd's, their headers carry no revision: membership is not part of the key space.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse,
+    MemberUpdateResponse, ResponseHeader,
 };
 use concord_proto::rpctypes;
 use tonic::{Request, Response, Status};
@@ -59,6 +58,12 @@ impl ClusterService {
         if waited.is_err() {
             tracing::warn!("membership change not visible on this member yet");
         }
+    }
+
+    /// The header of every Cluster answer: like etcd's, without a revision (membership is not
+    /// part of the key space).
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.api.header(0))
     }
 
     /// Every member, in ID order.
@@ -127,7 +132,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(change).await?;
         self.await_view(|m| m.contains_key(&id)).await;
         Ok(Response::new(MemberAddResponse {
-            header: Some(self.api.header(0)),
+            header: self.header(),
             member: Some(member(id, node, req.is_learner)),
             members: self.members(),
         }))
@@ -142,7 +147,7 @@ impl Cluster for ClusterService {
         self.api.change_membership(MembershipChange::Remove(id)).await?;
         self.await_view(|m| !m.contains_key(&id)).await;
         Ok(Response::new(MemberRemoveResponse {
-            header: Some(self.api.header(0)),
+            header: self.header(),
             members: self.members(),
         }))
     }
@@ -160,7 +165,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(node, _)| node.peer_urls == urls))
             .await;
         Ok(Response::new(MemberUpdateResponse {
-            header: Some(self.api.header(0)),
+            header: self.header(),
             members: self.members(),
         }))
     }
@@ -173,7 +178,7 @@ impl Cluster for ClusterService {
             self.api.linearizable_read().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.api.header(0)),
+            header: self.header(),
             members: self.members(),
         }))
     }
@@ -188,7 +193,7 @@ impl Cluster for ClusterService {
         self.await_view(|m| m.get(&id).is_some_and(|(_, learner)| !learner))
             .await;
         Ok(Response::new(MemberPromoteResponse {
-            header: Some(self.api.header(0)),
+            header: self.header(),
             members: self.members(),
         }))
     }

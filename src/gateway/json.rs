@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use concord_proto::rpctypes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
@@ -30,7 +31,7 @@ pub fn invalid_json(err: &serde_json::Error) -> Status {
 pub fn answer<T: Serialize>(message: &T) -> Response {
     match serde_json::to_vec(message) {
         Ok(body) => respond(StatusCode::OK, Body::from(body)),
-        Err(err) => error(&Status::internal(format!("cannot encode the answer: {err}"))),
+        Err(err) => error(&rpctypes::gateway_cannot_encode(&err)),
     }
 }
 
@@ -59,8 +60,8 @@ pub fn result_line<T: Serialize>(message: &T) -> Result<Vec<u8>, Status> {
     struct Line<'a, T> {
         result: &'a T,
     }
-    let mut line = serde_json::to_vec(&Line { result: message })
-        .map_err(|err| Status::internal(format!("cannot encode the answer: {err}")))?;
+    let mut line =
+        serde_json::to_vec(&Line { result: message }).map_err(|err| rpctypes::gateway_cannot_encode(&err))?;
     line.push(b'\n');
     Ok(line)
 }

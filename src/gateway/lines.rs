@@ -4,6 +4,7 @@
 
 use axum::body::{Body, BodyDataStream};
 use bytes::{Buf, Bytes, BytesMut};
+use concord_proto::rpctypes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,10 +61,7 @@ impl JsonMessages {
                 return None;
             }
             if self.buffered.len() > self.limit {
-                return Some(Err(Status::resource_exhausted(format!(
-                    "gateway: a streamed request is larger than {} bytes",
-                    self.limit
-                ))));
+                return Some(Err(rpctypes::gateway_request_too_large(self.limit)));
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buffered.extend_from_slice(&chunk),

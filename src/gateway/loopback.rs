@@ -8,6 +8,7 @@ use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{header, uri::PathAndQuery};
 use axum::response::Response;
+use concord_proto::rpctypes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -138,12 +139,9 @@ impl Loopback {
     /// The whole body as one gRPC request.
     async fn one_request<Req: JsonMessage>(&self, request: Request) -> Result<tonic::Request<Req>, Status> {
         let (parts, body) = request.into_parts();
-        let bytes = axum::body::to_bytes(body, self.body_limit).await.map_err(|_| {
-            Status::resource_exhausted(format!(
-                "gateway: the request is larger than {} bytes",
-                self.body_limit
-            ))
-        })?;
+        let bytes = axum::body::to_bytes(body, self.body_limit)
+            .await
+            .map_err(|_| rpctypes::gateway_request_too_large(self.body_limit))?;
         Ok(grpc_request(&parts, json::decode(&bytes)?))
     }
 }

@@ -18,7 +18,7 @@ mod paths;
 use axum::Router;
 use axum::response::Response;
 use axum::routing::{any, get};
-use tonic::Status;
+use concord_proto::rpctypes;
 use tonic::service::Routes;
 
 use crate::api::maintenance::SERVER_VERSION;
@@ -69,5 +69,5 @@ fn cluster_version() -> String {
 
 /// A path under the gateway's prefixes that names no method.
 async fn not_found() -> Response {
-    json::error(&Status::not_found("gateway: no method at this path"))
+    json::error(&rpctypes::GATEWAY_NO_METHOD.status())
 }

@@ -6,8 +6,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, post};
 use concord_proto::concord::{config::v1 as config, pubsub::v1 as pubsub, registry::v1 as registry};
 use concord_proto::etcdserverpb as pb;
+use concord_proto::rpctypes;
 use concord_proto::{v3electionpb as election, v3lockpb as lock};
-use tonic::Status;
 
 use super::json;
 use super::loopback::{JsonAnswer, JsonMessage, Loopback};
@@ -433,7 +433,7 @@ fn streaming<Req: JsonMessage, Resp: JsonAnswer>(calls: &Loopback, method: &'sta
 
 /// A method other than `POST` on a method's path.
 async fn method_not_allowed() -> Response {
-    let mut response = json::error(&Status::unimplemented("gateway: use POST"));
+    let mut response = json::error(&rpctypes::GATEWAY_POST_ONLY.status());
     *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     response
 }

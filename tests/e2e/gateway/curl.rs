@@ -8,6 +8,16 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 
+use crate::harness::Server;
+
+/// A lone member (with `extra` flags) on a data directory of its own, and curl on it.
+pub fn start(extra: &[&str]) -> (tempfile::TempDir, Server, Curl) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), extra);
+    let curl = Curl::new(&server.url());
+    (dir, server, curl)
+}
+
 /// How long a streamed line may take to arrive.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -2,15 +2,7 @@
 
 use serde_json::json;
 
-use super::curl::{Curl, b64, int, text};
-use crate::harness::Server;
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, Server, Curl) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), extra);
-    let curl = Curl::new(&server.url());
-    (dir, server, curl)
-}
+use super::curl::{b64, int, start, text};
 
 /// etcd's own gateway walk-through (put, get, prefix get, a txn in camelCase), then checked
 /// with etcdctl: the gateway wrote to the same store.

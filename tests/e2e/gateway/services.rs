@@ -3,17 +3,14 @@
 
 use serde_json::json;
 
-use super::curl::{Curl, b64, int, text};
-use crate::harness::Server;
+use super::curl::{Curl, b64, int, start, text};
 use crate::tls::{Pki, clients::start as start_https};
 
 /// etcd's curl walk-through of auth: users and roles, enable, authenticate, then the token in
 /// `Authorization` decides; the same error texts and codes as gRPC.
 #[test]
 fn auth_over_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, _server, curl) = start(&[]);
     curl.ok("/v3/auth/user/add", r#"{"name": "root", "password": "pass"}"#);
     curl.ok("/v3/auth/role/add", r#"{"name": "root"}"#);
     curl.ok("/v3/auth/user/grant", r#"{"user": "root", "role": "root"}"#);
@@ -103,9 +100,7 @@ fn auth_over_the_gateway() {
 /// Cluster, maintenance and lock calls answer with etcd's shapes.
 #[test]
 fn cluster_maintenance_and_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, server, curl) = start(&[]);
     let members = curl.ok("/v3/cluster/member/list", "{}");
     assert!(members["header"].get("revision").is_none(), "{members}");
     assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
@@ -155,9 +150,7 @@ fn cluster_maintenance_and_lock() {
 /// The registry, the config center and pub/sub under `/v1/`, streams included.
 #[test]
 fn concord_services_under_v1() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, _server, curl) = start(&[]);
 
     let watch = curl.stream("/v1/registry/watch", r#"{"service": "api"}"#);
     let first = watch.result();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::curl::{Curl, b64, int, text};
+use super::curl::{b64, int, start, text};
 use crate::harness::{Server, wait_until};
 
 /// The server's `etcd_debugging_mvcc_watcher_total`.
@@ -21,9 +21,7 @@ fn watchers(server: &Server) -> i64 {
 /// the request body ends, and goes when the client closes the connection.
 #[test]
 fn a_watch_streams_events_until_the_client_goes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, server, curl) = start(&[]);
     let watch = curl.stream(
         "/v3/watch",
         &json!({"create_request": {"key": b64("foo"), "prev_kv": true}}).to_string(),
@@ -67,9 +65,7 @@ fn a_watch_streams_events_until_the_client_goes() {
 /// A watch from history; then a create and its cancel sent in one body.
 #[test]
 fn a_watch_body_may_create_and_cancel() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, server, curl) = start(&[]);
     for value in ["1", "2"] {
         curl.ok(
             "/v3/kv/put",
@@ -109,9 +105,7 @@ fn a_watch_body_may_create_and_cancel() {
 /// Keepalives over the gateway refresh the lease; the stream ends with the request body.
 #[test]
 fn lease_keepalive_refreshes_and_ends_with_the_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (_dir, _server, curl) = start(&[]);
     let granted = curl.ok("/v3/lease/grant", r#"{"TTL": "4"}"#);
     let id = granted["ID"].as_str().unwrap().to_string();
     curl.ok(
@@ -160,9 +154,7 @@ fn lease_keepalive_refreshes_and_ends_with_the_body() {
 /// make a file `concord snapshot status` accepts.
 #[test]
 fn observe_and_snapshot_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let curl = Curl::new(&server.url());
+    let (dir, _server, curl) = start(&[]);
     let lease = curl.ok("/v3/lease/grant", r#"{"TTL": 30}"#)["ID"].clone();
     let name = b64("jobs");
     let first = curl.ok(
@@ -193,16 +185,7 @@ fn observe_and_snapshot_stream() {
     }
     let path = dir.path().join("backup.db");
     std::fs::write(&path, file).unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["snapshot", "status", &path.display().to_string(), "-w", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = crate::maintenance::backup::status(&path);
     let current = curl.ok("/v3/kv/range", r#"{"key": "AA==", "count_only": true}"#);
     assert_eq!(
         status["revision"].as_i64(),

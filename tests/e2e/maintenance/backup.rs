@@ -22,7 +22,7 @@ fn concord_snapshot(args: &[&str]) -> std::process::Output {
 }
 
 /// `concord snapshot status FILE -w json`, parsed.
-fn status(file: &Path) -> Value {
+pub fn status(file: &Path) -> Value {
     let out = concord_snapshot(&["status", &file.display().to_string(), "-w", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()

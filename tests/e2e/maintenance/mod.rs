@@ -1,7 +1,7 @@
 //! Maintenance end to end: backups, hashes, and what operators run every day.
 
 mod alarms;
-mod backup;
+pub mod backup;
 mod compaction;
 mod corruption;
 mod defrag;
