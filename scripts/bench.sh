@@ -10,8 +10,11 @@
 #                                    # durable puts through the HTTP/JSON gateway (POST
 #                                    # /v3/kv/put), each client on its own HTTP/1.1 connection
 #   WORKLOAD=lease scripts/bench.sh  # lease cycles: grant, put with the lease, one keepalive, revoke
+#   WORKLOAD=txn CLIENTS=64 scripts/bench.sh   # compare-and-swap txns, a key per client
 #   WORKLOAD=lock CLIENTS=16 scripts/bench.sh  # 16 contenders on one lock (Lock service):
-#                                    # lock+unlock cycles/s
+#                                    # cycles/s of lock, one CAS guarded by the lock key, unlock
+#   WORKLOAD=election CLIENTS=16 scripts/bench.sh  # 16 contenders on one election:
+#                                    # rounds/s of campaign, one proclaim, resign
 #   MEMBERS=3 WORKLOAD=failover CLIENTS=8 scripts/bench.sh
 #                                    # kill -9 the leader under 8 writers: ms from the kill to the
 #                                    # first acknowledged put sent after it (lower is better)
@@ -21,8 +24,10 @@
 #                                    # (not root), simple tokens; the clients authenticate once
 #   TLS=1 scripts/bench.sh           # clients over TLS (a CA and certificate made with openssl)
 #   AUTH=1 STORM=16 scripts/bench.sh # and 16 more tasks guessing passwords all along
+#   CONCORD=/tmp/concord-before scripts/bench.sh  # another build of the server (A/B runs)
 #
-# Each run also prints the servers' CPU time per operation (user + system, from /proc).
+# Each run also prints the servers' CPU time per operation (user + system, from /proc) and their
+# peak resident memory (VmHWM, summed over the members).
 #
 # Needs etcd (Debian: apt-get install etcd-server). Prints one line per run and the ratio of the
 # medians, Concord/etcd, per client count.
@@ -42,6 +47,7 @@ TLS=${TLS:-0}
 SCHEME=http
 cargo build --release -q -p concord -p concord-bench
 BENCH=target/release/concord-bench
+CONCORD=${CONCORD:-target/release/concord}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -89,6 +95,17 @@ cpu_ticks() {
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
+# Peak resident memory (VmHWM) of the given processes, summed, in MB: the high-water mark since
+# each started, so a round's later client counts include its earlier ones.
+peak_rss_mb() {
+    local total=0
+    for p in "$@"; do
+        [ -r "/proc/$p/status" ] || continue
+        total=$((total + $(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status")))
+    done
+    echo $((total / 1024))
+}
+
 wait_port() { # host:port
     for _ in $(seq 1 200); do
         if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
@@ -112,7 +129,7 @@ start() { # name client-port peer-port -> sets ENDPOINT (MEMBERS members, ports 
         if [ "$name" = etcd ]; then
             etcd "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
         else
-            target/release/concord "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
+            "$CONCORD" "${common[@]}" >"$WORK/$name-m$m.log" 2>&1 &
         fi
         PIDS+=($!)
         ROUND_PIDS+=($!)
@@ -139,6 +156,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 "${BENCH_USER[@]}" "${TLS_CLIENT[@]}" --label "round=$round $server")
             after=$(cpu_ticks "${ROUND_PIDS[@]}")
             line+=" server_cpu_us_per_op=$(( (after - before) * TICK_US / total ))"
+            line+=" peak_rss_mb=$(peak_rss_mb "${ROUND_PIDS[@]}")"
             echo "$line"
             RATES[$server-$c]+="$(sed -n 's/.*\(_per_sec\|failover_ms\)=\([0-9]*\).*/\2/p' <<<"$line") "
         done

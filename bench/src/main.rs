@@ -24,8 +24,12 @@ enum Workload {
     Watch,
     /// Lease cycles: grant, put with the lease, one keepalive, revoke.
     Lease,
-    /// `--clients` contenders on one lock (Lock service): lock, unlock.
+    /// Compare-and-swap txns, each client on its own key (see `cas.rs`).
+    Txn,
+    /// `--clients` contenders on one lock (Lock service): lock, one guarded CAS, unlock.
     Lock,
+    /// `--clients` contenders on one election: campaign, one proclaim, resign.
+    Election,
     /// Kill the leader (`--pids`) under `--clients` writers; time to the first write after.
     Failover,
     /// Concord's Registry: `--instances` registered, `--watchers` subscribers, `--total`
@@ -91,6 +95,7 @@ struct Args {
     label: String,
 }
 
+mod cas;
 mod failover;
 mod http;
 mod lease;
@@ -165,7 +170,9 @@ async fn client_loop(
             Workload::Watch
             | Workload::HttpPut
             | Workload::Lease
+            | Workload::Txn
             | Workload::Lock
+            | Workload::Election
             | Workload::Failover
             | Workload::Registry
             | Workload::Config
@@ -294,7 +301,21 @@ async fn main() -> anyhow::Result<()> {
         let channel = channels[c % connections].clone();
         let ops = c * per_client..(c + 1) * per_client;
         if let Workload::Lock = args.workload {
-            tasks.push(tokio::spawn(lock::cycle_loop(channel, per_client)));
+            tasks.push(tokio::spawn(lock::lock_loop(channel, per_client)));
+            continue;
+        }
+        if let Workload::Election = args.workload {
+            tasks.push(tokio::spawn(lock::election_loop(channel, per_client)));
+            continue;
+        }
+        if let Workload::Txn = args.workload {
+            let key = key(c, args.key_size);
+            tasks.push(tokio::spawn(cas::cas_loop(
+                kv_of(c % connections),
+                key,
+                per_client,
+                args.value_size,
+            )));
             continue;
         }
         if let Workload::HttpPut = args.workload {
