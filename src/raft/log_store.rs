@@ -40,7 +40,6 @@ enum WalOp {
         vote: Vote,
         done: oneshot::Sender<io::Result<()>>,
     },
-    SaveCommitted(LogId),
 }
 
 /// Who waits for a batch to be written.
@@ -72,9 +71,10 @@ impl LogStore {
         let (wal, cache) = Wal::open(dir, segment_size)?;
         let cache = Arc::new(RwLock::new(cache));
         let (tx, rx) = mpsc::unbounded_channel();
+        let committed = cache.clone();
         std::thread::Builder::new()
             .name("concord-wal".into())
-            .spawn(move || run_wal(wal, rx))?;
+            .spawn(move || run_wal(wal, rx, &committed))?;
         Ok(Self { cache, wal: tx })
     }
 
@@ -98,10 +98,18 @@ fn read_cache(cache: &RwLock<LogCache>) -> io::Result<RwLockReadGuard<'_, LogCac
 }
 
 /// The WAL writer: one write and one fdatasync for everything waiting.
-fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>) {
+///
+/// The committed log id is not sent as an op: [`LogStore::save_committed`] only records it in
+/// `cache`, and each batch ends with a record of it if it moved. That saves a wake-up and a write
+/// per commit; openraft allows the committed id to be saved late, and it was never fdatasynced
+/// on its own anyway. It is read before the batch is taken from the channel: openraft appends an
+/// entry before it saves a committed id that covers it, so the entry is already in the channel,
+/// and the record never names an entry the WAL does not hold.
+fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>, cache: &RwLock<LogCache>) {
     let mut batch = Vec::new();
     let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let committed = read_cache(cache).map(|c| c.committed);
         batch.push(first);
         while batch.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {
@@ -109,7 +117,9 @@ fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>) {
                 Err(_) => break,
             }
         }
-        let result = write_batch(&mut wal, batch.drain(..), &mut waiters).map_err(|e| e.to_string());
+        let result = committed
+            .and_then(|committed| write_batch(&mut wal, batch.drain(..), committed, &mut waiters))
+            .map_err(|e| e.to_string());
         if let Err(err) = &result {
             tracing::error!(error = %err, "raft log write failed");
         }
@@ -125,9 +135,15 @@ fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>) {
     }
 }
 
-/// Writes every op's records; fdatasync only if an append, a vote or a purge is among them (the
-/// rest rides along with the next one). Collects who waits in `waiters`.
-fn write_batch(wal: &mut Wal, ops: impl Iterator<Item = WalOp>, waiters: &mut Vec<Waiter>) -> io::Result<()> {
+/// Writes every op's records, then the committed log id if it moved; fdatasync only if an
+/// append, a vote or a purge is among them (the rest rides along with the next one). Collects
+/// who waits in `waiters`.
+fn write_batch(
+    wal: &mut Wal,
+    ops: impl Iterator<Item = WalOp>,
+    committed: Option<LogId>,
+    waiters: &mut Vec<Waiter>,
+) -> io::Result<()> {
     let mut sync = false;
     let mut records = Vec::new();
     for op in ops {
@@ -149,8 +165,10 @@ fn write_batch(wal: &mut Wal, ops: impl Iterator<Item = WalOp>, waiters: &mut Ve
                 records.push(Record::Purge(log_id));
             }
             WalOp::TruncateFrom(from) => records.push(Record::TruncateFrom(from)),
-            WalOp::SaveCommitted(log_id) => records.push(Record::Committed(log_id)),
         }
+    }
+    if let Some(log_id) = committed.filter(|c| Some(*c) > wal.committed()) {
+        records.push(Record::Committed(log_id));
     }
     for record in records {
         wal.push(record)?;
@@ -202,10 +220,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Recorded in memory; the WAL writes it with its next batch (see [`run_wal`]).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        if let Some(log_id) = committed {
-            self.send(WalOp::SaveCommitted(log_id))?;
-        }
         self.write()?.committed = committed;
         Ok(())
     }
@@ -267,6 +283,30 @@ mod tests {
         let (tx, rx) = TypeConfig::oneshot();
         store.append(entries, IOFlushed::signal(tx)).await.unwrap();
         rx.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_committed_id_rides_along_with_the_next_write() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("wal");
+            let mut store = LogStore::open(&path).unwrap();
+            append(&mut store, (1..=3).map(|i| blank(1, i)).collect()).await;
+            store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+            assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
+            // Nothing was written for it alone: a crash now loses it (openraft allows that).
+            drop(store);
+            let mut store = LogStore::open(&path).unwrap();
+            assert_eq!(store.read_committed().await.unwrap(), None);
+            // The next append carries it.
+            store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+            append(&mut store, vec![blank(1, 4)]).await;
+            drop(store);
+            let mut store = LogStore::open(&path).unwrap();
+            assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(log_id(1, 1, 4)));
+        });
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::record::Record;
 use super::replay::{list_segments, replay};
 use super::segment::Segment;
 use super::{HardState, SegmentInfo};
+use crate::raft::LogId;
 use crate::raft::durable::{sync_dir, with_path};
 use crate::raft::log_cache::LogCache;
 
@@ -85,6 +86,11 @@ impl Wal {
         self.fail_on(committed)
     }
 
+    /// The committed log id as of the records pushed so far.
+    pub fn committed(&self) -> Option<LogId> {
+        self.state.committed
+    }
+
     /// The segments on disk, oldest first.
     pub fn segments(&self) -> impl Iterator<Item = &SegmentInfo> {
         self.segments.iter()
@@ -116,9 +122,12 @@ impl Wal {
     }
 
     fn commit_inner(&mut self, sync: bool) -> io::Result<()> {
+        crate::failpoint::hit("wal-before-write");
         self.write_pending()?;
         if sync {
+            crate::failpoint::hit("wal-before-sync");
             self.current.sync()?;
+            crate::failpoint::hit("wal-after-sync");
             self.delete_purged()?;
         }
         Ok(())
