@@ -66,7 +66,7 @@ fn storage(err: impl std::fmt::Display) -> Error {
 }
 
 fn open_db(path: &Path) -> Result<Database, Error> {
-    Database::create(path).map_err(|e| storage(format!("{}: {e}", path.display())))
+    crate::mvcc::open_database(path).map_err(|e| storage(format!("{}: {e}", path.display())))
 }
 
 impl Member {

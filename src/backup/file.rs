@@ -121,7 +121,7 @@ pub fn extract(from: &Path, db_len: u64, to: &Path) -> Result<(), BackupError> {
 pub fn open_checked(path: &Path) -> Result<Database, BackupError> {
     let not_a_snapshot = |why: String| BackupError::NotASnapshot(path.to_path_buf(), why);
     crash::contain("opening a snapshot", || {
-        let db = Database::create(path).map_err(|e| e.to_string())?;
+        let db = mvcc::open_database(path).map_err(|e| e.to_string())?;
         {
             let read = db.begin_read().map_err(|e| e.to_string())?;
             mvcc::check_loadable(&read).map_err(|e| format!("mvcc tables: {e}"))?;

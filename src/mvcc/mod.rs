@@ -36,6 +36,7 @@ mod change_log;
 pub mod check;
 mod compaction;
 mod compare;
+pub mod database;
 pub mod error;
 mod hash;
 pub mod history;
@@ -53,6 +54,7 @@ mod writer;
 #[cfg(test)]
 pub(crate) mod test_util;
 
+pub use database::open_database;
 pub use error::MvccError;
 pub use hash::KvHash;
 pub use history::copy_tables;

@@ -110,7 +110,7 @@ pub fn copy_state_into(
     extra: impl FnOnce(&redb::WriteTransaction) -> io::Result<()>,
 ) -> io::Result<Database> {
     let (applied, membership) = read_applied_state_in(read)?;
-    let mut copy = Database::create(path).map_err(storage_err)?;
+    let mut copy = crate::mvcc::open_database(path).map_err(storage_err)?;
     let mut write = copy.begin_write().map_err(storage_err)?;
     // No fsync here: compacting below commits durably, after it has moved the pages to the
     // front and cut the file, so the pages that would only be cut off are never written back.
