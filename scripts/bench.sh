@@ -45,7 +45,8 @@ command -v etcd >/dev/null || { echo "etcd not found: apt-get install -y etcd-se
 AUTH=${AUTH:-0}
 TLS=${TLS:-0}
 SCHEME=http
-cargo build --release -q -p concord -p concord-bench
+# BUILD=0 skips the build (a script running several benchmarks of one build, say).
+if [ "${BUILD:-1}" = 1 ]; then cargo build --release -q -p concord -p concord-bench; fi
 BENCH=target/release/concord-bench
 CONCORD=${CONCORD:-target/release/concord}
 WORK=$(mktemp -d)
