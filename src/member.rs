@@ -26,7 +26,7 @@ use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
 use crate::raft::durable::sync_dir;
 use crate::raft::identity::{self, Identity};
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{InPlace, LogStore};
 use crate::raft::network::{PeerNetwork, Peers};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Raft, TypeConfig, timing};
@@ -69,6 +69,24 @@ fn open_db(path: &Path) -> Result<Database, Error> {
     crate::mvcc::open_database(path).map_err(|e| storage(format!("{}: {e}", path.display())))
 }
 
+/// Keeps the log store told whether this member is the only voter (its own fdatasync then
+/// commits, so its appends may be written in place), until Raft stops.
+async fn tell_lone_voter(raft: Raft, in_place: Arc<InPlace>) {
+    let mut server = raft.server_metrics();
+    loop {
+        let voters = server
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        in_place.set_lone_voter(voters == 1);
+        if server.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Member {
     /// Opens (or creates) the data directory and starts Raft; bootstraps a new cluster on first
     /// start.
@@ -95,6 +113,8 @@ impl Member {
             .set(identity.member_id, Some(identity.cluster_id));
         // The Raft log.
         let log_store = LogStore::open(&member_dir.join("wal"))?;
+        let in_place = log_store.in_place();
+        in_place.set_member_id(identity.member_id);
 
         // The state: one database for the MVCC store and the lease table, the watch hub fed
         // from it, and the state machine that applies committed commands to all three.
@@ -127,6 +147,7 @@ impl Member {
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
+        tokio::spawn(tell_lone_voter(raft.clone(), in_place));
 
         // A member of a new cluster bootstraps it on its first start.
         let initialized = raft

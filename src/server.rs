@@ -225,10 +225,11 @@ pub async fn run(
 }
 
 /// Counts the leader changes this member sees (`etcd_server_leader_changes_seen_total`), until
-/// Raft stops.
+/// Raft stops. It watches the server metrics, which change with the vote, state, leader and
+/// membership only: the full metrics change with every commit, and each change would wake it.
 async fn count_leader_changes(raft: crate::raft::Raft) {
     use openraft::async_runtime::WatchReceiver;
-    let mut watched = raft.metrics();
+    let mut watched = raft.server_metrics();
     let mut last = None;
     loop {
         let leader = watched.borrow_and_update().current_leader;

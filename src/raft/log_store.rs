@@ -6,6 +6,12 @@
 //! flushed. So under load one fdatasync covers many proposals, and throughput grows with the
 //! number of clients while a lone client still pays one fdatasync per write.
 //!
+//! When nothing is queued for the writer and its WAL is idle, an append that waits for nothing
+//! else may be written and fdatasynced by the caller itself ([`InPlace`]): a follower's (the
+//! leader waits for its answer) or a lone voter's (its own fdatasync is the commit). That saves
+//! the two thread wake-ups of the hand-off, each about as costly as the fdatasync on a small VM.
+//! A leader with followers never does: it must send the entries on while its own sync runs.
+//!
 //! The log is bounded by snapshots: openraft purges entries a snapshot covers, and the WAL
 //! deletes segments once every entry in them is purged.
 
@@ -13,7 +19,9 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -27,6 +35,12 @@ use super::{Entry, LogId, TypeConfig, Vote};
 
 /// The most operations one WAL batch takes; bounds the latency of a huge backlog.
 const MAX_OPS_PER_COMMIT: usize = 4096;
+
+/// How long the WAL must have been idle before an append is written in place. Under load the
+/// next append follows a write within microseconds, and the WAL thread's pipelining (the core
+/// takes new proposals while an fdatasync runs) is worth more than the saved wake-ups; a lone
+/// client's next put comes a round trip (half a millisecond here) after its last.
+const IDLE_BEFORE_IN_PLACE: Duration = Duration::from_micros(200);
 
 /// One write for the WAL thread.
 enum WalOp {
@@ -48,10 +62,72 @@ enum Waiter {
     Vote(oneshot::Sender<io::Result<()>>),
 }
 
-/// openraft's log storage: reads from memory, writes through the group-commit WAL thread.
+/// openraft's log storage: reads from memory, writes through the group-commit WAL thread (or
+/// in place, see the module docs).
 pub struct LogStore {
     cache: Arc<RwLock<LogCache>>,
     wal: mpsc::UnboundedSender<WalOp>,
+    writer: Arc<Mutex<Writer>>,
+    /// Ops sent to the WAL thread that it has not taken yet.
+    queued: Arc<AtomicUsize>,
+    in_place: Arc<InPlace>,
+}
+
+/// When an append may be written in place: set by the member from what Raft reports.
+#[derive(Debug, Default)]
+pub struct InPlace {
+    /// This member's id; 0 until known (then nothing is written in place).
+    member_id: AtomicU64,
+    /// Whether this member is the only voter, so its own fdatasync commits.
+    lone_voter: AtomicBool,
+}
+
+impl InPlace {
+    /// Records this member's id.
+    pub fn set_member_id(&self, id: u64) {
+        self.member_id.store(id, Ordering::Relaxed);
+    }
+
+    /// Records whether this member is the only voter.
+    pub fn set_lone_voter(&self, lone: bool) {
+        self.lone_voter.store(lone, Ordering::Relaxed);
+    }
+
+    /// Whether entries proposed by `leader` may be written in place.
+    fn allows(&self, leader: u64) -> bool {
+        let me = self.member_id.load(Ordering::Relaxed);
+        me != 0 && (leader != me || self.lone_voter.load(Ordering::Relaxed))
+    }
+}
+
+/// The WAL, and what one batch's waiters are told; held by whoever writes a batch.
+struct Writer {
+    wal: Wal,
+    waiters: Vec<Waiter>,
+    /// When the last batch was written.
+    last_done: Instant,
+}
+
+impl Writer {
+    /// Writes `ops` (and the committed id, see [`run_wal`]), then tells every waiter the outcome.
+    fn write(&mut self, ops: impl Iterator<Item = WalOp>, committed: io::Result<Option<LogId>>) {
+        let result = committed
+            .and_then(|committed| write_batch(&mut self.wal, ops, committed, &mut self.waiters))
+            .map_err(|e| e.to_string());
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "raft log write failed");
+        }
+        self.last_done = Instant::now();
+        for waiter in self.waiters.drain(..) {
+            let outcome = result.clone().map_err(io::Error::other);
+            match waiter {
+                Waiter::Flushed(flushed) => flushed.io_completed(outcome),
+                Waiter::Vote(done) => {
+                    let _ = done.send(outcome);
+                }
+            }
+        }
+    }
 }
 
 /// A cheap reader of the log for replication tasks.
@@ -71,17 +147,56 @@ impl LogStore {
         let (wal, cache) = Wal::open(dir, segment_size)?;
         let cache = Arc::new(RwLock::new(cache));
         let (tx, rx) = mpsc::unbounded_channel();
-        let committed = cache.clone();
+        let writer = Arc::new(Mutex::new(Writer {
+            wal,
+            waiters: Vec::new(),
+            last_done: Instant::now(),
+        }));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (thread_cache, thread_writer, thread_queued) = (cache.clone(), writer.clone(), queued.clone());
         std::thread::Builder::new()
             .name("concord-wal".into())
-            .spawn(move || run_wal(wal, rx, &committed))?;
-        Ok(Self { cache, wal: tx })
+            .spawn(move || run_wal(&thread_writer, rx, &thread_cache, &thread_queued))?;
+        Ok(Self {
+            cache,
+            wal: tx,
+            writer,
+            queued,
+            in_place: Arc::default(),
+        })
+    }
+
+    /// Where the member says when appends may be written in place (see the module docs).
+    pub fn in_place(&self) -> Arc<InPlace> {
+        self.in_place.clone()
     }
 
     fn send(&self, op: WalOp) -> io::Result<()> {
-        self.wal
-            .send(op)
-            .map_err(|_| io::Error::other("the WAL writer has stopped"))
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.wal.send(op).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            io::Error::other("the WAL writer has stopped")
+        })
+    }
+
+    /// Writes `op` on this thread if nothing is queued for the WAL thread and the WAL has been
+    /// idle for [`IDLE_BEFORE_IN_PLACE`]; otherwise hands `op` back. Every earlier op was then
+    /// written and its waiters told (the writer tells them before it lets go of the WAL), so
+    /// completions stay in order. Only openraft's core task writes to the store, so nothing can
+    /// be queued behind our back.
+    fn write_in_place(&self, op: WalOp) -> Result<(), WalOp> {
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return Err(op);
+        }
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Err(op);
+        };
+        if writer.last_done.elapsed() < IDLE_BEFORE_IN_PLACE {
+            return Err(op);
+        }
+        let committed = read_cache(&self.cache).map(|c| c.committed);
+        writer.write(std::iter::once(op), committed);
+        Ok(())
     }
 
     fn write(&self) -> io::Result<RwLockWriteGuard<'_, LogCache>> {
@@ -105,10 +220,18 @@ fn read_cache(cache: &RwLock<LogCache>) -> io::Result<RwLockReadGuard<'_, LogCac
 /// on its own anyway. It is read before the batch is taken from the channel: openraft appends an
 /// entry before it saves a committed id that covers it, so the entry is already in the channel,
 /// and the record never names an entry the WAL does not hold.
-fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>, cache: &RwLock<LogCache>) {
+fn run_wal(
+    writer: &Mutex<Writer>,
+    mut rx: mpsc::UnboundedReceiver<WalOp>,
+    cache: &RwLock<LogCache>,
+    queued: &AtomicUsize,
+) {
     let mut batch = Vec::new();
-    let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut writer = match writer.lock() {
+            Ok(writer) => writer,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let committed = read_cache(cache).map(|c| c.committed);
         batch.push(first);
         while batch.len() < MAX_OPS_PER_COMMIT {
@@ -117,21 +240,8 @@ fn run_wal(mut wal: Wal, mut rx: mpsc::UnboundedReceiver<WalOp>, cache: &RwLock<
                 Err(_) => break,
             }
         }
-        let result = committed
-            .and_then(|committed| write_batch(&mut wal, batch.drain(..), committed, &mut waiters))
-            .map_err(|e| e.to_string());
-        if let Err(err) = &result {
-            tracing::error!(error = %err, "raft log write failed");
-        }
-        for waiter in waiters.drain(..) {
-            let outcome = result.clone().map_err(io::Error::other);
-            match waiter {
-                Waiter::Flushed(flushed) => flushed.io_completed(outcome),
-                Waiter::Vote(done) => {
-                    let _ = done.send(outcome);
-                }
-            }
-        }
+        queued.fetch_sub(batch.len(), Ordering::SeqCst);
+        writer.write(batch.drain(..), committed);
     }
 }
 
@@ -240,16 +350,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| Ok((e.index(), encode_entry(e)?)))
             .collect::<io::Result<Vec<_>>>()?;
+        let leader = entries.first().map(|e| e.log_id().leader_id.node_id);
         {
             let mut cache = self.write()?;
             for entry in entries {
                 cache.append(entry);
             }
         }
-        self.send(WalOp::Append {
+        let mut op = WalOp::Append {
             rows,
             flushed: callback,
-        })
+        };
+        if leader.is_some_and(|leader| self.in_place.allows(leader)) {
+            match self.write_in_place(op) {
+                Ok(()) => return Ok(()),
+                Err(not_now) => op = not_now,
+            }
+        }
+        self.send(op)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

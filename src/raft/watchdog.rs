@@ -15,15 +15,22 @@ use crate::crash;
 
 /// Watches `raft` until it stops; exits the process unless `stopping` was set first (an
 /// orderly shutdown).
+///
+/// It waits on the server metrics (vote, state, leader, membership), not the full metrics,
+/// which change with every commit and would wake it for each. A stopping core sets its fatal
+/// error in the full metrics and then drops both senders, so the reason is read from there.
 pub async fn run(raft: Raft, stopping: Arc<AtomicBool>) {
-    let mut metrics = raft.metrics();
+    let mut server = raft.server_metrics();
     loop {
-        let failed = metrics.borrow_watched().running_state.clone().err();
+        let failed = raft.metrics().borrow_watched().running_state.clone().err();
         let gone = match failed {
             Some(fatal) => Some(format!("raft stopped: {fatal}")),
-            None => match metrics.changed().await {
+            None => match server.changed().await {
                 Ok(()) => None,
-                Err(_) => Some("raft stopped: its core task ended".to_string()),
+                Err(_) => Some(match raft.metrics().borrow_watched().running_state.clone() {
+                    Err(fatal) => format!("raft stopped: {fatal}"),
+                    Ok(()) => "raft stopped: its core task ended".to_string(),
+                }),
             },
         };
         if let Some(reason) = gone {
