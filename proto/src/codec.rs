@@ -22,6 +22,18 @@ use crate::nesting::{MAX_TXN_DEPTH, field_txn_depth, txn_depth};
 use crate::raftpb::Command;
 use crate::rpctypes::TOO_MANY_OPS;
 
+/// The buffer each call's encoder and decoder start with (tonic's default is 8 KiB). They grow
+/// for larger messages; most requests and answers are far smaller, and a member with a thousand
+/// open watch streams held 16 MB in these two buffers alone.
+const BUFFER_BYTES: usize = 1024;
+
+/// How much a streaming call encodes before it hands the bytes on (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+}
+
 /// prost's codec with the nesting guard; named by `codec_path` in `build.rs`.
 #[derive(Debug, Clone)]
 pub struct GuardedCodec<T, U> {
@@ -45,12 +57,12 @@ where
     type Decoder = GuardedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         GuardedDecoder {
-            inner: ProstDecoder::default(),
+            inner: ProstDecoder::new(buffer_settings()),
         }
     }
 }
