@@ -333,7 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Recorded in memory; the WAL writes it with its next batch (see [`run_wal`]).
+    /// Recorded in memory; the WAL thread writes it with its next batch.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.write()?.committed = committed;
         Ok(())
