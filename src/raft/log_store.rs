@@ -393,28 +393,22 @@ mod tests {
     use super::*;
     use crate::raft::codec::log_id;
 
+    /// A blank entry proposed by `leader` in `term`.
+    fn blank_by(term: u64, leader: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id(term, leader, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A blank entry proposed by member 1.
     fn blank(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: log_id(term, 1, index),
-            payload: EntryPayload::Blank,
-        }
+        blank_by(term, 1, index)
     }
 
-    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
-        let (tx, rx) = TypeConfig::oneshot();
-        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
-    }
-
-    fn entry_of(leader: u64, index: u64) -> Entry {
-        Entry {
-            log_id: log_id(1, leader, index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    /// Appends `entries`; whether they were durable when `append` returned (written in place).
-    async fn append_in_place(store: &mut LogStore, entries: Vec<Entry>) -> bool {
+    /// Appends `entries` and waits until they are durable; whether they already were when
+    /// `append` returned (written in place).
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) -> bool {
         use futures::FutureExt;
         let (tx, rx) = TypeConfig::oneshot();
         store.append(entries, IOFlushed::signal(tx)).await.unwrap();
@@ -426,6 +420,16 @@ mod tests {
         done_at_return
     }
 
+    /// Every entry the store holds.
+    async fn all_entries(store: &mut LogStore) -> Vec<Entry> {
+        store
+            .get_log_reader()
+            .await
+            .try_get_log_entries(0..)
+            .await
+            .unwrap()
+    }
+
     #[test]
     fn a_followers_append_is_written_in_place_and_a_leaders_is_not() {
         TypeConfig::run(async {
@@ -433,35 +437,25 @@ mod tests {
             let path = dir.path().join("wal");
             let mut store = LogStore::open(&path).unwrap();
             // Until the member id is known, nothing is written in place.
-            assert!(!append_in_place(&mut store, vec![entry_of(1, 1)]).await);
+            assert!(!append(&mut store, vec![blank_by(1, 1, 1)]).await);
             store.in_place().set_member_id(2);
             std::thread::sleep(IDLE_BEFORE_IN_PLACE);
             // Proposed by member 1: this member (2) follows, and the WAL is idle.
-            assert!(append_in_place(&mut store, vec![entry_of(1, 2)]).await);
+            assert!(append(&mut store, vec![blank_by(1, 1, 2)]).await);
             // Its own proposals, with other voters: always through the WAL thread.
             std::thread::sleep(IDLE_BEFORE_IN_PLACE);
-            assert!(!append_in_place(&mut store, vec![entry_of(2, 3)]).await);
+            assert!(!append(&mut store, vec![blank_by(1, 2, 3)]).await);
             // A lone voter's own proposals may be written in place.
             store.in_place().set_lone_voter(true);
             std::thread::sleep(IDLE_BEFORE_IN_PLACE);
-            assert!(append_in_place(&mut store, vec![entry_of(2, 4)]).await);
+            assert!(append(&mut store, vec![blank_by(1, 2, 4)]).await);
             // Right after a write the WAL thread takes it (unless this thread was descheduled
             // for the idle time: not asserted). Either way it lands after the others.
-            append_in_place(&mut store, vec![entry_of(2, 5)]).await;
-            let written = store
-                .get_log_reader()
-                .await
-                .try_get_log_entries(0..)
-                .await
-                .unwrap();
+            append(&mut store, vec![blank_by(1, 2, 5)]).await;
+            let written = all_entries(&mut store).await;
             drop(store);
             let mut store = LogStore::open(&path).unwrap();
-            let replayed = store
-                .get_log_reader()
-                .await
-                .try_get_log_entries(0..)
-                .await
-                .unwrap();
+            let replayed = all_entries(&mut store).await;
             assert_eq!(replayed, written);
             assert_eq!(replayed.len(), 5);
         });
@@ -509,12 +503,7 @@ mod tests {
             let files = std::fs::read_dir(&path).unwrap().count();
             assert!(files > 1, "the log spans several segments");
             let state = store.get_log_state().await.unwrap();
-            let entries = store
-                .get_log_reader()
-                .await
-                .try_get_log_entries(0..)
-                .await
-                .unwrap();
+            let entries = all_entries(&mut store).await;
             assert_eq!(entries.len(), 48);
             drop(store);
 
@@ -522,8 +511,8 @@ mod tests {
             let reopened = store.get_log_state().await.unwrap();
             assert_eq!(reopened.last_purged_log_id, state.last_purged_log_id);
             assert_eq!(reopened.last_log_id, Some(log_id(2, 1, 198)));
+            assert_eq!(all_entries(&mut store).await, entries);
             let mut reader = store.get_log_reader().await;
-            assert_eq!(reader.try_get_log_entries(0..).await.unwrap(), entries);
             assert_eq!(reader.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
             assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 190)));
         });
