@@ -21,23 +21,21 @@ use crate::crash;
 /// error in the full metrics and then drops both senders, so the reason is read from there.
 pub async fn run(raft: Raft, stopping: Arc<AtomicBool>) {
     let mut server = raft.server_metrics();
-    loop {
-        let failed = raft.metrics().borrow_watched().running_state.clone().err();
-        let gone = match failed {
-            Some(fatal) => Some(format!("raft stopped: {fatal}")),
-            None => match server.changed().await {
-                Ok(()) => None,
-                Err(_) => Some(match raft.metrics().borrow_watched().running_state.clone() {
-                    Err(fatal) => format!("raft stopped: {fatal}"),
-                    Ok(()) => "raft stopped: its core task ended".to_string(),
-                }),
-            },
-        };
-        if let Some(reason) = gone {
-            if !stopping.load(Ordering::SeqCst) {
-                crash::exit(&reason);
-            }
-            return;
+    let reason = loop {
+        if let Some(fatal) = fatal_error(&raft) {
+            break fatal;
         }
+        if server.changed().await.is_err() {
+            break fatal_error(&raft).unwrap_or_else(|| "raft stopped: its core task ended".to_string());
+        }
+    };
+    if !stopping.load(Ordering::SeqCst) {
+        crash::exit(&reason);
     }
+}
+
+/// The error Raft stopped with, if it did.
+fn fatal_error(raft: &Raft) -> Option<String> {
+    let state = raft.metrics().borrow_watched().running_state.clone();
+    state.err().map(|fatal| format!("raft stopped: {fatal}"))
 }
