@@ -64,6 +64,10 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Bytes of written Raft log entries kept in memory; older ones, until a snapshot purges
+    /// them, are read back from the WAL when a lagging follower needs them (Concord's own).
+    #[arg(long, default_value_t = crate::raft::log_store::DEFAULT_CACHE_BYTES)]
+    pub log_cache_bytes: u64,
     /// Interval of periodic progress notifications to watchers that ask for them (e.g. `10m`,
     /// `5s`, `500ms`).
     #[arg(long, default_value = "10m")]
@@ -195,6 +199,8 @@ pub struct Config {
     pub election_timeout: Duration,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Bytes of written Raft log entries kept in memory.
+    pub log_cache_bytes: u64,
     /// Interval of progress notifications for watchers that asked for them.
     pub watch_progress_notify_interval: Duration,
     /// Versions kept per config-center key.
@@ -360,6 +366,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(flags.heartbeat_interval),
             election_timeout: Duration::from_millis(flags.election_timeout),
             snapshot_count: flags.snapshot_count.max(1),
+            log_cache_bytes: flags.log_cache_bytes,
             watch_progress_notify_interval: parse_duration(
                 &flags.experimental_watch_progress_notify_interval,
             )?,

@@ -112,7 +112,7 @@ impl Member {
             .credentials()
             .set(identity.member_id, Some(identity.cluster_id));
         // The Raft log.
-        let log_store = LogStore::open(&member_dir.join("wal"))?;
+        let log_store = LogStore::open(&member_dir.join("wal"), config.log_cache_bytes)?;
         let in_place = log_store.in_place();
         in_place.set_member_id(identity.member_id);
 

@@ -15,26 +15,30 @@
 //! The log is bounded by snapshots: openraft purges entries a snapshot covers, and the WAL
 //! deletes segments once every entry in them is purged.
 
-use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::reader::LogReader;
+use self::wal_thread::{WalOp, Writer};
 use super::codec::encode_entry;
 use super::log_cache::LogCache;
-use super::wal::{self, Record, Wal};
+use super::wal::{self, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
 
-/// The most operations one WAL batch takes; bounds the latency of a huge backlog.
-const MAX_OPS_PER_COMMIT: usize = 4096;
+mod reader;
+mod wal_thread;
+
+/// How many bytes of written entries the log keeps in memory unless told otherwise
+/// (`--log-cache-bytes`); older entries are read back from the WAL when a follower needs them.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// How long the WAL must have been idle before an append is written in place. Under load the
 /// next append follows a write within microseconds, and the WAL thread's pipelining (the core
@@ -42,30 +46,12 @@ const MAX_OPS_PER_COMMIT: usize = 4096;
 /// client's next put comes a round trip (half a millisecond here) after its last.
 const IDLE_BEFORE_IN_PLACE: Duration = Duration::from_micros(200);
 
-/// One write for the WAL thread.
-enum WalOp {
-    Append {
-        rows: Vec<(u64, Vec<u8>)>,
-        flushed: IOFlushed<TypeConfig>,
-    },
-    TruncateFrom(u64),
-    Purge(LogId),
-    SaveVote {
-        vote: Vote,
-        done: oneshot::Sender<io::Result<()>>,
-    },
-}
-
-/// Who waits for a batch to be written.
-enum Waiter {
-    Flushed(IOFlushed<TypeConfig>),
-    Vote(oneshot::Sender<io::Result<()>>),
-}
-
-/// openraft's log storage: reads from memory, writes through the group-commit WAL thread (or
-/// in place, see the module docs).
+/// openraft's log storage: reads from memory (or the WAL, for entries past the cache's budget),
+/// writes through the group-commit WAL thread (or in place, see the module docs).
 pub struct LogStore {
     cache: Arc<RwLock<LogCache>>,
+    /// The WAL's directory.
+    dir: Arc<std::path::PathBuf>,
     wal: mpsc::UnboundedSender<WalOp>,
     writer: Arc<Mutex<Writer>>,
     /// Ops sent to the WAL thread that it has not taken yet.
@@ -100,68 +86,26 @@ impl InPlace {
     }
 }
 
-/// The WAL, and what one batch's waiters are told; held by whoever writes a batch.
-struct Writer {
-    wal: Wal,
-    waiters: Vec<Waiter>,
-    /// When the last batch was written.
-    last_done: Instant,
-}
-
-impl Writer {
-    /// Writes `ops` (and the committed id, see [`run_wal`]), then tells every waiter the outcome.
-    fn write(&mut self, ops: impl Iterator<Item = WalOp>, committed: io::Result<Option<LogId>>) {
-        let result = committed
-            .and_then(|committed| write_batch(&mut self.wal, ops, committed, &mut self.waiters))
-            .map_err(|e| e.to_string());
-        if let Err(err) = &result {
-            tracing::error!(error = %err, "raft log write failed");
-        }
-        self.last_done = Instant::now();
-        for waiter in self.waiters.drain(..) {
-            let outcome = result.clone().map_err(io::Error::other);
-            match waiter {
-                Waiter::Flushed(flushed) => flushed.io_completed(outcome),
-                Waiter::Vote(done) => {
-                    let _ = done.send(outcome);
-                }
-            }
-        }
-    }
-}
-
-/// A cheap reader of the log for replication tasks.
-#[derive(Clone)]
-pub struct LogReader {
-    cache: Arc<RwLock<LogCache>>,
-}
-
 impl LogStore {
-    /// Opens the WAL in `dir` (creating it), replays it and starts the WAL writer thread.
-    pub fn open(dir: &Path) -> io::Result<Self> {
-        Self::open_with_segment_size(dir, wal::SEGMENT_SIZE)
+    /// Opens the WAL in `dir` (creating it), replays it and starts the WAL writer thread. At
+    /// most `cache_bytes` of written entries are kept in memory.
+    pub fn open(dir: &Path, cache_bytes: u64) -> io::Result<Self> {
+        Self::open_with_segment_size(dir, wal::SEGMENT_SIZE, cache_bytes)
     }
 
     /// [`LogStore::open`] with another segment size (small ones make tests rotate).
-    pub fn open_with_segment_size(dir: &Path, segment_size: u64) -> io::Result<Self> {
-        let (wal, cache) = Wal::open(dir, segment_size)?;
+    pub fn open_with_segment_size(dir: &Path, segment_size: u64, cache_bytes: u64) -> io::Result<Self> {
+        let (wal, cache) = Wal::open_bounded(dir, segment_size, cache_bytes)?;
         let cache = Arc::new(RwLock::new(cache));
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Arc::new(Mutex::new(Writer {
-            wal,
-            waiters: Vec::new(),
-            // Idle since long enough: the first append may be written in place.
-            last_done: Instant::now()
-                .checked_sub(IDLE_BEFORE_IN_PLACE)
-                .unwrap_or_else(Instant::now),
-        }));
+        // Idle since long enough: the first append may be written in place.
+        let writer = Writer::new(wal, cache.clone(), cache_bytes, IDLE_BEFORE_IN_PLACE);
+        let writer = Arc::new(Mutex::new(writer));
         let queued = Arc::new(AtomicUsize::new(0));
-        let (thread_cache, thread_writer, thread_queued) = (cache.clone(), writer.clone(), queued.clone());
-        std::thread::Builder::new()
-            .name("concord-wal".into())
-            .spawn(move || run_wal(&thread_writer, rx, &thread_cache, &thread_queued))?;
+        wal_thread::spawn(writer.clone(), rx, queued.clone())?;
         Ok(Self {
             cache,
+            dir: Arc::new(dir.to_path_buf()),
             wal: tx,
             writer,
             queued,
@@ -215,97 +159,6 @@ fn read_cache(cache: &RwLock<LogCache>) -> io::Result<RwLockReadGuard<'_, LogCac
     cache.read().map_err(|_| poisoned())
 }
 
-/// The WAL writer: one write and one fdatasync for everything waiting.
-///
-/// The committed log id is not sent as an op: [`LogStore::save_committed`] only records it in
-/// `cache`, and each batch ends with a record of it if it moved. That saves a wake-up and a write
-/// per commit; openraft allows the committed id to be saved late, and it was never fdatasynced
-/// on its own anyway. It is read before the batch is taken from the channel: openraft appends an
-/// entry before it saves a committed id that covers it, so the entry is already in the channel,
-/// and the record never names an entry the WAL does not hold.
-fn run_wal(
-    writer: &Mutex<Writer>,
-    mut rx: mpsc::UnboundedReceiver<WalOp>,
-    cache: &RwLock<LogCache>,
-    queued: &AtomicUsize,
-) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut writer = match writer.lock() {
-            Ok(writer) => writer,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let committed = read_cache(cache).map(|c| c.committed);
-        batch.push(first);
-        while batch.len() < MAX_OPS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        queued.fetch_sub(batch.len(), Ordering::SeqCst);
-        writer.write(batch.drain(..), committed);
-    }
-}
-
-/// Writes every op's records, then the committed log id if it moved; fdatasync only if an
-/// append, a vote or a purge is among them (the rest rides along with the next one). Collects
-/// who waits in `waiters`.
-fn write_batch(
-    wal: &mut Wal,
-    ops: impl Iterator<Item = WalOp>,
-    committed: Option<LogId>,
-    waiters: &mut Vec<Waiter>,
-) -> io::Result<()> {
-    let mut sync = false;
-    let mut records = Vec::new();
-    for op in ops {
-        match op {
-            WalOp::Append { rows, flushed } => {
-                waiters.push(Waiter::Flushed(flushed));
-                sync = true;
-                let entries = rows.into_iter();
-                records.extend(entries.map(|(index, bytes)| Record::Entry { index, bytes }));
-            }
-            WalOp::SaveVote { vote, done } => {
-                waiters.push(Waiter::Vote(done));
-                sync = true;
-                records.push(Record::Vote(vote));
-            }
-            WalOp::Purge(log_id) => {
-                // Segments are deleted once the purge is durable: sync now, purges are rare.
-                sync = true;
-                records.push(Record::Purge(log_id));
-            }
-            WalOp::TruncateFrom(from) => records.push(Record::TruncateFrom(from)),
-        }
-    }
-    if let Some(log_id) = committed.filter(|c| Some(*c) > wal.committed()) {
-        records.push(Record::Committed(log_id));
-    }
-    for record in records {
-        wal.push(record)?;
-    }
-    wal.commit(sync)
-}
-
-fn entries_in<RB: RangeBounds<u64>>(cache: &LogCache, range: RB) -> Vec<Entry> {
-    cache.entries.range(range).map(|(_, e)| e.clone()).collect()
-}
-
-impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        Ok(entries_in(&*read_cache(&self.cache)?, range))
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(read_cache(&self.cache)?.vote)
-    }
-}
-
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
@@ -318,9 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader {
-            cache: self.cache.clone(),
-        }
+        LogReader::new(self.cache.clone(), self.dir.clone())
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
@@ -351,7 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let rows = entries
             .iter()
-            .map(|e| Ok((e.index(), encode_entry(e)?)))
+            .map(|e| Ok((e.log_id(), encode_entry(e)?)))
             .collect::<io::Result<Vec<_>>>()?;
         let leader = entries.first().map(|e| e.log_id().leader_id.node_id);
         {
@@ -388,6 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use openraft::impls::EntryPayload;
+    use openraft::storage::RaftLogReader;
     use openraft::type_config::TypeConfigExt;
 
     use super::*;
@@ -435,7 +287,7 @@ mod tests {
         TypeConfig::run(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("wal");
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
             // Until the member id is known, nothing is written in place.
             assert!(!append(&mut store, vec![blank_by(1, 1, 1)]).await);
             store.in_place().set_member_id(2);
@@ -454,7 +306,7 @@ mod tests {
             append(&mut store, vec![blank_by(1, 2, 5)]).await;
             let written = all_entries(&mut store).await;
             drop(store);
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
             let replayed = all_entries(&mut store).await;
             assert_eq!(replayed, written);
             assert_eq!(replayed.len(), 5);
@@ -466,19 +318,19 @@ mod tests {
         TypeConfig::run(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("wal");
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
             append(&mut store, (1..=3).map(|i| blank(1, i)).collect()).await;
             store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
             assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
             // Nothing was written for it alone: a crash now loses it (openraft allows that).
             drop(store);
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
             assert_eq!(store.read_committed().await.unwrap(), None);
             // The next append carries it.
             store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
             append(&mut store, vec![blank(1, 4)]).await;
             drop(store);
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
             assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id, Some(log_id(1, 1, 4)));
@@ -490,7 +342,7 @@ mod tests {
         TypeConfig::run(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("wal");
-            let mut store = LogStore::open_with_segment_size(&path, 4096).unwrap();
+            let mut store = LogStore::open_with_segment_size(&path, 4096, DEFAULT_CACHE_BYTES).unwrap();
             for index in 1..=200 {
                 append(&mut store, vec![blank(1, index)]).await;
             }
@@ -507,7 +359,7 @@ mod tests {
             assert_eq!(entries.len(), 48);
             drop(store);
 
-            let mut store = LogStore::open_with_segment_size(&path, 4096).unwrap();
+            let mut store = LogStore::open_with_segment_size(&path, 4096, DEFAULT_CACHE_BYTES).unwrap();
             let reopened = store.get_log_state().await.unwrap();
             assert_eq!(reopened.last_purged_log_id, state.last_purged_log_id);
             assert_eq!(reopened.last_log_id, Some(log_id(2, 1, 198)));
@@ -515,6 +367,84 @@ mod tests {
             let mut reader = store.get_log_reader().await;
             assert_eq!(reader.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
             assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 190)));
+        });
+    }
+
+    /// The last entry index whose frame is in segment `seq`, among the spilled entries.
+    fn last_index_in_segment(store: &LogStore, seq: u64) -> u64 {
+        let cache = read_cache(&store.cache).unwrap();
+        let in_segment = cache.spilled.iter().filter(|(_, (_, at))| at.seq == seq);
+        in_segment.map(|(index, _)| *index).max().unwrap()
+    }
+
+    #[test]
+    fn entries_past_the_cache_budget_are_read_back_from_the_wal() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("wal");
+            // A budget of about three blank entries' frames, and small segments.
+            let mut store = LogStore::open_with_segment_size(&path, 4096, 200).unwrap();
+            for index in 1..=300 {
+                append(&mut store, vec![blank(1, index)]).await;
+            }
+            let expected: Vec<Entry> = (1..=300).map(|i| blank(1, i)).collect();
+            {
+                let cache = read_cache(&store.cache).unwrap();
+                assert!(cache.spilled.len() > 290, "only {} spilled", cache.spilled.len());
+                assert!(cache.written_bytes() <= 200);
+            }
+            assert_eq!(all_entries(&mut store).await, expected);
+            let mut reader = store.get_log_reader().await;
+            assert_eq!(
+                reader.try_get_log_entries(40..43).await.unwrap(),
+                expected[39..42]
+            );
+
+            // Truncating spilled entries and appending others in their place.
+            store.truncate_after(Some(log_id(1, 1, 250))).await.unwrap();
+            append(&mut store, (251..=260).map(|i| blank(2, i)).collect()).await;
+            let mut expected: Vec<Entry> = expected[..250].to_vec();
+            expected.extend((251..=260).map(|i| blank(2, i)));
+            assert_eq!(all_entries(&mut store).await, expected);
+
+            // A purge deletes old segments: what is left still reads back.
+            let first_segment_ends = last_index_in_segment(&store, 1);
+            assert!(first_segment_ends < 250, "the log spans several segments");
+            store.purge(log_id(1, 1, first_segment_ends)).await.unwrap();
+            append(&mut store, vec![blank(2, 261)]).await; // the purge is durable after this
+            expected.drain(..first_segment_ends as usize);
+            expected.push(blank(2, 261));
+            assert_eq!(all_entries(&mut store).await, expected);
+            assert!(!path.join(wal::segment::Segment::file_name(1)).exists());
+
+            // Reopened with the same budget, replay keeps to it too.
+            drop(store);
+            let mut store = LogStore::open_with_segment_size(&path, 4096, 200).unwrap();
+            assert!(read_cache(&store.cache).unwrap().written_bytes() <= 200);
+            assert_eq!(all_entries(&mut store).await, expected);
+        });
+    }
+
+    #[test]
+    fn a_read_that_races_a_purge_leaves_out_only_purged_entries() {
+        TypeConfig::run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("wal");
+            let mut store = LogStore::open_with_segment_size(&path, 4096, 0).unwrap();
+            for index in 1..=100 {
+                append(&mut store, vec![blank(1, index)]).await;
+            }
+            // A reader took the spilled entries' places, then a purge deleted the first
+            // segment before it read them: it must leave those entries out, not fail. Here
+            // the segment goes and the purge is recorded by hand, with nothing else changed.
+            let reader = store.get_log_reader().await;
+            let first_segment_ends = last_index_in_segment(&store, 1);
+            std::fs::remove_file(path.join(wal::segment::Segment::file_name(1))).unwrap();
+            assert!(reader.read(1..=100).is_err(), "unpurged entries gone is an error");
+            store.write().unwrap().last_purged = Some(log_id(1, 1, first_segment_ends));
+            let read = reader.read(1..=100).unwrap();
+            let expected: Vec<Entry> = (first_segment_ends + 1..=100).map(|i| blank(1, i)).collect();
+            assert_eq!(read, expected);
         });
     }
 }

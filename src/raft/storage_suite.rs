@@ -19,7 +19,7 @@ fn storage_error(err: impl std::error::Error + 'static) -> StorageError<TypeConf
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = TempDir::new().map_err(storage_error)?;
-        let log = LogStore::open(&dir.path().join("wal")).map_err(storage_error)?;
+        let log = LogStore::open(&dir.path().join("wal"), 0).map_err(storage_error)?;
         let db =
             std::sync::Arc::new(redb::Database::create(dir.path().join("db.redb")).map_err(storage_error)?);
         let store = std::sync::Arc::new(MvccStore::open(db).map_err(storage_error)?);

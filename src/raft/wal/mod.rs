@@ -33,6 +33,12 @@
 //! - [`segment`]: one segment file;
 //! - [`replay`]: reading the segments back on open, recovering a torn tail;
 //! - [`writer`]: the [`Wal`] that appends batches, rotates and deletes purged segments.
+//!
+//! # Reading entries back
+//! The log cache keeps at most a budget of entry bytes in memory; older entries are read back
+//! from their frames ([`Location`], [`replay::read_entry`]) when a lagging follower needs them.
+//! Since nothing is ever rewritten, a frame stays where it was written until its segment is
+//! deleted after a purge.
 
 pub mod record;
 pub mod replay;
@@ -58,6 +64,18 @@ pub struct HardState {
     pub committed: Option<LogId>,
     /// The last purged log id.
     pub last_purged: Option<LogId>,
+}
+
+/// Where a record's frame lies in the WAL: what reads an entry back once the log cache has
+/// let go of it ([`replay::read_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// The segment's sequence number.
+    pub seq: u64,
+    /// The frame's offset in the segment.
+    pub offset: u64,
+    /// The frame's length, header included.
+    pub len: u32,
 }
 
 /// A segment on disk, and the highest entry index ever written to it (`None` if none was):

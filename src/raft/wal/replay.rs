@@ -1,16 +1,18 @@
-//! Reading the WAL back on open: the segments in order into a [`LogCache`], and recovery of a
-//! torn tail in the last one.
+//! Reading the WAL back: on open, the segments in order into a [`LogCache`], with recovery of a
+//! torn tail in the last one; later, single entries the cache let go of ([`read_entry`]).
 
 use std::collections::VecDeque;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use openraft::entry::RaftEntry;
 
-use super::SegmentInfo;
 use super::record::{FRAME_HEADER, Record, Scan};
 use super::segment::Segment;
+use super::{Location, SegmentInfo};
+use crate::raft::Entry;
 use crate::raft::codec::{decode_entry, invalid_data};
 use crate::raft::durable::{sync_dir, with_path};
 use crate::raft::log_cache::LogCache;
@@ -79,7 +81,9 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// Replays the segments `seqs` of `dir` (as listed by [`list_segments`], not empty) and opens
 /// the last one for appending. A torn tail in the last segment is cut off and the segment
 /// preallocated to `segment_size` again, durably, before this returns.
-pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64) -> io::Result<Replayed> {
+/// Keeps at most `cache_bytes` of the entries replayed in memory: after each segment, the
+/// oldest are let go of ([`LogCache::evict`]) and read back from their frames when needed.
+pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64, cache_bytes: u64) -> io::Result<Replayed> {
     let mut cache = LogCache::default();
     let mut segments = VecDeque::with_capacity(seqs.len());
     let mut last_end = None;
@@ -89,6 +93,7 @@ pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64) -> io::Result<Replaye
         let is_last = i + 1 == seqs.len();
         let end = replay_segment(&data, seq, i == 0, is_last, &mut cache)
             .map_err(|e| with_path(e, "replay WAL segment", &path))?;
+        cache.evict(cache_bytes);
         segments.push_back(end.info);
         if is_last {
             last_end = Some(end);
@@ -132,7 +137,7 @@ fn check_continuous(cache: &LogCache, first_seq: u64) -> io::Result<()> {
         )));
     }
     let mut expected = cache.last_purged.as_ref().map(|purged| purged.index + 1);
-    for &index in cache.entries.keys() {
+    for index in cache.indexes() {
         if let Some(expected) = expected
             && index != expected
         {
@@ -186,7 +191,14 @@ fn replay_segment(
             (_, Record::Header { .. }) => {
                 return Err(invalid_data(format!("a second header at offset {offset}")));
             }
-            (_, record) => apply(record, cache, &mut info)?,
+            (_, record) => {
+                let at = Location {
+                    seq,
+                    offset: offset as u64,
+                    len: u32::try_from(len).map_err(invalid_data)?,
+                };
+                apply(record, at, cache, &mut info)?;
+            }
         }
         offset += len;
     };
@@ -228,19 +240,16 @@ fn replay_segment(
     })
 }
 
-/// Applies one record after a segment's header, as the log store did when it was written.
-fn apply(record: Record, cache: &mut LogCache, info: &mut SegmentInfo) -> io::Result<()> {
+/// Applies one record after a segment's header, found at `at`, as the log store did when it
+/// was written.
+fn apply(record: Record, at: Location, cache: &mut LogCache, info: &mut SegmentInfo) -> io::Result<()> {
     match record {
         Record::Entry { index, bytes } => {
-            let entry = decode_entry(&bytes)?;
-            if entry.index() != index {
-                return Err(invalid_data(format!(
-                    "the entry recorded at index {index} claims index {}",
-                    entry.index()
-                )));
-            }
+            let entry = decoded_entry(index, &bytes)?;
             info.max_index = info.max_index.max(Some(index));
+            let log_id = entry.log_id();
             cache.append(entry);
+            cache.placed(log_id, at);
         }
         Record::Vote(vote) => cache.vote = Some(vote),
         Record::Committed(log_id) => cache.committed = Some(log_id),
@@ -308,4 +317,29 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes
         .chunks(ZEROS.len())
         .all(|chunk| chunk == &ZEROS[..chunk.len()])
+}
+
+/// Decodes the entry recorded at `index`, checking that it is the one.
+fn decoded_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
+    let entry = decode_entry(bytes)?;
+    if entry.index() != index {
+        return Err(invalid_data(format!(
+            "the entry recorded at index {index} claims index {}",
+            entry.index()
+        )));
+    }
+    Ok(entry)
+}
+
+/// Reads back the entry whose frame is at `at` in `file`, segment `at.seq` of a WAL.
+pub fn read_entry(file: &File, at: Location) -> io::Result<Entry> {
+    let mut frame = vec![0; at.len as usize];
+    file.read_exact_at(&mut frame, at.offset)?;
+    match Record::read(&frame, at.seq, at.offset)? {
+        Scan::Record(Record::Entry { index, bytes }, _) => decoded_entry(index, &bytes),
+        other => Err(invalid_data(format!(
+            "no entry at offset {} of WAL segment {}: {other:?}",
+            at.offset, at.seq
+        ))),
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::record::Record;
 use super::replay::{list_segments, replay};
 use super::segment::Segment;
-use super::{HardState, SegmentInfo};
+use super::{HardState, Location, SegmentInfo};
 use crate::raft::LogId;
 use crate::raft::durable::{sync_dir, with_path};
 use crate::raft::log_cache::LogCache;
@@ -40,6 +40,12 @@ impl Wal {
     /// returns the writer and the log the records leave. Segments are preallocated to
     /// `segment_size` ([`SEGMENT_SIZE`](super::SEGMENT_SIZE) outside tests).
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Wal, LogCache)> {
+        Self::open_bounded(dir, segment_size, u64::MAX)
+    }
+
+    /// [`Wal::open`], keeping at most `cache_bytes` of written entries in the returned log
+    /// cache (see [`LogCache::evict`]) while it replays.
+    pub fn open_bounded(dir: &Path, segment_size: u64, cache_bytes: u64) -> io::Result<(Wal, LogCache)> {
         if !dir.exists() {
             fs::create_dir_all(dir).map_err(|e| with_path(e, "create", dir))?;
             if let Some(parent) = dir.parent() {
@@ -55,7 +61,7 @@ impl Wal {
             };
             (LogCache::default(), VecDeque::from([info]), first)
         } else {
-            let replayed = replay(dir, &seqs, segment_size)?;
+            let replayed = replay(dir, &seqs, segment_size, cache_bytes)?;
             (replayed.cache, replayed.segments, replayed.last)
         };
         let wal = Wal {
@@ -70,12 +76,16 @@ impl Wal {
         Ok((wal, cache))
     }
 
-    /// Adds `record` to the pending batch. If it would overflow the current segment, what is
-    /// pending is written, the segment sealed and the next one started first.
-    pub fn push(&mut self, record: Record) -> io::Result<()> {
+    /// Adds `record` to the pending batch and returns where its frame will lie. If it would
+    /// overflow the current segment, what is pending is written, the segment sealed and the
+    /// next one started first.
+    pub fn push(&mut self, record: Record) -> io::Result<Location> {
         self.check()?;
         let pushed = self.push_inner(&record);
-        self.fail_on(pushed)
+        if let Err(err) = &pushed {
+            self.failed = Some(err.to_string());
+        }
+        pushed
     }
 
     /// Writes the pending batch; with `sync`, makes everything written durable (one fdatasync)
@@ -96,8 +106,8 @@ impl Wal {
         self.segments.iter()
     }
 
-    fn push_inner(&mut self, record: &Record) -> io::Result<()> {
-        let start = self.buf.len();
+    fn push_inner(&mut self, record: &Record) -> io::Result<Location> {
+        let mut start = self.buf.len();
         let at = self.current.offset() + start as u64;
         record.encode(&mut self.buf, self.current.seq(), at)?;
         let end = self.current.offset() + self.buf.len() as u64;
@@ -105,8 +115,14 @@ impl Wal {
             // Frames are checksummed for their place: encode it again at the next segment's start.
             self.buf.truncate(start);
             self.rotate()?;
+            start = 0;
             record.encode(&mut self.buf, self.current.seq(), self.current.offset())?;
         }
+        let location = Location {
+            seq: self.current.seq(),
+            offset: self.current.offset() + start as u64,
+            len: u32::try_from(self.buf.len() - start).map_err(io::Error::other)?,
+        };
         match record {
             Record::Entry { index, .. } => {
                 if let Some(info) = self.segments.back_mut() {
@@ -118,7 +134,7 @@ impl Wal {
             Record::Purge(log_id) => self.state.last_purged = Some(*log_id),
             Record::TruncateFrom(_) | Record::Header { .. } => {}
         }
-        Ok(())
+        Ok(location)
     }
 
     fn commit_inner(&mut self, sync: bool) -> io::Result<()> {
