@@ -19,6 +19,7 @@ mod gateway;
 mod harness;
 mod lease;
 mod lease_wave;
+mod log_cache;
 mod maintenance;
 mod proxy;
 mod recipes;

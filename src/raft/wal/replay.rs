@@ -81,8 +81,8 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// Replays the segments `seqs` of `dir` (as listed by [`list_segments`], not empty) and opens
 /// the last one for appending. A torn tail in the last segment is cut off and the segment
 /// preallocated to `segment_size` again, durably, before this returns.
-/// Keeps at most `cache_bytes` of the entries replayed in memory: after each segment, the
-/// oldest are let go of ([`LogCache::evict`]) and read back from their frames when needed.
+/// Keeps at most `cache_bytes` of the entries replayed in memory: the oldest are let go of as
+/// replay goes ([`LogCache::evict`]) and read back from their frames when needed.
 pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64, cache_bytes: u64) -> io::Result<Replayed> {
     let mut cache = LogCache::default();
     let mut segments = VecDeque::with_capacity(seqs.len());
@@ -91,9 +91,8 @@ pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64, cache_bytes: u64) -> 
         let path = dir.join(Segment::file_name(seq));
         let data = fs::read(&path).map_err(|e| with_path(e, "read WAL segment", &path))?;
         let is_last = i + 1 == seqs.len();
-        let end = replay_segment(&data, seq, i == 0, is_last, &mut cache)
+        let end = replay_segment(&data, seq, i == 0, is_last, &mut cache, cache_bytes)
             .map_err(|e| with_path(e, "replay WAL segment", &path))?;
-        cache.evict(cache_bytes);
         segments.push_back(end.info);
         if is_last {
             last_end = Some(end);
@@ -158,6 +157,7 @@ fn replay_segment(
     is_first: bool,
     is_last: bool,
     cache: &mut LogCache,
+    cache_bytes: u64,
 ) -> io::Result<SegmentEnd> {
     let mut info = SegmentInfo { seq, max_index: None };
     let mut offset = 0usize;
@@ -198,6 +198,7 @@ fn replay_segment(
                     len: u32::try_from(len).map_err(invalid_data)?,
                 };
                 apply(record, at, cache, &mut info)?;
+                cache.evict(cache_bytes);
             }
         }
         offset += len;
