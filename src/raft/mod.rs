@@ -4,8 +4,9 @@
 //! - [`command`]: the replicated [`Command`] and the state machine's [`CommandResult`].
 //! - [`admission`]: the checks a command passes before it is proposed, wherever it enters.
 //! - [`codec`]: how log entries, log ids and votes are encoded on disk (versioned).
-//! - [`log_store`]: openraft's log storage: the in-memory [`log_cache`] in front of the [`wal`],
-//!   with group commit (one fdatasync for every append waiting).
+//! - [`log_store`]: openraft's log storage: the [`log_cache`] in front of the [`wal`], with
+//!   group commit (one fdatasync for every append waiting); the cache keeps the newest entries
+//!   in memory up to a byte budget, and older ones are read back from the WAL.
 //! - [`wal`]: the write-ahead log: append-only, preallocated, CRC-checked segment files.
 //! - [`durable`]: directory fsync and atomic file replacement.
 //! - [`state_machine`]: applies committed commands to the MVCC store, atomically with the

@@ -89,9 +89,10 @@ pub fn replay(dir: &Path, seqs: &[u64], segment_size: u64, cache_bytes: u64) -> 
     let mut last_end = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(Segment::file_name(seq));
-        let data = fs::read(&path).map_err(|e| with_path(e, "read WAL segment", &path))?;
+        let (data, file_len) = read_written(&path).map_err(|e| with_path(e, "read WAL segment", &path))?;
         let is_last = i + 1 == seqs.len();
-        let end = replay_segment(&data, seq, i == 0, is_last, &mut cache, cache_bytes)
+        let segment = SegmentData { data, file_len };
+        let end = replay_segment(segment, seq, i == 0, is_last, &mut cache, cache_bytes)
             .map_err(|e| with_path(e, "replay WAL segment", &path))?;
         segments.push_back(end.info);
         if is_last {
@@ -150,9 +151,55 @@ fn check_continuous(cache: &LogCache, first_seq: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// How much of a segment file is read at a time while looking for the end of what was written.
+const ZERO_SCAN_CHUNK: usize = 1 << 20;
+
+/// A segment file's bytes up to the last one that is not zero (rounded up to a sector), and
+/// the file's length. The last segment is preallocated, mostly zeros: reading it whole made
+/// every start hold a 64 MiB buffer for a log of a few kilobytes.
+fn read_written(path: &Path) -> io::Result<(Vec<u8>, usize)> {
+    let file = File::open(path)?;
+    let file_len = usize::try_from(file.metadata()?.len()).map_err(invalid_data)?;
+    let mut chunk = vec![0; ZERO_SCAN_CHUNK.min(file_len)];
+    let mut end = file_len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len());
+        let piece = &mut chunk[..end - start];
+        file.read_exact_at(piece, start as u64)?;
+        if let Some(last) = piece.iter().rposition(|&b| b != 0) {
+            end = start + last + 1;
+            break;
+        }
+        end = start;
+    }
+    let end = end.next_multiple_of(SECTOR as usize).min(file_len);
+    let mut data = vec![0; end];
+    file.read_exact_at(&mut data, 0)?;
+    Ok((data, file_len))
+}
+
+/// What [`read_written`] read of a segment: past `data`, up to `file_len`, the file is zeros.
+struct SegmentData {
+    data: Vec<u8>,
+    file_len: usize,
+}
+
+impl SegmentData {
+    /// Makes `data` reach `end` (at most the file's length) with the zeros the file holds
+    /// there; whether it grew.
+    fn reach(&mut self, end: usize) -> bool {
+        let end = end.min(self.file_len);
+        let grew = end > self.data.len();
+        if grew {
+            self.data.resize(end, 0);
+        }
+        grew
+    }
+}
+
 /// Replays one segment's records into `cache` and finds where its valid data ends.
 fn replay_segment(
-    data: &[u8],
+    mut segment: SegmentData,
     seq: u64,
     is_first: bool,
     is_last: bool,
@@ -163,9 +210,11 @@ fn replay_segment(
     let mut offset = 0usize;
     let mut start = 0usize;
     let scan = loop {
-        let rest = data.get(offset..).unwrap_or_default();
+        let rest = segment.data.get(offset..).unwrap_or_default();
         let (record, len) = match Record::read(rest, seq, offset as u64)? {
             Scan::Record(record, len) => (record, len),
+            // A frame whose last bytes are zeros runs past what was read: read on (zeros).
+            Scan::Cut { len } if segment.reach(offset + FRAME_HEADER + len) => continue,
             other => break other,
         };
         match (offset, record) {
@@ -208,17 +257,17 @@ fn replay_segment(
             "no valid header ({scan:?}): a segment is only ever created with one"
         )));
     }
+    let SegmentData { data, file_len } = segment;
     let rest = data.get(offset..).unwrap_or_default();
     let trailing = !all_zero(rest);
-    if !is_last && (scan.is_bad() || !rest.is_empty()) {
+    if !is_last && (scan.is_bad() || file_len > offset) {
         return Err(invalid_data(format!(
-            "corrupt at offset {offset} of {} ({scan:?}); only the last segment may end in a \
-             torn write",
-            data.len()
+            "corrupt at offset {offset} of {file_len} ({scan:?}); only the last segment may end \
+             in a torn write"
         )));
     }
     if let Scan::Mismatch { len } = scan
-        && !is_torn(data, seq, offset, len)
+        && !is_torn(&data, seq, offset, len)
     {
         return Err(invalid_data(format!(
             "corrupt at offset {offset}: a frame of {len} bytes fails its CRC and is not a torn \
@@ -237,7 +286,7 @@ fn replay_segment(
         start,
         end: offset,
         torn,
-        file_len: data.len(),
+        file_len,
     })
 }
 

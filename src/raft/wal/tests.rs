@@ -411,3 +411,30 @@ fn a_half_created_segment_is_removed() {
     f.append(1, 4..=60);
     assert_eq!(f.reopen(), f.model);
 }
+
+#[test]
+fn a_last_record_that_ends_in_zeros_survives_reopen() {
+    // Replay reads a segment only up to its last non-zero byte; a frame whose own last bytes
+    // are zeros (a put of a value of zeros, the entry's last field) must still be read whole.
+    let mut f = Fixture::new(1 << 20);
+    f.append(1, 1..=3);
+    let zeros = Command::from(raftpb::command::Request::Put(PutRequest {
+        key: b"zeros".to_vec(),
+        value: vec![0; 10_000],
+        ..Default::default()
+    }));
+    let last = Entry {
+        log_id: log_id(1, 1, 4),
+        payload: EntryPayload::Normal(zeros),
+    };
+    let bytes = encode_entry(&last).unwrap();
+    assert!(bytes.ends_with(&[0; 9_000]), "the frame ends in zeros");
+    f.wal().push(Record::Entry { index: 4, bytes }).unwrap();
+    f.wal().commit(true).unwrap();
+    f.model.append(last);
+    let replayed = f.reopen();
+    assert_eq!(replayed, f.model);
+    // And the next record goes after it, not over its zeros.
+    f.append(1, 5..=5);
+    assert_eq!(f.reopen(), f.model);
+}
