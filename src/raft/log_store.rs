@@ -13,10 +13,14 @@
 //! A leader with followers never does: it must send the entries on while its own sync runs.
 //!
 //! The log is bounded by snapshots: openraft purges entries a snapshot covers, and the WAL
-//! deletes segments once every entry in them is purged.
+//! deletes segments once every entry in them is purged. Its memory is bounded by bytes: the
+//! WAL thread tells the [`LogCache`] where each written entry lies, the cache lets go of the
+//! oldest beyond `--log-cache-bytes`, and [`LogReader`] reads those back from the WAL.
+//!
+//! Layout: `wal_thread` writes (group commit), `reader` reads.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -51,7 +55,7 @@ const IDLE_BEFORE_IN_PLACE: Duration = Duration::from_micros(200);
 pub struct LogStore {
     cache: Arc<RwLock<LogCache>>,
     /// The WAL's directory.
-    dir: Arc<std::path::PathBuf>,
+    dir: Arc<PathBuf>,
     wal: mpsc::UnboundedSender<WalOp>,
     writer: Arc<Mutex<Writer>>,
     /// Ops sent to the WAL thread that it has not taken yet.
