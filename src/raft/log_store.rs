@@ -145,7 +145,7 @@ impl LogStore {
         if writer.last_done.elapsed() < IDLE_BEFORE_IN_PLACE {
             return Err(op);
         }
-        let committed = read_cache(&self.cache).map(|c| c.committed);
+        let committed = writer.committed();
         writer.write(std::iter::once(op), committed);
         Ok(())
     }

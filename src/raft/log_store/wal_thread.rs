@@ -90,6 +90,11 @@ impl Writer {
         }
     }
 
+    /// The committed log id the next batch writes, as the store last recorded it.
+    pub fn committed(&self) -> io::Result<Option<LogId>> {
+        read_cache(&self.cache).map(|c| c.committed)
+    }
+
     /// Tells the cache where the entries just written lie, and lets it keep to its budget.
     fn place(&self, placed: Vec<(LogId, Location)>) -> io::Result<()> {
         if placed.is_empty() {
@@ -133,7 +138,7 @@ fn run_wal(writer: &Mutex<Writer>, mut rx: mpsc::UnboundedReceiver<WalOp>, queue
             Ok(writer) => writer,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let committed = read_cache(&writer.cache).map(|c| c.committed);
+        let committed = writer.committed();
         batch.push(first);
         while batch.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {

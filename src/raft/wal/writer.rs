@@ -82,10 +82,7 @@ impl Wal {
     pub fn push(&mut self, record: Record) -> io::Result<Location> {
         self.check()?;
         let pushed = self.push_inner(&record);
-        if let Err(err) = &pushed {
-            self.failed = Some(err.to_string());
-        }
-        pushed
+        self.fail_on(pushed)
     }
 
     /// Writes the pending batch; with `sync`, makes everything written durable (one fdatasync)
@@ -198,7 +195,7 @@ impl Wal {
         }
     }
 
-    fn fail_on(&mut self, result: io::Result<()>) -> io::Result<()> {
+    fn fail_on<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
         if let Err(err) = &result {
             self.failed = Some(err.to_string());
         }
