@@ -40,11 +40,13 @@ pub(crate) fn read_applied_state_in(
     Ok((applied, membership))
 }
 
-/// Records the applied state inside an open write transaction.
+/// Records the applied state inside an open write transaction. The membership is written only
+/// when given: a batch without a membership entry leaves the recorded one as it is, which saves
+/// encoding and inserting it with every batch.
 pub(crate) fn write_applied_state(
     txn: &redb::WriteTransaction,
     applied: &Option<LogId>,
-    membership: &StoredMembership,
+    membership: Option<&StoredMembership>,
 ) -> io::Result<()> {
     let mut table = txn.open_table(SM_META).map_err(storage_err)?;
     if let Some(applied) = applied {
@@ -52,13 +54,47 @@ pub(crate) fn write_applied_state(
             .insert(KEY_APPLIED, encode_json(applied)?.as_slice())
             .map_err(storage_err)?;
     }
-    table
-        .insert(KEY_MEMBERSHIP, encode_json(membership)?.as_slice())
-        .map_err(storage_err)?;
+    if let Some(membership) = membership {
+        table
+            .insert(KEY_MEMBERSHIP, encode_json(membership)?.as_slice())
+            .map_err(storage_err)?;
+    }
     Ok(())
 }
 
 /// A storage failure: fatal to Raft.
 pub(crate) fn storage_err(err: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine storage: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::Membership;
+
+    use super::*;
+    use crate::raft::MemberNode;
+    use crate::raft::codec::log_id;
+
+    fn write(db: &Database, applied: LogId, membership: Option<&StoredMembership>) {
+        let txn = db.begin_write().unwrap();
+        write_applied_state(&txn, &Some(applied), membership).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_batch_without_membership_keeps_the_recorded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let members = BTreeMap::from([(7u64, MemberNode::default())]);
+        let membership = Membership::new(vec![BTreeSet::from([7u64])], members).unwrap();
+        let stored = StoredMembership::new(Some(log_id(1, 7, 1)), membership);
+        write(&db, log_id(1, 7, 1), Some(&stored));
+        write(&db, log_id(1, 7, 5), None);
+
+        let (applied, read_back) = read_applied_state(&db).unwrap();
+        assert_eq!(applied, Some(log_id(1, 7, 5)));
+        assert_eq!(read_back, stored);
+    }
 }

@@ -119,7 +119,7 @@ pub fn copy_state_into(
     lease::table::copy(read, &write).map_err(storage_err)?;
     auth::table::copy(read, &write).map_err(storage_err)?;
     alarm::table::copy(read, &write).map_err(storage_err)?;
-    write_applied_state(&write, &applied, &membership)?;
+    write_applied_state(&write, &applied, Some(&membership))?;
     extra(&write)?;
     write.commit().map_err(storage_err)?;
     // A copy written in one transaction leaves pages free (redb's B-tree grows by copying, and
@@ -255,7 +255,11 @@ pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) 
     lease::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     auth::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     alarm::table::copy(&read, batch.transaction()).map_err(storage_err)?;
-    write_applied_state(batch.transaction(), &meta.last_log_id, &meta.last_membership)?;
+    write_applied_state(
+        batch.transaction(),
+        &meta.last_log_id,
+        Some(&meta.last_membership),
+    )?;
     batch.commit(Durability::Immediate).map_err(storage_err)?;
     Ok(())
 }

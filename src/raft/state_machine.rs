@@ -191,7 +191,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let mut applied = self.applied;
-        let mut membership = self.membership.clone();
+        // Written only if the batch changes it (see `write_applied_state`).
+        let mut new_membership = None;
         let mut leases = self.lessor.lock();
         let mut auth = AuthBatch::new(&self.auth);
         let mut alarms = AlarmBatch::new(&self.alarms);
@@ -204,14 +205,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     apply_command(&mut batch, &mut leases, &mut auth, &mut alarms, cmd)?
                 }
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                    new_membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()));
                     CommandResult::Empty
                 }
             };
             applied = Some(entry.log_id());
             answers.push((responder, result));
         }
-        write_applied_state(batch.transaction(), &applied, &membership)?;
+        write_applied_state(batch.transaction(), &applied, new_membership.as_ref())?;
         let durable = self.last_sync.elapsed() >= SYNC_INTERVAL;
         let durability = if durable {
             Durability::Immediate
@@ -233,7 +234,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_sync = Instant::now();
         }
         self.applied = applied;
-        self.membership = membership;
+        if let Some(membership) = new_membership {
+            self.membership = membership;
+        }
         for (responder, result) in answers {
             if let Some(responder) = responder {
                 responder.send(result);

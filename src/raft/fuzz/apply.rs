@@ -89,7 +89,7 @@ impl Member {
                 self.applied += 1;
             }
             let applied = Some(log_id(1, 1, self.applied));
-            write_applied_state(write.transaction(), &applied, &StoredMembership::default()).unwrap();
+            write_applied_state(write.transaction(), &applied, Some(&StoredMembership::default())).unwrap();
             let committed = write.commit(Durability::None).unwrap();
             drop(leases);
             alarms.publish();
