@@ -5,7 +5,10 @@
 //! One lazily connected tonic channel per peer URL is cached in [`Peers`] and shared by every
 //! replication stream and forwarder. openraft's request and response types travel as JSON
 //! (they are small); log entries travel in the WAL's protobuf encoding; snapshots are streamed
-//! from their file in chunks, never loaded whole.
+//! from their file in chunks, never loaded whole. openraft sends AppendEntries on streams
+//! (`stream_append`): replication keeps one open per follower and pipelines on it, a heartbeat
+//! is a stream of one request. The single AppendEntries call is still served, so a member of
+//! an older version can lead this one (the other way round needs the new call).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +25,9 @@ use concord_proto::raftpb::{
     AppendEntriesMessage, ClusterInfoResponse, JsonMessage, LeaseRelayResponse, ReadIndexRequest,
     SnapshotChunk, read_index_response,
 };
+use futures::Stream;
 use openraft::OptionalSend;
+use openraft::base::BoxFuture;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -42,6 +47,8 @@ use super::membership::MembershipChange;
 use super::peer_error::PeerError;
 use super::snapshot::SnapshotFile;
 use super::{Command, CommandResult, MemberNode, TypeConfig, Vote};
+
+mod stream_append;
 
 /// Largest gRPC message between members (a batch of log entries, a snapshot chunk).
 pub const PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -345,6 +352,21 @@ fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// An AppendEntries request as it travels: openraft's fields in JSON, the entries in the WAL's
+/// encoding.
+fn append_message(rpc: &AppendEntriesRequest<TypeConfig>) -> std::io::Result<AppendEntriesMessage> {
+    let mut entries = Vec::with_capacity(rpc.entries.len());
+    for entry in &rpc.entries {
+        entries.push(encode_entry(entry)?);
+    }
+    Ok(AppendEntriesMessage {
+        vote_json: json(&rpc.vote),
+        prev_log_id_json: json(&rpc.prev_log_id),
+        leader_commit_json: json(&rpc.leader_commit),
+        entries,
+    })
+}
+
 /// Decodes a peer's JSON answer: `Result<T, RaftError>`.
 fn decode<T: DeserializeOwned>(answer: JsonMessage) -> Result<T, RPCError<TypeConfig>> {
     let result: Result<T, RaftError<TypeConfig>> = serde_json::from_slice(&answer.json)
@@ -368,16 +390,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut entries = Vec::with_capacity(rpc.entries.len());
-        for entry in &rpc.entries {
-            entries.push(encode_entry(entry).map_err(|e| RPCError::Network(NetworkError::new(&e)))?);
-        }
-        let mut request = tonic::Request::new(AppendEntriesMessage {
-            vote_json: json(&rpc.vote),
-            prev_log_id_json: json(&rpc.prev_log_id),
-            leader_commit_json: json(&rpc.leader_commit),
-            entries,
-        });
+        let message = append_message(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
         let sent = std::time::Instant::now();
         let answer = self
@@ -393,6 +407,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             sent.elapsed(),
         );
         decode(answer.into_inner())
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<stream_append::Results<'s>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let client = self.client();
+        let target = self.target;
+        Box::pin(async move {
+            let results: stream_append::Results<'s> =
+                stream_append::open(client?, target, input, option).await?;
+            Ok(results)
+        })
     }
 
     async fn vote(

@@ -36,6 +36,8 @@ use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::error::Error;
 use crate::mvcc::MvccStore;
 
+mod stream_append;
+
 /// The leader's lease clock, as this member serves it to followers relaying their clients'
 /// lease requests (the Lease service implements it).
 #[tonic::async_trait]
@@ -85,6 +87,23 @@ impl PeerService {
     }
 }
 
+/// Decodes an AppendEntries request that member `sender` sent; it must be sent by the leader
+/// it names.
+fn append_request(m: &AppendEntriesMessage, sender: u64) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
+    let mut entries = Vec::with_capacity(m.entries.len());
+    for bytes in &m.entries {
+        entries.push(decode_entry(bytes).map_err(|e| Status::invalid_argument(e.to_string()))?);
+    }
+    let vote: Vote = decode("vote", &m.vote_json)?;
+    claimed_by(&vote, sender)?;
+    Ok(AppendEntriesRequest {
+        vote,
+        prev_log_id: decode("prev_log_id", &m.prev_log_id_json)?,
+        leader_commit: decode("leader_commit", &m.leader_commit_json)?,
+        entries,
+    })
+}
+
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("bad {what}: {e}")))
 }
@@ -101,20 +120,22 @@ impl RaftPeer for PeerService {
         request: Request<AppendEntriesMessage>,
     ) -> Result<Response<JsonMessage>, Status> {
         let sender = self.gate.admit(request.metadata(), Call::Raft).await?;
-        let m = request.into_inner();
-        let mut entries = Vec::with_capacity(m.entries.len());
-        for bytes in &m.entries {
-            entries.push(decode_entry(bytes).map_err(|e| Status::invalid_argument(e.to_string()))?);
-        }
-        let vote: Vote = decode("vote", &m.vote_json)?;
-        claimed_by(&vote, sender)?;
-        let rpc = AppendEntriesRequest {
-            vote,
-            prev_log_id: decode("prev_log_id", &m.prev_log_id_json)?,
-            leader_commit: decode("leader_commit", &m.leader_commit_json)?,
-            entries,
-        };
+        let rpc = append_request(&request.into_inner(), sender)?;
         answer(&self.raft.append_entries(rpc).await)
+    }
+
+    type StreamAppendStream = stream_append::Answers;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<AppendEntriesMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let sender = self.gate.admit(request.metadata(), Call::Raft).await?;
+        Ok(Response::new(stream_append::serve(
+            &self.raft,
+            request.into_inner(),
+            sender,
+        )))
     }
 
     async fn vote(&self, request: Request<JsonMessage>) -> Result<Response<JsonMessage>, Status> {

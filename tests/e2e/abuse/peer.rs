@@ -161,6 +161,92 @@ async fn strangers_on_the_peer_port_are_refused_and_change_nothing() {
     );
 }
 
+/// The first answer on a `StreamAppend` call: the error that ended the stream, if it ended.
+async fn stream_append_error(
+    peer: &mut RaftPeerClient<Channel>,
+    messages: Vec<AppendEntriesMessage>,
+    member: Option<u64>,
+    cluster: Option<u64>,
+) -> tonic::Status {
+    let call = peer
+        .stream_append(signed(tokio_stream::iter(messages), member, cluster))
+        .await;
+    match call {
+        Err(status) => status,
+        Ok(answers) => match answers.into_inner().message().await {
+            Err(status) => status,
+            Ok(answer) => panic!("the stream answered {answer:?}"),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_stream_refuses_strangers_impostors_and_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = cluster.via(&[leader]);
+    let before = cluster.status(follower).unwrap();
+    let mut peer = peer_client(cluster.peer_url(follower)).await;
+    let term = before.raft_term + 100;
+    let stranger = 0xdead_beef;
+    let forged = || vec![forged_append(term, stranger, "forged")];
+
+    let unsigned = stream_append_error(&mut peer, forged(), None, None).await;
+    assert_eq!(unsigned.code(), Code::Unauthenticated, "{unsigned:?}");
+    let non_member = stream_append_error(&mut peer, forged(), Some(stranger), Some(before.cluster_id)).await;
+    assert_eq!(non_member.code(), Code::PermissionDenied, "{non_member:?}");
+    // The leader's ID on a message of another leader.
+    let impostor =
+        stream_append_error(&mut peer, forged(), Some(before.leader), Some(before.cluster_id)).await;
+    assert_eq!(impostor.code(), Code::PermissionDenied, "{impostor:?}");
+    assert!(
+        impostor.message().contains("sent a message of leader"),
+        "{impostor:?}"
+    );
+    let mut garbage = forged_append(term, before.leader, "forged");
+    garbage.vote_json = b"not json".to_vec();
+    let garbage = stream_append_error(
+        &mut peer,
+        vec![garbage],
+        Some(before.leader),
+        Some(before.cluster_id),
+    )
+    .await;
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+    assert!(garbage.message().contains("bad vote"), "{garbage:?}");
+
+    // Nothing changed, and the real leader's stream still replicates to this follower.
+    let after = cluster.status(follower).unwrap();
+    assert_eq!((after.leader, after.raft_term), (before.leader, before.raft_term));
+    let mut client = cluster.client(leader).await;
+    client.put("after", "ok", None).await.unwrap();
+    let mut reader = cluster.client(follower).await;
+    let applied = cluster.status(leader).unwrap().raft_applied_index;
+    wait_until(
+        "the follower applies a write made after the refusals",
+        WAIT,
+        || {
+            cluster
+                .status(follower)
+                .is_some_and(|s| s.raft_applied_index >= applied)
+        },
+    );
+    let got = reader
+        .get("after", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.kvs().first().map(|kv| kv.value().to_vec()),
+        Some(b"ok".to_vec())
+    );
+    assert_eq!(
+        reader.get("forged", None).await.unwrap().count(),
+        0,
+        "a forged entry was applied"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_snapshot_is_refused_and_raft_goes_on() {
     let dir = tempfile::tempdir().unwrap();
