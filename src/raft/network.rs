@@ -352,6 +352,18 @@ fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// Records a round trip to member `target` that began at `sent`
+/// (`etcd_network_peer_round_trip_time_seconds`).
+fn observe_round_trip(target: u64, sent: std::time::Instant) {
+    let peer = crate::metrics::ToLabel {
+        To: format!("{target:x}"),
+    };
+    crate::metrics::observe(
+        &crate::metrics::get().peer_round_trip.get_or_create(&peer),
+        sent.elapsed(),
+    );
+}
+
 /// An AppendEntries request as it travels: openraft's fields in JSON, the entries in the WAL's
 /// encoding.
 fn append_message(rpc: &AppendEntriesRequest<TypeConfig>) -> std::io::Result<AppendEntriesMessage> {
@@ -399,13 +411,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .append_entries(request)
             .await
             .map_err(|s| rpc_error(&s))?;
-        let peer = crate::metrics::ToLabel {
-            To: format!("{:x}", self.target),
-        };
-        crate::metrics::observe(
-            &crate::metrics::get().peer_round_trip.get_or_create(&peer),
-            sent.elapsed(),
-        );
+        observe_round_trip(self.target, sent);
         decode(answer.into_inner())
     }
 

@@ -19,7 +19,7 @@ use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tonic::Streaming;
 
-use super::{PeerRpc, TypeConfig, append_message, io, rpc_error};
+use super::{PeerRpc, TypeConfig, append_message, io, observe_round_trip, rpc_error};
 
 /// What openraft reads back: one result per request, in order.
 pub type Results<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
@@ -131,16 +131,9 @@ impl Answers {
 
     /// Records the round trip of the oldest request, which this answer is for.
     fn answered(&self) {
-        let Some(sent) = self.sent.lock().ok().and_then(|mut sent| sent.pop_front()) else {
-            return;
-        };
-        let peer = crate::metrics::ToLabel {
-            To: format!("{:x}", self.target),
-        };
-        crate::metrics::observe(
-            &crate::metrics::get().peer_round_trip.get_or_create(&peer),
-            sent.elapsed(),
-        );
+        if let Some(sent) = self.sent.lock().ok().and_then(|mut sent| sent.pop_front()) {
+            observe_round_trip(self.target, sent);
+        }
     }
 }
 
