@@ -43,6 +43,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     config.file_descriptor_set_path(&descriptors);
+    // Keys and values as shared buffers: an event fanned out to many watchers is cloned per
+    // watcher, and cloning a `Bytes` copies no data.
+    config.bytes([".mvccpb.KeyValue"]);
 
     tonic_prost_build::configure()
         .build_server(true)

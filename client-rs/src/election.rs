@@ -36,8 +36,8 @@ pub struct Leader {
 impl Leader {
     fn new(header: &ResponseHeader, kv: KeyValue) -> Self {
         Self {
-            key: kv.key,
-            value: kv.value,
+            key: kv.key.into(),
+            value: kv.value.into(),
             lease: kv.lease,
             leadership: kv.create_revision,
             revision: header.revision,
@@ -275,7 +275,7 @@ impl Observer {
                 .get_or_insert_with(|| Box::pin(Election::observe(self.client.clone(), self.name.clone())));
             let failed = match stream.next().await {
                 Some(Ok((header, kv))) => {
-                    let seen = (kv.create_revision, kv.value.clone());
+                    let seen = (kv.create_revision, kv.value.to_vec());
                     // A restarted observation first reports the leader it finds, which may
                     // be the one reported last.
                     if self.reported.as_ref() == Some(&seen) {

@@ -28,6 +28,10 @@ pub mod nesting;
 pub mod rpctypes;
 pub mod txn;
 
+/// The shared byte buffer of `mvccpb::KeyValue`'s key and value: cloning one copies no data,
+/// so an event fanned out to many watchers is not copied per watcher.
+pub use prost::bytes::Bytes;
+
 /// etcd's storage-level key/value and event types (package `mvccpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod mvccpb {
@@ -221,8 +225,8 @@ mod json_tests {
                 raft_term: 3,
             }),
             kvs: vec![KeyValue {
-                key: b"foo".to_vec(),
-                value: b"bar".to_vec(),
+                key: crate::Bytes::from_static(b"foo"),
+                value: crate::Bytes::from_static(b"bar"),
                 create_revision: 2,
                 mod_revision: 2,
                 version: 1,

@@ -209,7 +209,7 @@ struct Observer<K> {
     /// The create revision of each key in `keys`.
     created: HashMap<Vec<u8>, i64>,
     /// The create revision and value of the leader last reported.
-    reported: Option<(i64, Vec<u8>)>,
+    reported: Option<(i64, concord_proto::Bytes)>,
     ready: VecDeque<(ResponseHeader, KeyValue)>,
 }
 
@@ -260,7 +260,7 @@ impl<K: Kv> Observer<K> {
         let all = self.kv.range(all).await?;
         self.header = all.header.unwrap_or_default();
         for kv in all.kvs {
-            self.created.insert(kv.key.clone(), kv.create_revision);
+            self.created.insert(kv.key.to_vec(), kv.create_revision);
             self.keys.insert(kv.create_revision, kv);
         }
         self.check(self.header.revision);
@@ -277,12 +277,12 @@ impl<K: Kv> Observer<K> {
     fn apply(&mut self, event: Event) {
         let Some(kv) = event.kv else { return };
         if event.r#type == EventType::Delete as i32 {
-            if let Some(created) = self.created.remove(&kv.key) {
+            if let Some(created) = self.created.remove(&kv.key[..]) {
                 self.keys.remove(&created);
             }
             return;
         }
-        if let Some(before) = self.created.insert(kv.key.clone(), kv.create_revision) {
+        if let Some(before) = self.created.insert(kv.key.to_vec(), kv.create_revision) {
             self.keys.remove(&before);
         }
         self.keys.insert(kv.create_revision, kv);

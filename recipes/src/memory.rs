@@ -192,7 +192,7 @@ impl Watcher {
             return !self.sink.is_closed();
         }
         let wanted = events.iter().filter(|event| {
-            let key = event.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
+            let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
             let put = event.r#type == EventType::Put as i32;
             in_range(key, &self.key, &self.range_end) && !(put && self.no_put || !put && self.no_delete)
         });

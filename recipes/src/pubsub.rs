@@ -113,8 +113,8 @@ impl Message {
     fn from_kv(kv: KeyValue) -> Self {
         Self {
             revision: kv.create_revision,
-            key: kv.key,
-            payload: kv.value,
+            key: kv.key.into(),
+            payload: kv.value.into(),
         }
     }
 }

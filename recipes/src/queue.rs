@@ -158,7 +158,7 @@ async fn dequeue<K: Kv>(kv: &K, prefix: &[u8], order: SortTarget) -> Result<Vec<
             .await?;
         for item in &first.kvs {
             if claim(kv, item).await? {
-                return Ok(item.value.clone());
+                return Ok(item.value.to_vec());
             }
         }
         if !first.kvs.is_empty() {
@@ -168,7 +168,7 @@ async fn dequeue<K: Kv>(kv: &K, prefix: &[u8], order: SortTarget) -> Result<Vec<
         let read_at = first.header.as_ref().map_or(0, |h| h.revision);
         let item = next_put(kv, prefix, read_at + 1).await?;
         if claim(kv, &item).await? {
-            return Ok(item.value);
+            return Ok(item.value.into());
         }
     }
 }
@@ -178,7 +178,7 @@ async fn claim<K: Kv>(kv: &K, item: &KeyValue) -> Result<bool> {
     let unchanged = Compare {
         result: CompareResult::Equal as i32,
         target: CompareTarget::Mod as i32,
-        key: item.key.clone(),
+        key: item.key.to_vec(),
         target_union: Some(TargetUnion::ModRevision(item.mod_revision)),
         ..Default::default()
     };

@@ -42,7 +42,7 @@ pub async fn keys_by_creation(kv: &MemoryKv, prefix: &[u8]) -> Vec<Vec<u8>> {
         .unwrap()
         .kvs
         .into_iter()
-        .map(|kv| kv.key)
+        .map(|kv| kv.key.into())
         .collect()
 }
 

@@ -344,10 +344,10 @@ impl LeaseState {
                 continue;
             }
             if let Some(lease) = self.leases.get_mut(&old) {
-                lease.keys.remove(&kv.key);
+                lease.keys.remove(&kv.key[..]);
             }
             if let Some(lease) = self.leases.get_mut(&new) {
-                lease.keys.insert(kv.key.clone());
+                lease.keys.insert(kv.key.to_vec());
             }
         }
     }

@@ -69,7 +69,8 @@ mod tests {
     }
 
     fn value_at(t: &TestStore, key: &str, rev: i64) -> Result<Option<String>, MvccError> {
-        Ok(t.get_at(key, rev)?.map(|kv| String::from_utf8(kv.value).unwrap()))
+        Ok(t.get_at(key, rev)?
+            .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap()))
     }
 
     #[test]

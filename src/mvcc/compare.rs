@@ -48,7 +48,7 @@ pub fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(v)
+            kv.value[..].cmp(v)
         }
         Ok(CompareTarget::Create) => kv.create_revision.cmp(&int(|t| match t {
             TargetUnion::CreateRevision(r) => Some(*r),
@@ -83,11 +83,11 @@ mod tests {
 
     fn kv() -> KeyValue {
         KeyValue {
-            key: b"k".to_vec(),
+            key: concord_proto::Bytes::from_static(b"k"),
             create_revision: 2,
             mod_revision: 5,
             version: 3,
-            value: b"m".to_vec(),
+            value: concord_proto::Bytes::from_static(b"m"),
             lease: 7,
         }
     }

@@ -148,11 +148,11 @@ mod tests {
 
     fn kv() -> KeyValue {
         KeyValue {
-            key: b"foo".to_vec(),
+            key: concord_proto::Bytes::from_static(b"foo"),
             create_revision: 2,
             mod_revision: 5,
             version: 3,
-            value: b"bar".to_vec(),
+            value: concord_proto::Bytes::from_static(b"bar"),
             lease: 7,
         }
     }

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 
+use concord_proto::Bytes;
 use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use concord_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use concord_proto::mvccpb::KeyValue;
@@ -180,7 +181,7 @@ pub fn respond(req: &RangeRequest, rr: RangeResult) -> Result<RangeResponse, Mvc
     }
     if req.keys_only {
         for kv in &mut kvs {
-            kv.value = Vec::new();
+            kv.value = Bytes::new();
         }
     }
     Ok(RangeResponse {
@@ -323,7 +324,7 @@ mod tests {
         let at = |key: &str, rev| {
             t.get_at(key, rev)
                 .unwrap()
-                .map(|kv| (String::from_utf8(kv.value).unwrap(), kv.version))
+                .map(|kv| (String::from_utf8(kv.value.to_vec()).unwrap(), kv.version))
         };
         assert_eq!(at("foo", 1), None);
         assert_eq!(at("foo", 2), Some(("bar".into(), 1)));

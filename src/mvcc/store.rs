@@ -509,7 +509,7 @@ mod tests {
         let evs = t.store.events(3, 0, true).unwrap();
         assert_eq!(kinds(&evs), [(put_t, 3), (put_t, 4), (del_t, 4)]);
         assert_eq!(evs[0].prev_kv, None, "the value at 2 is compacted");
-        assert_eq!(evs[2].prev_kv.as_ref().unwrap().value, b"2");
+        assert_eq!(evs[2].prev_kv.as_ref().unwrap().value, &b"2"[..]);
     }
 
     #[test]
@@ -547,6 +547,6 @@ mod tests {
         b.replace_with(&empty.begin_read().unwrap()).unwrap();
         drop(b);
         assert_eq!(dst.store.current_revision(), 11);
-        assert_eq!(dst.get("a").unwrap().value, b"next");
+        assert_eq!(dst.get("a").unwrap().value, &b"next"[..]);
     }
 }

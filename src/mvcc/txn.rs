@@ -228,7 +228,7 @@ mod tests {
     }
 
     fn value(t: &TestStore, key: &str) -> Option<String> {
-        t.get(key).map(|kv| String::from_utf8(kv.value).unwrap())
+        t.get(key).map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
     }
 
     /// a=1@2 (lease 5), b=2@3, b=3@4.
@@ -351,10 +351,10 @@ mod tests {
             [4, 5, 5, 5, 5, 5],
             "reads before the first write see the old revision"
         );
-        assert_eq!(range_resp(&resp.responses[0]).kvs[0].value, b"1");
+        assert_eq!(range_resp(&resp.responses[0]).kvs[0].value, &b"1"[..]);
         let after = &range_resp(&resp.responses[2]).kvs[0];
         assert_eq!(
-            (after.value.as_slice(), after.version, after.mod_revision),
+            (&after.value[..], after.version, after.mod_revision),
             (&b"10"[..], 2, 5)
         );
         let all = range_resp(&resp.responses[5]);
@@ -383,7 +383,7 @@ mod tests {
         assert!(!resp.succeeded);
         assert_eq!(rev_of(&resp.header), 4, "a read-only txn takes no revision");
         assert_eq!(resp.responses.len(), 2);
-        assert_eq!(range_resp(&resp.responses[0]).kvs[0].value, b"3");
+        assert_eq!(range_resp(&resp.responses[0]).kvs[0].value, &b"3"[..]);
         assert!(range_resp(&resp.responses[1]).kvs.is_empty());
         assert_eq!(t.store.current_revision(), 4);
         // The store can run read-only txns without a batch, with the same answer.
@@ -437,7 +437,7 @@ mod tests {
         };
         assert_eq!(rev_of(&nested_put.header), 5);
         // ... while its reads see the outer txn's writes.
-        assert_eq!(range_resp(&nested.responses[1]).kvs[0].value, b"2");
+        assert_eq!(range_resp(&nested.responses[1]).kvs[0].value, &b"2"[..]);
         assert_eq!(value(&t, "b"), Some("inner-ok".into()));
         assert_eq!(value(&t, "c"), Some("outer".into()));
         let mods: Vec<_> = events
@@ -576,6 +576,6 @@ mod tests {
         };
         assert_eq!(t.txn(at(2)), Err(MvccError::Compacted));
         let resp = t.txn(at(3)).unwrap();
-        assert_eq!(range_resp(&resp.responses[1]).kvs[0].value, b"2");
+        assert_eq!(range_resp(&resp.responses[1]).kvs[0].value, &b"2"[..]);
     }
 }

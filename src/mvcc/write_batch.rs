@@ -378,8 +378,8 @@ mod tests {
             .into_iter()
             .map(|kv| {
                 (
-                    String::from_utf8(kv.key).unwrap(),
-                    String::from_utf8(kv.value).unwrap(),
+                    String::from_utf8(kv.key.to_vec()).unwrap(),
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
                     kv.mod_revision,
                 )
             })
@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(b.txn(&req, ANY_LEASE), Err(MvccError::KeyNotFound));
         assert!(!b.is_poisoned());
         assert_eq!(b.current_revision(), 3);
-        assert_eq!(b.range(&get("b")).unwrap().kvs[0].value, b"old");
+        assert_eq!(b.range(&get("b")).unwrap().kvs[0].value, &b"old"[..]);
         assert!(b.range(&get("0")).unwrap().kvs.is_empty());
         b.put(&put("d", "after"), ANY_LEASE).unwrap();
         let committed = b.commit(Durability::None).unwrap();
@@ -577,7 +577,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             b.commit(Durability::None).unwrap();
             let seen = reader.join().unwrap();
-            assert_eq!(seen.kvs[0].value, b"2");
+            assert_eq!(seen.kvs[0].value, &b"2"[..]);
             assert_eq!(rev_of(&seen.header), 3);
         });
     }

@@ -114,7 +114,7 @@ impl<'w, 't> TxnWriter<'w, 't> {
         }
         let value = match &prev {
             Some(p) if req.ignore_value => p.value.clone(),
-            _ => req.value.clone(),
+            _ => req.value.clone().into(),
         };
         let lease = match &prev {
             Some(p) if req.ignore_lease => p.lease,
@@ -129,7 +129,7 @@ impl<'w, 't> TxnWriter<'w, 't> {
             None => (rev.main, 1),
         };
         let kv = KeyValue {
-            key: req.key.clone(),
+            key: req.key.clone().into(),
             create_revision,
             mod_revision: rev.main,
             version,
@@ -159,7 +159,7 @@ impl<'w, 't> TxnWriter<'w, 't> {
             let prev = self.table.kv(*modified)?;
             let rev = self.next_revision();
             let kv = KeyValue {
-                key: key.clone(),
+                key: key.clone().into(),
                 mod_revision: rev.main,
                 ..Default::default()
             };
@@ -370,10 +370,7 @@ mod tests {
         for (e, k) in events.iter().zip(["b", "c"]) {
             assert_eq!(e.r#type, EventType::Delete as i32);
             let kv = e.kv.as_ref().unwrap();
-            assert_eq!(
-                (kv.key.as_slice(), kv.mod_revision, kv.version),
-                (k.as_bytes(), 6, 0)
-            );
+            assert_eq!((&kv.key[..], kv.mod_revision, kv.version), (k.as_bytes(), 6, 0));
             assert_eq!(e.prev_kv.as_ref().unwrap().key, k.as_bytes());
         }
 

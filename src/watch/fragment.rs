@@ -79,8 +79,8 @@ mod tests {
             events: (0..events)
                 .map(|i| Event {
                     kv: Some(KeyValue {
-                        key: format!("k{i}").into_bytes(),
-                        value: vec![b'v'; value_len],
+                        key: format!("k{i}").into_bytes().into(),
+                        value: vec![b'v'; value_len].into(),
                         mod_revision: 9,
                         ..Default::default()
                     }),
@@ -97,8 +97,8 @@ mod tests {
         let events: Vec<Event> = (0..12)
             .map(|i| Event {
                 kv: Some(KeyValue {
-                    key: format!("k{i}").into_bytes(),
-                    value: vec![b'v'; 1000],
+                    key: format!("k{i}").into_bytes().into(),
+                    value: vec![b'v'; 1000].into(),
                     mod_revision: 1 + i / 2,
                     ..Default::default()
                 }),
@@ -134,8 +134,8 @@ mod tests {
             .map(|e| e.kv.clone().unwrap().key)
             .collect();
         assert_eq!(keys.len(), 10);
-        assert_eq!(keys[0], b"k0");
-        assert_eq!(keys[9], b"k9");
+        assert_eq!(keys[0], &b"k0"[..]);
+        assert_eq!(keys[9], &b"k9"[..]);
         for part in &parts[..parts.len() - 1] {
             assert!(part.fragment);
             assert!(part.encoded_len() <= 2500);

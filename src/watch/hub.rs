@@ -96,7 +96,19 @@ pub(super) fn deliver(watcher: &Watcher, responses: Vec<WatchResponse>, max_byte
     } else {
         responses
     };
-    match watcher.sink.try_send(Outgoing::from(parts)) {
+    send(watcher, Outgoing::from(parts))
+}
+
+/// [`deliver`] for a single response, without a vector around it (apply's common case).
+fn deliver_one(watcher: &Watcher, response: WatchResponse, max_bytes: usize) -> Delivery {
+    if watcher.options.fragment {
+        return deliver(watcher, vec![response], max_bytes);
+    }
+    send(watcher, Outgoing::One(response))
+}
+
+fn send(watcher: &Watcher, item: Outgoing) -> Delivery {
+    match watcher.sink.try_send(item) {
         Ok(()) => Delivery::Sent,
         Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
         Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
@@ -303,7 +315,7 @@ impl WatchHub {
             let Some(watcher) = state.synced.get_mut(&key) else {
                 continue;
             };
-            match deliver(watcher, vec![response], self.max_response_bytes) {
+            match deliver_one(watcher, response, self.max_response_bytes) {
                 Delivery::Sent => watcher.sent_since_progress = true,
                 Delivery::Full => fallen_behind.push(key),
                 Delivery::Closed => closed.push(key),

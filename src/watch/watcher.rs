@@ -85,7 +85,7 @@ mod tests {
         Event {
             r#type: kind as i32,
             kv: Some(KeyValue {
-                key: key.as_bytes().to_vec(),
+                key: key.as_bytes().to_vec().into(),
                 mod_revision: rev,
                 ..Default::default()
             }),

@@ -57,7 +57,10 @@ async fn lock_excludes_tasks_and_fences_writes() {
                 most.fetch_max(now, Ordering::SeqCst);
                 // A read-modify-write that loses updates unless the lock excludes.
                 let count = client.get("jobs/count").await.unwrap().map_or(0, |kv| {
-                    String::from_utf8(kv.value).unwrap().parse::<u32>().unwrap()
+                    String::from_utf8(kv.value.to_vec())
+                        .unwrap()
+                        .parse::<u32>()
+                        .unwrap()
                 });
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let fenced = TxnRequest {
@@ -81,7 +84,7 @@ async fn lock_excludes_tasks_and_fences_writes() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 1, "two tasks held the lock at once");
     let count = client.get("jobs/count").await.unwrap().unwrap();
-    assert_eq!(count.value, b"12");
+    assert_eq!(count.value, &b"12"[..]);
 
     // A fence outlives its lock only as a failing compare.
     let guard = client.lock("jobs/exclusive").await.unwrap();
@@ -147,7 +150,7 @@ async fn a_dead_first_endpoint_fails_over_to_the_second() {
     assert_eq!(client.current_endpoint(), server.url());
     let revision = client.put("failover/a", "1").await.unwrap();
     assert!(revision > 1);
-    assert_eq!(client.get("failover/a").await.unwrap().unwrap().value, b"1");
+    assert_eq!(client.get("failover/a").await.unwrap().unwrap().value, &b"1"[..]);
 
     // Nothing listening anywhere: UNAVAILABLE, after every endpoint was tried.
     let err = Client::connect_with([dead_endpoint(), dead_endpoint()], options)
@@ -185,7 +188,7 @@ async fn requests_fail_over_when_the_member_in_use_dies() {
     let read = within("a read after failover", client.get("failover/k"))
         .await
         .unwrap();
-    assert_eq!(read.unwrap().value, b"before");
+    assert_eq!(read.unwrap().value, &b"before"[..]);
     assert_ne!(client.current_endpoint(), cluster.client_url(used));
 
     // A write to a dead member cannot connect, so it was never sent: retried as well. (The
@@ -201,7 +204,10 @@ async fn requests_fail_over_when_the_member_in_use_dies() {
         .await
         .unwrap();
     assert_ne!(client.current_endpoint(), cluster.client_url(used));
-    assert_eq!(client.get("failover/k").await.unwrap().unwrap().value, b"after");
+    assert_eq!(
+        client.get("failover/k").await.unwrap().unwrap().value,
+        &b"after"[..]
+    );
 
     // The config watch reopened itself on a live member and missed nothing.
     client.put_config("failover", "config", "v1").await.unwrap();
@@ -522,5 +528,5 @@ async fn a_watch_from_a_compacted_revision_fails_with_etcds_text() {
         .iter()
         .map(|e| e.kv.as_ref().unwrap().value.clone())
         .collect();
-    assert_eq!(values[0], b"2");
+    assert_eq!(values[0], &b"2"[..]);
 }

@@ -146,7 +146,10 @@ async fn a_waiting_lock_survives_the_death_of_its_member() {
         !holder.txn(old_fence).await.unwrap().succeeded,
         "the old holder is fenced off"
     );
-    assert_eq!(waiter.get("job/owner").await.unwrap().unwrap().value, b"waiter");
+    assert_eq!(
+        waiter.get("job/owner").await.unwrap().unwrap().value,
+        &b"waiter"[..]
+    );
     next.unlock().await.unwrap();
 }
 
@@ -302,7 +305,7 @@ async fn long_lived_streams_carry_on_across_a_30_second_outage() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(batch.events[0].kv.as_ref().unwrap().key, b"jobs/1");
+    assert_eq!(batch.events[0].kv.as_ref().unwrap().key, &b"jobs/1"[..]);
     let leader = within("the observation after the outage", leaders.next())
         .await
         .unwrap()

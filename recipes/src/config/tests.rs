@@ -62,7 +62,7 @@ async fn versions_are_numbered_kept_and_readable_by_number() {
         })
         .await
         .unwrap();
-    assert_eq!(plain.kvs[0].value, br#"{"port": 2}"#);
+    assert_eq!(plain.kvs[0].value, &br#"{"port": 2}"#[..]);
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ async fn until_candidates(kv: &MemoryKv, name: &str, n: usize) {
 }
 
 async fn leader_value(kv: &MemoryKv, name: &str) -> Result<Vec<u8>> {
-    Ok(Election::leader(kv, name).await?.1.value)
+    Ok(Election::leader(kv, name).await?.1.value.into())
 }
 
 /// The next `n` values `changes` reports, then checks it reports nothing more.
@@ -47,7 +47,7 @@ async fn observed(changes: &mut Changes, n: usize) -> Vec<String> {
     for _ in 0..n {
         let (header, kv) = bounded(changes.next()).await.unwrap().unwrap();
         assert!(header.revision >= kv.mod_revision);
-        values.push(String::from_utf8(kv.value).unwrap());
+        values.push(String::from_utf8(kv.value.into()).unwrap());
     }
     assert!(
         tokio::time::timeout(Duration::from_secs(5), changes.next())

@@ -132,7 +132,7 @@ impl State {
         let mut keys = self.keys.clone();
         let later = self.history.iter().rev().take_while(|(r, _)| *r > revision);
         for event in later.flat_map(|(_, events)| events.iter().rev()) {
-            let key = event.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
+            let key = event.kv.as_ref().map(|kv| kv.key.to_vec()).unwrap_or_default();
             match &event.prev_kv {
                 Some(prev) => keys.insert(key, prev.clone()),
                 None => keys.remove(&key),
@@ -212,11 +212,11 @@ impl State {
             .as_ref()
             .map_or((revision, 1), |p| (p.create_revision, p.version + 1));
         let mut kv = KeyValue {
-            key: put.key,
+            key: put.key.into(),
             create_revision,
             mod_revision: revision,
             version,
-            value: put.value,
+            value: put.value.into(),
             lease: put.lease,
         };
         if let Some(prev) = &prev {
@@ -231,9 +231,9 @@ impl State {
             }
         }
         if let Some(lease) = self.leases.get_mut(&kv.lease) {
-            lease.keys.insert(kv.key.clone());
+            lease.keys.insert(kv.key.to_vec());
         }
-        self.keys.insert(kv.key.clone(), kv.clone());
+        self.keys.insert(kv.key.to_vec(), kv.clone());
         events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -253,7 +253,7 @@ impl State {
         events: &mut Vec<Event>,
     ) -> DeleteRangeResponse {
         let doomed: Vec<Vec<u8>> = matching(&self.keys, &delete.key, &delete.range_end)
-            .map(|kv| kv.key.clone())
+            .map(|kv| kv.key.to_vec())
             .collect();
         let mut prev_kvs = Vec::new();
         for key in doomed {
@@ -262,7 +262,7 @@ impl State {
             };
             self.detach(&prev);
             let kv = KeyValue {
-                key,
+                key: key.into(),
                 mod_revision: revision,
                 ..Default::default()
             };
@@ -286,7 +286,7 @@ impl State {
 
     fn detach(&mut self, kv: &KeyValue) {
         if let Some(lease) = self.leases.get_mut(&kv.lease) {
-            lease.keys.remove(&kv.key);
+            lease.keys.remove(&kv.key[..]);
         }
     }
 
@@ -325,7 +325,7 @@ fn compare_kv(compare: &Compare, kv: &KeyValue) -> bool {
         (Ok(CompareTarget::Version), Some(TargetUnion::Version(v))) => kv.version.cmp(v),
         (Ok(CompareTarget::Create), Some(TargetUnion::CreateRevision(r))) => kv.create_revision.cmp(r),
         (Ok(CompareTarget::Mod), Some(TargetUnion::ModRevision(r))) => kv.mod_revision.cmp(r),
-        (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v.as_slice()),
+        (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value[..].cmp(v.as_slice()),
         (Ok(CompareTarget::Lease), Some(TargetUnion::Lease(l))) => kv.lease.cmp(l),
         _ => return false,
     };

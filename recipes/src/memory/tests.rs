@@ -36,7 +36,7 @@ async fn next(stream: &mut WatchStream) -> WatchBatch {
 }
 
 fn keys(kvs: &[KeyValue]) -> Vec<&[u8]> {
-    kvs.iter().map(|kv| kv.key.as_slice()).collect()
+    kvs.iter().map(|kv| &kv.key[..]).collect()
 }
 
 #[tokio::test]
@@ -55,7 +55,7 @@ async fn each_changing_write_is_one_revision() {
     assert_eq!(a.header.unwrap().revision, 3);
     let a = &a.kvs[0];
     assert_eq!(
-        (a.create_revision, a.mod_revision, a.version, a.value.as_slice()),
+        (a.create_revision, a.mod_revision, a.version, &a.value[..]),
         (2, 3, 2, &b"2"[..])
     );
 
@@ -81,7 +81,7 @@ async fn txn_compares_choose_the_branch_and_ops_answer_in_order() {
     };
     let first = kv.txn(create.clone()).await.unwrap();
     assert!(first.succeeded);
-    assert_eq!(range_result(&first, 1)[0].value, b"v"); // reads see the txn's own writes
+    assert_eq!(range_result(&first, 1)[0].value, &b"v"[..]); // reads see the txn's own writes
     let second = kv.txn(create).await.unwrap();
     assert!(!second.succeeded);
     assert_eq!(range_result(&second, 0)[0].create_revision, 2);
@@ -197,8 +197,8 @@ async fn ranges_read_past_revisions() {
         revision,
         ..Default::default()
     };
-    assert_eq!(kv.range(at(2)).await.unwrap().kvs[0].value, b"1");
-    assert_eq!(kv.range(at(3)).await.unwrap().kvs[0].value, b"2");
+    assert_eq!(kv.range(at(2)).await.unwrap().kvs[0].value, &b"1"[..]);
+    assert_eq!(kv.range(at(3)).await.unwrap().kvs[0].value, &b"2"[..]);
     assert!(kv.range(at(4)).await.unwrap().kvs.is_empty());
     assert!(kv.range(at(1)).await.unwrap().kvs.is_empty());
     assert!(kv.range(at(5)).await.is_err());
@@ -305,5 +305,8 @@ async fn a_watch_from_a_future_revision_skips_what_comes_before() {
     let mut watch = kv.watch(request).await.unwrap();
     put(&kv, "f", "2", 0).await;
     put(&kv, "f", "3", 0).await;
-    assert_eq!(next(&mut watch).await.events[0].kv.as_ref().unwrap().value, b"3");
+    assert_eq!(
+        next(&mut watch).await.events[0].kv.as_ref().unwrap().value,
+        &b"3"[..]
+    );
 }

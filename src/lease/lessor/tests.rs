@@ -121,7 +121,7 @@ fn revoke_deletes_every_key_in_one_revision() {
         .iter()
         .map(|e| {
             let kv = e.kv.as_ref().unwrap();
-            (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision)
+            (String::from_utf8(kv.key.to_vec()).unwrap(), kv.mod_revision)
         })
         .collect();
     let rev = before + 1;

@@ -32,7 +32,7 @@ async fn the_client_authenticates_and_never_shows_a_lapsed_token() {
         .await
         .unwrap();
     alice.put("app/a", "1").await.unwrap();
-    assert_eq!(alice.get("foo").await.unwrap().unwrap().value, b"bar");
+    assert_eq!(alice.get("foo").await.unwrap().unwrap().value, &b"bar"[..]);
     let denied = alice.put("foo", "x").await.unwrap_err();
     assert_eq!(denied.kind(), ErrorKind::PermissionDenied);
     // The early client learns that auth is on now, and authenticates.
@@ -47,14 +47,14 @@ async fn the_client_authenticates_and_never_shows_a_lapsed_token() {
     assert!(!guard.is_lost(), "keep-alives went on");
     // Idle past the TTL: the next request authenticates again without the caller noticing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(alice.get("foo").await.unwrap().unwrap().value, b"bar");
+    assert_eq!(alice.get("foo").await.unwrap().unwrap().value, &b"bar"[..]);
     guard.unlock().await.unwrap();
 
     // A restarted member has forgotten every token: the client authenticates again.
     cluster.kill9(0);
     cluster.restart(0);
     let after = alice.get("app/a").await.unwrap().unwrap();
-    assert_eq!(after.value, b"1");
+    assert_eq!(after.value, &b"1"[..]);
 
     // Wrong credentials are the caller's to fix: the error says so.
     let wrong = Client::connect_with([url.as_str()], options("alice", "nope"))

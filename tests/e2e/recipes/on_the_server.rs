@@ -75,7 +75,7 @@ async fn queued(kv: &Client, prefix: &str) -> Vec<Vec<u8>> {
         ..Default::default()
     };
     let read = kv.range(range).await.unwrap();
-    read.kvs.into_iter().map(|kv| kv.key).collect()
+    read.kvs.into_iter().map(|kv| kv.key.to_vec()).collect()
 }
 
 /// Polls until `n` keys are under `prefix`, failing after [`WAIT`].

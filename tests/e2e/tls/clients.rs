@@ -112,7 +112,10 @@ async fn clients_reach_a_tls_listener_only_with_the_ca() {
     let client = concord_client::Client::connect_with([format!("https://{}", server.endpoint)], options)
         .await
         .unwrap();
-    assert_eq!(client.get("from/etcd-client").await.unwrap().unwrap().value, b"1");
+    assert_eq!(
+        client.get("from/etcd-client").await.unwrap().unwrap().value,
+        &b"1"[..]
+    );
     let lock = client.lock("over/tls").await.unwrap();
     lock.unlock().await.unwrap();
 

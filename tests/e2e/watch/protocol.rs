@@ -19,8 +19,8 @@ use crate::harness::Server;
 
 fn kv(key: &str, value: &str, create: i64, modified: i64, version: i64) -> KeyValue {
     KeyValue {
-        key: key.into(),
-        value: value.into(),
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
         create_revision: create,
         mod_revision: modified,
         version,
@@ -41,7 +41,7 @@ fn delete(key: &str, revision: i64, prev: KeyValue) -> Event {
     Event {
         r#type: EventType::Delete as i32,
         kv: Some(KeyValue {
-            key: key.into(),
+            key: key.as_bytes().to_vec().into(),
             mod_revision: revision,
             ..Default::default()
         }),
@@ -412,7 +412,7 @@ async fn large_revisions_are_fragmented_for_watchers_that_ask() {
     assert!(whole[0].encoded_len() > 65_536 + 512 * 1024);
     let keys: Vec<String> = all_events
         .iter()
-        .map(|e| String::from_utf8(e.kv.as_ref().unwrap().key.clone()).unwrap())
+        .map(|e| String::from_utf8(e.kv.as_ref().unwrap().key.to_vec()).unwrap())
         .collect();
     let mut want: Vec<String> = (0..10).map(|i| format!("big/d{i}")).collect();
     want.extend((0..3).map(|i| format!("big/p{i}")));

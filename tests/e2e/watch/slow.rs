@@ -88,7 +88,7 @@ fn events(responses: &[WatchResponse], id: i64) -> Vec<(i64, Vec<u8>, Vec<u8>)> 
         assert!(!r.created && !r.canceled && !r.fragment, "{r:?}");
         for e in &r.events {
             let kv = e.kv.as_ref().unwrap();
-            got.push((kv.mod_revision, kv.key.clone(), kv.value.clone()));
+            got.push((kv.mod_revision, kv.key.to_vec(), kv.value.to_vec()));
         }
     }
     got

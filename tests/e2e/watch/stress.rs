@@ -168,8 +168,8 @@ fn history(mut writes: Vec<Write>) -> Vec<Event> {
             let event = match value {
                 Some(value) => {
                     let kv = KeyValue {
-                        key: key.clone().into_bytes(),
-                        value: value.into_bytes(),
+                        key: key.clone().into_bytes().into(),
+                        value: value.into_bytes().into(),
                         create_revision: prev.as_ref().map_or(write.revision, |p| p.create_revision),
                         mod_revision: write.revision,
                         version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -185,7 +185,7 @@ fn history(mut writes: Vec<Write>) -> Vec<Event> {
                 None => Event {
                     r#type: EventType::Delete as i32,
                     kv: Some(KeyValue {
-                        key: key.into_bytes(),
+                        key: key.into_bytes().into(),
                         mod_revision: write.revision,
                         ..Default::default()
                     }),
@@ -209,10 +209,11 @@ struct Spec {
 impl Spec {
     fn expected(&self, history: &[Event]) -> Vec<Event> {
         let (key, end) = (&self.request.key, &self.request.range_end);
-        let in_range = |k: &Vec<u8>| match end.as_slice() {
+        let (key, end) = (key.as_slice(), end.as_slice());
+        let in_range = |k: &[u8]| match end {
             [] => k == key,
             [0] => k >= key,
-            end => k >= key && k.as_slice() < end,
+            end => k >= key && k < end,
         };
         let filtered = |e: &Event| {
             let filter = if e.r#type == EventType::Put as i32 {
@@ -226,7 +227,7 @@ impl Spec {
             .iter()
             .filter(|e| {
                 let kv = e.kv.as_ref().unwrap();
-                kv.mod_revision >= self.start && in_range(&kv.key) && !filtered(e)
+                kv.mod_revision >= self.start && in_range(&kv.key[..]) && !filtered(e)
             })
             .map(|e| Event {
                 prev_kv: if self.request.prev_kv {
