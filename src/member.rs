@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use openraft::RaftMetrics;
 use openraft::async_runtime::WatchReceiver;
@@ -56,6 +56,9 @@ pub struct Member {
     pub peers: Peers,
     /// Set once an orderly shutdown begins (Raft stopping is then expected).
     pub stopping: Arc<AtomicBool>,
+    /// Raft's current term, kept by [`follow_server_metrics`] for response headers: every
+    /// answer carries it, and reading it from openraft's metrics takes their lock.
+    term: Arc<AtomicU64>,
 }
 
 /// Name of the state machine's database in the member directory.
@@ -70,17 +73,18 @@ fn open_db(path: &Path) -> Result<Database, Error> {
 }
 
 /// Keeps the log store told whether this member is the only voter (its own fdatasync then
-/// commits, so its appends may be written in place), until Raft stops.
-async fn tell_lone_voter(raft: Raft, in_place: Arc<InPlace>) {
+/// commits, so its appends may be written in place), and `term` at Raft's current term, until
+/// Raft stops.
+async fn follow_server_metrics(raft: Raft, in_place: Arc<InPlace>, term: Arc<AtomicU64>) {
     let mut server = raft.server_metrics();
     loop {
-        let voters = server
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
+        let (voters, current_term) = {
+            let metrics = server.borrow_watched();
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            (voters, metrics.vote.leader_id.term)
+        };
         in_place.set_lone_voter(voters == 1);
+        term.store(current_term, Ordering::Relaxed);
         if server.changed().await.is_err() {
             return;
         }
@@ -147,7 +151,8 @@ impl Member {
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-        tokio::spawn(tell_lone_voter(raft.clone(), in_place));
+        let term = Arc::new(AtomicU64::new(raft.metrics().borrow_watched().current_term));
+        tokio::spawn(follow_server_metrics(raft.clone(), in_place, term.clone()));
 
         // A member of a new cluster bootstraps it on its first start.
         let initialized = raft
@@ -189,7 +194,14 @@ impl Member {
             snapshot_dir,
             peers,
             stopping: Arc::new(AtomicBool::new(false)),
+            term,
         })
+    }
+
+    /// Raft's current term, as response headers report it (it may trail a term change by the
+    /// moment the change takes to be observed, as etcd's header may).
+    pub fn current_term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
     }
 
     /// Reads Raft's current metrics without copying them.

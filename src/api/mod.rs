@@ -75,7 +75,7 @@ impl Api {
             cluster_id: self.node.identity.cluster_id,
             member_id: self.node.identity.member_id,
             revision,
-            raft_term: self.node.with_metrics(|m| m.current_term),
+            raft_term: self.node.current_term(),
         }
     }
 
