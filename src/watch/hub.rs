@@ -104,7 +104,7 @@ fn deliver_one(watcher: &Watcher, response: WatchResponse, max_bytes: usize) -> 
     if watcher.options.fragment {
         return deliver(watcher, vec![response], max_bytes);
     }
-    send(watcher, Outgoing::One(response))
+    send(watcher, response.into())
 }
 
 fn send(watcher: &Watcher, item: Outgoing) -> Delivery {

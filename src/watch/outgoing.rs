@@ -9,11 +9,12 @@
 use concord_proto::etcdserverpb::WatchResponse;
 use tokio::sync::mpsc;
 
-/// One channel item: see the module docs.
+/// One channel item: see the module docs. Boxed, so that an item is three words: a stream's
+/// channel holds its items in blocks of 32 slots, and a thousand idle streams each keep one.
 #[derive(Debug)]
 pub enum Outgoing {
     /// A single response.
-    One(WatchResponse),
+    One(Box<WatchResponse>),
     /// Responses that go out together, in this order.
     Many(Vec<WatchResponse>),
 }
@@ -23,14 +24,14 @@ pub type Sink = mpsc::Sender<Outgoing>;
 
 impl From<WatchResponse> for Outgoing {
     fn from(response: WatchResponse) -> Self {
-        Outgoing::One(response)
+        Outgoing::One(Box::new(response))
     }
 }
 
 impl From<Vec<WatchResponse>> for Outgoing {
     fn from(mut responses: Vec<WatchResponse>) -> Self {
         match responses.len() {
-            1 => Outgoing::One(responses.remove(0)),
+            1 => Outgoing::One(Box::new(responses.remove(0))),
             _ => Outgoing::Many(responses),
         }
     }
@@ -61,7 +62,7 @@ impl IntoIterator for Outgoing {
 
     fn into_iter(self) -> Responses {
         match self {
-            Outgoing::One(response) => Responses::One(Some(response)),
+            Outgoing::One(response) => Responses::One(Some(*response)),
             Outgoing::Many(responses) => Responses::Many(responses.into_iter()),
         }
     }
