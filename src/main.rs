@@ -6,6 +6,9 @@ use clap::Parser;
 use concord::config::{Config, Flags};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `concord snapshot restore|status` works offline on backup files.
