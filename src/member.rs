@@ -56,9 +56,17 @@ pub struct Member {
     pub peers: Peers,
     /// Set once an orderly shutdown begins (Raft stopping is then expected).
     pub stopping: Arc<AtomicBool>,
-    /// Raft's current term, kept by [`follow_server_metrics`] for response headers: every
-    /// answer carries it, and reading it from openraft's metrics takes their lock.
-    term: Arc<AtomicU64>,
+    /// What the hot paths ask of Raft's state, kept by [`follow_server_metrics`].
+    raft_view: Arc<RaftView>,
+}
+
+/// Raft's term and whether this member leads, copied out of openraft's metrics as they change:
+/// every answer's header carries the term and every write asks whether to forward, and reading
+/// either from the metrics takes their lock.
+#[derive(Debug)]
+struct RaftView {
+    term: AtomicU64,
+    leading: AtomicBool,
 }
 
 /// Name of the state machine's database in the member directory.
@@ -73,18 +81,19 @@ fn open_db(path: &Path) -> Result<Database, Error> {
 }
 
 /// Keeps the log store told whether this member is the only voter (its own fdatasync then
-/// commits, so its appends may be written in place), and `term` at Raft's current term, until
-/// Raft stops.
-async fn follow_server_metrics(raft: Raft, in_place: Arc<InPlace>, term: Arc<AtomicU64>) {
+/// commits, so its appends may be written in place), and `view` at Raft's current term and
+/// role, until Raft stops.
+async fn follow_server_metrics(raft: Raft, in_place: Arc<InPlace>, view: Arc<RaftView>) {
     let mut server = raft.server_metrics();
     loop {
-        let (voters, current_term) = {
+        let (voters, current_term, leading) = {
             let metrics = server.borrow_watched();
             let voters = metrics.membership_config.membership().voter_ids().count();
-            (voters, metrics.vote.leader_id.term)
+            (voters, metrics.vote.leader_id.term, metrics.state.is_leader())
         };
         in_place.set_lone_voter(voters == 1);
-        term.store(current_term, Ordering::Relaxed);
+        view.term.store(current_term, Ordering::Relaxed);
+        view.leading.store(leading, Ordering::Relaxed);
         if server.changed().await.is_err() {
             return;
         }
@@ -151,8 +160,11 @@ impl Member {
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let term = Arc::new(AtomicU64::new(raft.metrics().borrow_watched().current_term));
-        tokio::spawn(follow_server_metrics(raft.clone(), in_place, term.clone()));
+        let raft_view = Arc::new(RaftView {
+            term: AtomicU64::new(raft.metrics().borrow_watched().current_term),
+            leading: AtomicBool::new(false),
+        });
+        tokio::spawn(follow_server_metrics(raft.clone(), in_place, raft_view.clone()));
 
         // A member of a new cluster bootstraps it on its first start.
         let initialized = raft
@@ -194,14 +206,21 @@ impl Member {
             snapshot_dir,
             peers,
             stopping: Arc::new(AtomicBool::new(false)),
-            term,
+            raft_view,
         })
     }
 
     /// Raft's current term, as response headers report it (it may trail a term change by the
     /// moment the change takes to be observed, as etcd's header may).
     pub fn current_term(&self) -> u64 {
-        self.term.load(Ordering::Relaxed)
+        self.raft_view.term.load(Ordering::Relaxed)
+    }
+
+    /// Whether this member leads, as last observed (it may trail a change of role by the
+    /// moment the change takes to be observed: use it to pick a path, never to decide that a
+    /// write is safe).
+    pub fn seems_leader(&self) -> bool {
+        self.raft_view.leading.load(Ordering::Relaxed)
     }
 
     /// Reads Raft's current metrics without copying them.

@@ -133,6 +133,19 @@ impl Api {
         )
     }
 
+    /// The leader to forward to at once when this member follows one it knows: asking its own
+    /// Raft first costs a trip through Raft's core to learn the same thing. `None` on the
+    /// leader (one atomic load) and whenever in doubt; Raft itself then decides.
+    fn known_leader_elsewhere(&self) -> Option<MemberNode> {
+        if self.node().seems_leader() {
+            return None;
+        }
+        match self.elsewhere::<()>() {
+            Some(Here::Ask(leader)) => Some(leader),
+            _ => None,
+        }
+    }
+
     /// Checks a write with the admission checks, proposes it through Raft and waits for it to
     /// be applied. On a follower the command is forwarded to the leader, which checks it again,
     /// proposes it and relays the answer. `auth_revision` is the auth revision the client's
@@ -152,6 +165,9 @@ impl Api {
         let result = self
             .on_leader(
                 || async move {
+                    if let Some(leader) = self.known_leader_elsewhere() {
+                        return Here::Ask(leader);
+                    }
                     match raft.client_write(command.clone()).await {
                         Ok(applied) => Here::Done(Ok(applied.data)),
                         Err(err) => Here::refused(err.forward_to_leader(), &err),
@@ -183,6 +199,9 @@ impl Api {
         let index = self
             .on_leader(
                 || async move {
+                    if let Some(leader) = self.known_leader_elsewhere() {
+                        return Here::Ask(leader);
+                    }
                     match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                         Ok(_) => Here::Done(Ok(None)),
                         Err(err) => Here::refused(err.forward_to_leader(), &err),
