@@ -11,6 +11,7 @@ use concord_proto::etcdserverpb::{
     MemberUpdateResponse, ResponseHeader,
 };
 use concord_proto::rpctypes;
+use openraft::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -211,13 +212,24 @@ pub async fn publish(
 ) {
     let me = api.node().identity.member_id;
     let want = (config.name.clone(), config.advertise_client_urls.clone());
+    // Raft's view of the membership changes with its server metrics: look again as soon as
+    // they change (a new member learns the membership moments after it starts, a new cluster
+    // commits its first membership), or after a pause at the latest.
+    let mut raft_changes = api.node().raft.server_metrics();
+    let mut waited_a_pause = false;
     tokio::pin!(stop);
     loop {
         let known = membership::member(&api.node().raft, me).map(|(node, _)| (node.name, node.client_urls));
+        // A change proposed while another is uncommitted is refused (and openraft logs that as
+        // an error): wait for the one under way, unless it has already taken a whole pause.
+        let settled = {
+            let metrics = raft_changes.borrow_watched();
+            metrics.membership_config.log_id() == metrics.committed_membership_config.log_id()
+        };
         if known.as_ref() == Some(&want) {
             published.send_if_modified(|done| !std::mem::replace(done, true));
         }
-        let pause = if known.is_none() || known.as_ref() == Some(&want) {
+        let pause = if known.is_none() || known.as_ref() == Some(&want) || !(settled || waited_a_pause) {
             std::time::Duration::from_secs(1)
         } else {
             let change = MembershipChange::Publish(me, want.0.clone(), want.1.clone());
@@ -227,9 +239,17 @@ pub async fn publish(
             }
             std::time::Duration::from_millis(200)
         };
+        waited_a_pause = false;
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause) => waited_a_pause = true,
+            changed = raft_changes.changed() => {
+                if changed.is_err() {
+                    // Raft has stopped: nothing will change any more until `stop`.
+                    stop.as_mut().await;
+                    return;
+                }
+            }
         }
     }
 }
