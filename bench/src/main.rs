@@ -351,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort_unstable();
     let ops = latencies.len();
     println!(
-        "{label} workload={workload:?} clients={clients} ops={ops} seconds={secs:.2} ops_per_sec={rate:.0} p50_ms={p50:.2} p99_ms={p99:.2}{storm}",
+        "{label} workload={workload:?} clients={clients} ops={ops} seconds={secs:.2} ops_per_sec={rate:.0} p50_ms={p50:.2} p99_ms={p99:.2} mean_ms={mean:.3} max_ms={max:.2}{storm}",
         label = args.label,
         workload = args.workload,
         clients = args.clients,
@@ -359,6 +359,8 @@ async fn main() -> anyhow::Result<()> {
         rate = ops as f64 / elapsed.as_secs_f64(),
         p50 = percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        mean = latencies.iter().sum::<Duration>().as_secs_f64() * 1e3 / ops.max(1) as f64,
+        max = latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         storm = match args.storm {
             0 => String::new(),
             n => format!(
