@@ -6,6 +6,8 @@
 #   WORKLOAD=get scripts/bench.sh    # linearizable gets
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
+#   MEMBERS=3 AT=leader scripts/bench.sh       # every client at the leader (AT=follower: at one
+#                                    # follower), as etcdctl endpoint status names them
 #   WORKLOAD=http-put CLIENTS=64 scripts/bench.sh
 #                                    # durable puts through the HTTP/JSON gateway (POST
 #                                    # /v3/kv/put), each client on its own HTTP/1.1 connection
@@ -139,6 +141,21 @@ start() { # name client-port peer-port -> sets ENDPOINT (MEMBERS members, ports 
     for m in $(seq 0 $((MEMBERS - 1))); do wait_port "127.0.0.1:$((port + 10 * m))"; done
     sleep $((MEMBERS == 1 ? 1 : 3))   # let them elect a leader
     ENDPOINT=$endpoints
+    if [ -n "${AT:-}" ]; then ENDPOINT=$(pick_endpoint "$AT" "$endpoints"); fi
+}
+
+pick_endpoint() { # leader|follower endpoints -> the first endpoint in that role
+    etcdctl --endpoints "$2" "${CTL_TLS[@]}" endpoint status -w json | python3 -c '
+import json, sys
+want_leader = sys.argv[1] == "leader"
+for e in json.load(sys.stdin):
+    s = e["Status"]
+    if (s["header"]["member_id"] == s["leader"]) == want_leader:
+        print(e["Endpoint"])
+        break
+else:
+    sys.exit("no member is the " + sys.argv[1])
+' "$1"
 }
 
 # Rounds alternate etcd and Concord so that the machine's drift (this disk's fsync rate varies
