@@ -3,7 +3,7 @@
 # the other in one run, each on a fresh data directory on the same disk.
 #
 #   scripts/bench.sh                 # durable puts at 1 and 64 clients (8-byte keys, 256-byte values)
-#   WORKLOAD=get scripts/bench.sh    # linearizable gets
+#   WORKLOAD=get scripts/bench.sh    # linearizable gets (WORKLOAD=serial-get: serializable)
 #   CLIENTS="1 16 64" TOTAL=50000 ROUNDS=5 scripts/bench.sh
 #   MEMBERS=3 WORKLOAD=get scripts/bench.sh   # 3-member clusters, clients spread over members
 #   MEMBERS=3 AT=leader scripts/bench.sh       # every client at the leader (AT=follower: at one

@@ -12,7 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// What each client does in a loop.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// Durable puts of distinct keys.
     Put,
@@ -20,6 +20,8 @@ enum Workload {
     HttpPut,
     /// Linearizable single-key gets.
     Get,
+    /// Serializable single-key gets: the RPC with the least work in the server (no read index).
+    SerialGet,
     /// `--watchers` watchers on one prefix, one writer doing `--total` puts.
     Watch,
     /// Lease cycles: grant, put with the lease, one keepalive, revoke.
@@ -180,9 +182,10 @@ async fn client_loop(
             | Workload::Backup => {
                 unreachable!("this workload has its own driver")
             }
-            Workload::Get => {
+            Workload::Get | Workload::SerialGet => {
                 kv.range(RangeRequest {
                     key: key(i % 1000, key_size),
+                    serializable: workload == Workload::SerialGet,
                     ..Default::default()
                 })
                 .await
@@ -267,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let kv_of = |c: usize| KvClient::with_interceptor(channels[c].clone(), tokens[c].clone());
-    if let Workload::Get = args.workload {
+    if let Workload::Get | Workload::SerialGet = args.workload {
         let mut kv = kv_of(0);
         for i in 0..1000 {
             kv.put(PutRequest {
