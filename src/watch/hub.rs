@@ -311,14 +311,23 @@ impl WatchHub {
             .collect();
         let mut fallen_behind = Vec::new();
         let mut closed = Vec::new();
-        for (key, response) in responses {
-            let Some(watcher) = state.synced.get_mut(&key) else {
+        // The responses are in the watchers' order: walk both together instead of looking
+        // each watcher up again.
+        let mut responses = responses.into_iter().peekable();
+        for (key, watcher) in state.synced.iter_mut() {
+            let Some((next, _)) = responses.peek() else {
+                break;
+            };
+            if next != key {
                 continue;
+            }
+            let Some((_, response)) = responses.next() else {
+                break;
             };
             match deliver_one(watcher, response, self.max_response_bytes) {
                 Delivery::Sent => watcher.sent_since_progress = true,
-                Delivery::Full => fallen_behind.push(key),
-                Delivery::Closed => closed.push(key),
+                Delivery::Full => fallen_behind.push(*key),
+                Delivery::Closed => closed.push(*key),
             }
         }
         for key in closed {
@@ -464,6 +473,30 @@ mod tests {
         f.put("b1");
         f.put("a2");
         assert_eq!(revisions(&mut rx), [2, 4]);
+    }
+
+    #[test]
+    fn each_synced_watcher_gets_exactly_the_events_it_selects() {
+        let f = fixture();
+        let mut a = f.watch("a", 0, 16);
+        let mut b = f.watch("b", 0, 16);
+        let closed = f.watch("a", 0, 16);
+        let mut c = f.watch("c", 0, 16);
+        let mut full = f.watch("b", 0, 1);
+        drop(closed);
+        f.put("a1");
+        f.put("b1");
+        f.put("c1");
+        f.put("b2");
+        assert_eq!(revisions(&mut a), [2]);
+        assert_eq!(revisions(&mut b), [3, 5]);
+        assert_eq!(revisions(&mut c), [4]);
+        assert_eq!(revisions(&mut full), [3], "its one slot was taken");
+        assert_eq!(
+            f.hub.watcher_counts(),
+            (3, 1),
+            "the closed watcher is gone and the full one catches up"
+        );
     }
 
     #[test]
