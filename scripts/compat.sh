@@ -13,6 +13,20 @@ if [ ! -f "$COMPAT/difftest.py" ] || ! command -v python3 >/dev/null 2>&1; then
     exit 0
 fi
 ./scripts/install-deps.sh --with-etcd
+
+# The difftest listens on fixed ports (etcd's members from 32000, Concord's from 33000, 10
+# apart) inside the kernel's range for outgoing connections' local ports: a connection that
+# happens to take one of them (etcd's own members dial each other) keeps a member from
+# starting. Keep the kernel from handing them out, where we may (root; a no-op elsewhere).
+reserve_compat_ports() {
+    local file=/proc/sys/net/ipv4/ip_local_reserved_ports wanted=32000-32099,33000-33099
+    [ -w "$file" ] || return 0
+    local current
+    current=$(cat "$file")
+    case ",$current," in *",32000-32099,"*) return 0 ;; esac
+    echo "${current:+$current,}$wanted" >"$file" 2>/dev/null || true
+}
+reserve_compat_ports
 cargo build -q -p concord
 export CONCORD_BIN=target/debug/concord
 
