@@ -315,14 +315,8 @@ impl WatchHub {
         // each watcher up again.
         let mut responses = responses.into_iter().peekable();
         for (key, watcher) in state.synced.iter_mut() {
-            let Some((next, _)) = responses.peek() else {
-                break;
-            };
-            if next != key {
+            let Some((_, response)) = responses.next_if(|(next, _)| next == key) else {
                 continue;
-            }
-            let Some((_, response)) = responses.next() else {
-                break;
             };
             match deliver_one(watcher, response, self.max_response_bytes) {
                 Delivery::Sent => watcher.sent_since_progress = true,
