@@ -82,7 +82,7 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
     let path = dir.join(file_name(&meta));
     let tmp = path.with_extension(BUILDING);
     let _ = std::fs::remove_file(&tmp);
-    let _closed = copy_state_into(&read, &tmp, |write| {
+    let copy = copy_state_into(&read, &tmp, |write| {
         write
             .open_table(SNAPSHOT_META)
             .map_err(storage_err)?
@@ -90,6 +90,9 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
             .map_err(storage_err)?;
         Ok(())
     })?;
+    // Closed before it gets its name: a reader that finds it (`current`, for a follower) must
+    // be able to open it, and redb refuses to open a file this process still has open.
+    drop(copy);
     std::fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
     remove_others(dir, &path)?;
