@@ -118,6 +118,9 @@ impl Member {
             .map(|tls| tls.client_config())
             .transpose()?;
         let peers = Peers::new(peer_tls);
+        if let Some(own) = config.advertise_peer_urls.first() {
+            crate::raft::network::faults::init(own);
+        }
         let derived = identity::member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
         peers.credentials().set(derived, None);
         let identity = identity::load_identity(&member_dir.join("identity.json"), config, &peers).await?;

@@ -48,7 +48,10 @@ use super::peer_error::PeerError;
 use super::snapshot::SnapshotFile;
 use super::{Command, CommandResult, MemberNode, TypeConfig, Vote};
 
+pub mod faults;
 mod stream_append;
+
+use self::faults::Fate;
 
 /// Largest gRPC message between members (a batch of log entries, a snapshot chunk).
 pub const PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -175,10 +178,22 @@ impl Peers {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let client = self.client(node).map_err(PeerError::Unreachable)?;
-        rpc(client)
+        let url = node.peer_urls.first().map_or("", String::as_str);
+        if faults::outbound(url).await == Fate::Lost {
+            return Err(PeerError::Unreachable(format!(
+                "the link to {url} is cut (test fault)"
+            )));
+        }
+        let answer = rpc(client)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| PeerError::from_call(&status))
+            .map_err(|status| PeerError::from_call(&status))?;
+        if faults::inbound(url) == Fate::Lost {
+            return Err(PeerError::Failed(format!(
+                "the answer from {url} was lost (test fault)"
+            )));
+        }
+        Ok(answer)
     }
 
     /// Relays a client's lease request to the leader at `leader` with `rpc`; `pick` takes the
@@ -318,6 +333,8 @@ impl PeerNetwork {
 #[derive(Debug)]
 pub struct PeerClient {
     target: u64,
+    /// The peer URL it is reached at.
+    url: String,
     client: Result<PeerRpc, String>,
 }
 
@@ -327,6 +344,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
         PeerClient {
             target,
+            url: node.peer_urls.first().cloned().unwrap_or_default(),
             client: self.peers.client(node),
         }
     }
@@ -387,6 +405,28 @@ fn decode<T: DeserializeOwned>(answer: JsonMessage) -> Result<T, RPCError<TypeCo
 }
 
 impl PeerClient {
+    /// Fails when a test fault loses the request on its way (see [`faults`]).
+    async fn send_fault(&self) -> Result<(), Unreachable<TypeConfig>> {
+        match faults::outbound(&self.url).await {
+            Fate::Delivered => Ok(()),
+            Fate::Lost => Err(Unreachable::new(&io(format!(
+                "the link to member {:x} is cut (test fault)",
+                self.target
+            )))),
+        }
+    }
+
+    /// Fails when a test fault loses the answer on its way back (see [`faults`]).
+    fn answer_fault(&self) -> Result<(), NetworkError<TypeConfig>> {
+        match faults::inbound(&self.url) {
+            Fate::Delivered => Ok(()),
+            Fate::Lost => Err(NetworkError::new(&io(format!(
+                "the answer from member {:x} was lost (test fault)",
+                self.target
+            )))),
+        }
+    }
+
     fn client(&self) -> Result<PeerRpc, RPCError<TypeConfig>> {
         self.client.clone().map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&io(format!("member {:x}: {e}", self.target))))
@@ -405,12 +445,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let message = append_message(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
+        let client = self.client()?;
+        self.send_fault().await.map_err(RPCError::Unreachable)?;
         let sent = std::time::Instant::now();
-        let answer = self
-            .client()?
+        let answer = client
+            .clone()
             .append_entries(request)
             .await
             .map_err(|s| rpc_error(&s))?;
+        self.answer_fault().map_err(RPCError::Network)?;
         observe_round_trip(self.target, sent);
         decode(answer.into_inner())
     }
@@ -424,10 +467,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         let client = self.client();
-        let target = self.target;
+        let (target, url) = (self.target, self.url.clone());
         Box::pin(async move {
             let results: stream_append::Results<'s> =
-                stream_append::open(client?, target, input, option).await?;
+                stream_append::open(client?, target, url, input, option).await?;
             Ok(results)
         })
     }
@@ -439,7 +482,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut request = tonic::Request::new(JsonMessage { json: json(&rpc) });
         request.set_timeout(option.hard_ttl());
-        let answer = self.client()?.vote(request).await.map_err(|s| rpc_error(&s))?;
+        let client = self.client()?;
+        self.send_fault().await.map_err(RPCError::Unreachable)?;
+        let answer = client.clone().vote(request).await.map_err(|s| rpc_error(&s))?;
+        self.answer_fault().map_err(RPCError::Network)?;
         decode(answer.into_inner())
     }
 
@@ -450,11 +496,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut request = tonic::Request::new(JsonMessage { json: json(&req) });
         request.set_timeout(option.hard_ttl());
-        let answer = self
-            .client()?
+        let client = self.client()?;
+        self.send_fault().await.map_err(RPCError::Unreachable)?;
+        let answer = client
+            .clone()
             .transfer_leader(request)
             .await
             .map_err(|s| rpc_error(&s))?;
+        self.answer_fault().map_err(RPCError::Network)?;
         decode(answer.into_inner())
     }
 
@@ -467,6 +516,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let unreachable = |e: String| StreamingError::Unreachable(Unreachable::new(&io(e)));
         let mut client = self.client.clone().map_err(unreachable)?;
+        self.send_fault().await.map_err(StreamingError::Unreachable)?;
         let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| unreachable(format!("open snapshot: {e}")))?;
@@ -512,6 +562,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Err(e) => return Err(unreachable(format!("snapshot reader: {e}"))),
         }
         let answer = answer.map_err(|s| unreachable(s.message().to_string()))?;
+        self.answer_fault().map_err(StreamingError::Network)?;
         let result: Result<SnapshotResponse<TypeConfig>, String> =
             serde_json::from_slice(&answer.into_inner().json).map_err(|e| unreachable(e.to_string()))?;
         result.map_err(unreachable)

@@ -19,6 +19,7 @@ use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tonic::Streaming;
 
+use super::faults::{self, Fate};
 use super::{PeerRpc, TypeConfig, append_message, io, observe_round_trip, rpc_error};
 
 /// What openraft reads back: one result per request, in order.
@@ -32,6 +33,7 @@ pub type Results<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCE
 pub async fn open<S>(
     mut client: PeerRpc,
     target: u64,
+    url: String,
     mut input: S,
     option: RPCOption,
 ) -> Result<Results<'static>, RPCError<TypeConfig>>
@@ -45,9 +47,20 @@ where
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let broken: Arc<Mutex<Option<String>>> = Arc::default();
     let messages = {
-        let (sent, broken) = (sent.clone(), broken.clone());
-        input.scan((), move |(), rpc| {
+        let (sent, broken, to) = (sent.clone(), broken.clone(), url.clone());
+        // A request a test fault loses ends the stream, as a broken connection would.
+        let input = input.then(move |rpc| {
+            let to = to.clone();
+            async move { (faults::outbound(&to).await, rpc) }
+        });
+        input.scan((), move |(), (fate, rpc)| {
             let message = match append_message(&rpc) {
+                Ok(_) if fate == Fate::Lost => {
+                    if let Ok(mut broken) = broken.lock() {
+                        *broken = Some(format!("the link to member {target:x} is cut (test fault)"));
+                    }
+                    None
+                }
                 Ok(message) => {
                     if let Ok(mut sent) = sent.lock() {
                         sent.push_back(Instant::now());
@@ -73,6 +86,7 @@ where
         }
     };
     let answers = Answers {
+        url,
         responses,
         sent,
         broken,
@@ -92,6 +106,8 @@ where
 
 /// The follower's side of the stream, with what is needed to time its answers.
 struct Answers {
+    /// The follower's peer URL.
+    url: String,
     responses: Streaming<JsonMessage>,
     /// When each request not yet answered was sent, oldest first.
     sent: Arc<Mutex<VecDeque<Instant>>>,
@@ -107,6 +123,10 @@ impl Answers {
         loop {
             match tokio::time::timeout(self.ttl, self.responses.message()).await {
                 Ok(Ok(Some(answer))) => {
+                    if faults::inbound(&self.url) == Fate::Lost {
+                        let why = format!("an answer from member {:x} was lost (test fault)", self.target);
+                        return Some(Err(RPCError::Unreachable(Unreachable::new(&io(why)))));
+                    }
                     self.answered();
                     return Some(decode(&answer));
                 }

@@ -82,6 +82,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// Flags every etcdctl call gets (e.g. `--user=root:pw` once auth is on).
     ctl_args: Vec<String>,
+    /// Environment variables every member gets (see [`Cluster::start_with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -97,6 +99,14 @@ impl Cluster {
     /// every member's flags, members added later included.
     pub fn start_with(dir: &Path, n: usize, extra_args: &[&str]) -> Cluster {
         Cluster::start_prepared(dir, n, extra_args, |_| {})
+    }
+
+    /// [`Cluster::start`], with environment variables `env` (a test-only fault file, say) for
+    /// every member, restarts included.
+    pub fn start_with_env(dir: &Path, n: usize, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_prepared(dir, n, &[], |cluster| {
+            cluster.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        })
     }
 
     /// [`Cluster::start`] of members whose data directories are first made by
@@ -140,7 +150,12 @@ impl Cluster {
 
     /// [`Cluster::start_with`], running `prepare` once ports and names are chosen, before any
     /// member starts.
-    fn start_prepared(dir: &Path, n: usize, extra_args: &[&str], prepare: impl FnOnce(&Cluster)) -> Cluster {
+    fn start_prepared(
+        dir: &Path,
+        n: usize,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&mut Cluster),
+    ) -> Cluster {
         assert!(n > 0, "a cluster needs a member");
         let ports = free_ports(2 * n);
         let token = format!(
@@ -163,8 +178,9 @@ impl Cluster {
             token,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             ctl_args: Vec::new(),
+            env: Vec::new(),
         };
-        prepare(&cluster);
+        prepare(&mut cluster);
         let initial_cluster = cluster.initial_cluster();
         let spawned: Vec<_> = (0..n)
             .map(|i| cluster.spawn(i, &initial_cluster, "new"))
@@ -207,7 +223,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.extra_args.iter().cloned());
-        Server::spawn(self.dir.join(&member.name), args, false)
+        Server::spawn_with_env(self.dir.join(&member.name), args, self.env.clone(), false)
     }
 
     /// Waits for member `i`'s freshly spawned process to listen and records it as up.

@@ -1,0 +1,232 @@
+//! The nemesis: one fault at a time on a running cluster, then its healing. Processes are
+//! killed (`kill -9`, then restarted on their data) or paused (SIGSTOP, then SIGCONT); the
+//! network between members is cut, made lossy or slow through the server's test-only peer
+//! fault file (`CONCORD_PEER_FAULTS`, see `src/raft/network/faults.rs`), which every member of
+//! the cluster reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster::harness::{Cluster, XorShift};
+
+/// The kinds of fault, each aimed at a random member or at the leader of the moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `kill -9` of a member that is not the leader, restarted at the healing.
+    Kill,
+    /// `kill -9` of the leader.
+    KillLeader,
+    /// SIGSTOP of a member that is not the leader (a long GC pause, a frozen VM).
+    Pause,
+    /// SIGSTOP of the leader.
+    PauseLeader,
+    /// The leader cut off from every other member.
+    IsolateLeader,
+    /// A random minority cut off from the majority.
+    Minority,
+    /// Two halves that only one member (the bridge) reaches both of (five members or more).
+    Bridge,
+    /// A share of every message between members lost.
+    Loss,
+    /// Every message between members delayed by a few to tens of milliseconds.
+    Delay,
+}
+
+impl Kind {
+    /// Every kind a cluster of `members` can be given.
+    pub fn all(members: usize) -> Vec<Kind> {
+        let mut kinds = vec![
+            Kind::Kill,
+            Kind::KillLeader,
+            Kind::Pause,
+            Kind::PauseLeader,
+            Kind::IsolateLeader,
+            Kind::Minority,
+            Kind::Loss,
+            Kind::Delay,
+        ];
+        if members >= 5 {
+            kinds.push(Kind::Bridge);
+        }
+        kinds
+    }
+}
+
+/// A fault in force, or healed.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub kind: Kind,
+    /// The members it was aimed at (the cut-off side of a partition).
+    pub targets: Vec<usize>,
+    pub started: Instant,
+}
+
+/// Injects and heals faults on one cluster.
+pub struct Nemesis {
+    /// The peer fault file every member reads.
+    file: PathBuf,
+    pub rng: XorShift,
+    /// Members stopped with SIGSTOP, to resume at the healing.
+    paused: Vec<usize>,
+    /// Members killed, to restart at the healing.
+    killed: Vec<usize>,
+}
+
+impl Nemesis {
+    /// A nemesis writing the peer fault `file` (created empty here), choosing with `seed`.
+    pub fn new(file: &Path, seed: u64) -> Nemesis {
+        std::fs::write(file, "").expect("write the peer fault file");
+        Nemesis {
+            file: file.to_path_buf(),
+            rng: XorShift(seed | 1),
+            paused: Vec::new(),
+            killed: Vec::new(),
+        }
+    }
+
+    /// Injects a fault of `kind`. A fault aimed at the leader goes to a random member when no
+    /// leader is agreed on at the moment.
+    pub fn inject(&mut self, cluster: &mut Cluster, kind: Kind) -> Injected {
+        let n = cluster.len();
+        let leader = current_leader(cluster).unwrap_or_else(|| self.rng.below(n));
+        let other = {
+            let offset = 1 + self.rng.below(n - 1);
+            (leader + offset) % n
+        };
+        let started = Instant::now();
+        let targets = match kind {
+            Kind::Kill | Kind::KillLeader => {
+                let target = if kind == Kind::Kill { other } else { leader };
+                cluster.kill9(target);
+                self.killed.push(target);
+                vec![target]
+            }
+            Kind::Pause | Kind::PauseLeader => {
+                let target = if kind == Kind::Pause { other } else { leader };
+                signal(cluster, target, "STOP");
+                self.paused.push(target);
+                vec![target]
+            }
+            Kind::IsolateLeader => {
+                let rest: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+                self.write(&cuts(cluster, &[vec![leader], rest]));
+                vec![leader]
+            }
+            Kind::Minority => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, self.rng.below(i + 1));
+                }
+                let (minority, majority) = order.split_at((n - 1) / 2);
+                self.write(&cuts(cluster, &[minority.to_vec(), majority.to_vec()]));
+                minority.to_vec()
+            }
+            Kind::Bridge => {
+                // Members other than the bridge, in two halves that cannot reach each other.
+                let bridge = self.rng.below(n);
+                let rest: Vec<usize> = (0..n).filter(|&i| i != bridge).collect();
+                let (left, right) = rest.split_at(rest.len() / 2);
+                let mut text = String::new();
+                for &a in left {
+                    for &b in right {
+                        text += &cut_line(cluster, a, b);
+                        text += &cut_line(cluster, b, a);
+                    }
+                }
+                self.write(&text);
+                vec![bridge]
+            }
+            Kind::Loss => {
+                let percent = 5 + self.rng.below(16);
+                self.write(&format!("loss {percent}\n"));
+                Vec::new()
+            }
+            Kind::Delay => {
+                let max = 10 + self.rng.below(31);
+                self.write(&format!("delay 1 {max}\n"));
+                Vec::new()
+            }
+        };
+        Injected {
+            kind,
+            targets,
+            started,
+        }
+    }
+
+    /// Heals every fault in force: the network whole again, paused members resumed, killed
+    /// ones restarted.
+    pub fn heal(&mut self, cluster: &mut Cluster) {
+        self.write("");
+        for i in std::mem::take(&mut self.paused) {
+            signal(cluster, i, "CONT");
+        }
+        for i in std::mem::take(&mut self.killed) {
+            cluster.restart(i);
+        }
+    }
+
+    /// Replaces the fault file's contents at once (a rename, so no member reads half of it).
+    fn write(&self, text: &str) {
+        let next = self.file.with_extension("next");
+        std::fs::write(&next, text).expect("write the peer fault file");
+        std::fs::rename(&next, &self.file).expect("replace the peer fault file");
+    }
+}
+
+/// `cut` lines both ways between every two members of different `groups`.
+fn cuts(cluster: &Cluster, groups: &[Vec<usize>]) -> String {
+    let mut text = String::new();
+    for (g, group) in groups.iter().enumerate() {
+        for other in &groups[g + 1..] {
+            for &a in group {
+                for &b in other {
+                    text += &cut_line(cluster, a, b);
+                    text += &cut_line(cluster, b, a);
+                }
+            }
+        }
+    }
+    text
+}
+
+fn cut_line(cluster: &Cluster, from: usize, to: usize) -> String {
+    format!("cut {} {}\n", cluster.peer_url(from), cluster.peer_url(to))
+}
+
+/// Sends `kill -SIGNAL` to member `i`.
+fn signal(cluster: &Cluster, i: usize, signal: &str) {
+    let pid = cluster.member(i).pid().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The member most running members name as leader, if any names one within a second.
+pub fn current_leader(cluster: &Cluster) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut votes: Vec<(u64, usize)> = Vec::new();
+        let mut ids = Vec::new();
+        for i in cluster.live() {
+            if let Some(status) = cluster.status(i) {
+                ids.push((status.member_id, i));
+                if status.leader != 0 {
+                    match votes.iter_mut().find(|(id, _)| *id == status.leader) {
+                        Some((_, count)) => *count += 1,
+                        None => votes.push((status.leader, 1)),
+                    }
+                }
+            }
+        }
+        let named = votes.iter().max_by_key(|(_, count)| *count).map(|(id, _)| *id);
+        let leader = named.and_then(|id| ids.iter().find(|(m, _)| *m == id).map(|(_, i)| *i));
+        if leader.is_some() || Instant::now() >= deadline {
+            return leader;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
