@@ -12,6 +12,7 @@
 //!
 //! The short mode runs with the e2e suite: each kind of fault once, in an order the seed picks.
 //! `CONCORD_ROBUSTNESS_FAULTS=N` makes a long run of N faults (`scripts/robustness.sh`), and
+//! `CONCORD_ROBUSTNESS_KINDS=Loss,Minority` keeps to those kinds, and
 //! `CONCORD_ROBUSTNESS_SEED` replays a run's choices (which fault, aimed where, for how long;
 //! which operation each client does next). Every run prints its seed and its figures.
 
@@ -60,6 +61,23 @@ fn seed() -> u64 {
     }
 }
 
+/// The kinds of fault of a run: `CONCORD_ROBUSTNESS_KINDS` (names separated by commas, as the
+/// report spells them) or every kind the cluster can be given.
+fn kinds(members: usize) -> Vec<Kind> {
+    let all = Kind::all(members);
+    match std::env::var("CONCORD_ROBUSTNESS_KINDS") {
+        Ok(names) => names
+            .split(',')
+            .map(|name| {
+                *all.iter()
+                    .find(|k| format!("{k:?}").eq_ignore_ascii_case(name.trim()))
+                    .unwrap_or_else(|| panic!("no fault kind {name:?} for {members} members: {all:?}"))
+            })
+            .collect(),
+        Err(_) => all,
+    }
+}
+
 /// The faults of a run: each kind once in the short mode; `CONCORD_ROBUSTNESS_FAULTS` of them,
 /// every kind in turn (each round in a new order), in the long one.
 fn schedule(kinds: &[Kind], rng: &mut XorShift) -> Vec<Kind> {
@@ -90,7 +108,7 @@ struct Figures {
 async fn run(members: usize) {
     let seed = seed();
     let mut rng = XorShift(seed);
-    let faults = schedule(&Kind::all(members), &mut rng);
+    let faults = schedule(&kinds(members), &mut rng);
     println!(
         "robustness: {members} members, {} faults, seed {seed:#x} (replay: CONCORD_ROBUSTNESS_SEED={seed:#x})",
         faults.len()
