@@ -222,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let committed = batch.commit(durability).map_err(storage_err)?;
         crate::metrics::observe(&crate::metrics::get().backend_commit, started.elapsed());
+        crate::failpoint::hit("apply-after");
         drop(leases);
         alarms.publish();
         if auth.publish() {
@@ -260,6 +261,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         snapshot::install(&self.store, meta, &snapshot)?;
+        // Watchers catch up on the revisions the snapshot brought, which no notify carried.
+        self.hub.restored();
         self.lessor.reload(&self.store).map_err(storage_err)?;
         let db = self.store.database();
         self.auth.reload(&db).map_err(storage_err)?;

@@ -340,6 +340,23 @@ impl WatchHub {
         }
     }
 
+    /// After the store's whole contents were replaced by a snapshot from the leader (etcd's
+    /// `watchableStore.Restore`): the events between the newest notified revision and the
+    /// snapshot's were never notified, so every synced watcher goes back to catch-up from the
+    /// revision after the newest it was sent, and reads them from the new contents' history
+    /// (or is cancelled as compacted, if the leader compacted them away).
+    pub fn restored(&self) {
+        let mut state = self.lock();
+        let next_rev = state.notified_rev + 1;
+        for (key, mut watcher) in std::mem::take(&mut state.synced) {
+            watcher.next_rev = next_rev;
+            state.unsynced.insert(key, watcher);
+        }
+        state.notified_rev = state.notified_rev.max(self.store.current_revision());
+        drop(state);
+        self.wake.notify_one();
+    }
+
     /// The revision an on-demand progress response reports for `stream`: the newest notified
     /// one, once every watcher of the stream has been sent all its events up to it; `None`
     /// while any of them is still catching up. The caller answers later then, rather than
@@ -456,6 +473,30 @@ mod tests {
             }
         }
         revs
+    }
+
+    #[test]
+    fn after_a_snapshot_install_watchers_get_the_revisions_it_brought() {
+        let f = fixture();
+        let mut rx = f.watch("a", 0, 16);
+        f.put("a1");
+        // What a snapshot brings: revisions committed without passing through notify.
+        for key in ["a2", "b1", "a3"] {
+            let mut batch = f.store.begin_write().unwrap();
+            let put = PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            };
+            batch.put(&put, ANY_LEASE).unwrap();
+            batch.commit(Durability::None).unwrap();
+        }
+        f.hub.restored();
+        assert_eq!(f.hub.watcher_counts(), (0, 1), "back to catch-up");
+        f.hub.catch_up_round().unwrap();
+        f.put("a4");
+        assert_eq!(revisions(&mut rx), [2, 3, 5, 6]);
+        assert_eq!(f.hub.watcher_counts(), (1, 0));
     }
 
     #[test]
