@@ -243,6 +243,7 @@ fn swap(
     }
     pass(&store.database(), &copy, progress, Durability::Immediate)?;
     std::fs::rename(target, db_path)?;
+    crate::failpoint::hit("defrag");
     if let Some(dir) = db_path.parent() {
         sync_dir(dir)?;
     }

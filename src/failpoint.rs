@@ -1,16 +1,32 @@
 //! Test-only crash points, like etcd's gofail failpoints: a named place in the server that
-//! fails when the `CONCORD_FAILPOINTS` environment variable arms it. Only debug builds read the
-//! variable; in release builds [`hit`] is an empty inline function.
+//! fails when a test arms it. Only debug builds look; in release builds [`hit`] is an empty
+//! inline function.
 //!
-//! `CONCORD_FAILPOINTS` is a comma-separated list of `name[=action][@N]`: the failpoint `name`
-//! fires at its `N`th hit (the first without `@N`). The action `panic` (the default) panics
-//! there; `abort` ends the process at once, as `kill -9` would: nothing is unwound or flushed.
+//! Two ways to arm them:
+//! - `CONCORD_FAILPOINTS`, read once at start: a comma-separated list of `name[=action][@N]`;
+//! - `CONCORD_FAILPOINT_FILE`, a file the member reads again at most every 20 ms, so a test can
+//!   arm points in a running cluster: one `PEER_URL name[=action][@N]` a line, each armed only
+//!   on the member whose advertised peer URL it names (see [`init`]). Hits are counted from the
+//!   moment a line appears; a line that goes away disarms its point.
+//!
+//! The failpoint `name` fires at its `N`th hit (the first without `@N`). The action `panic`
+//! (the default) panics there; `abort` ends the process at once, as `kill -9` would: nothing is
+//! unwound or flushed.
 //!
 //! Places:
 //! - `apply`: the state machine, before it applies a client's command;
+//! - `apply-after`: the state machine, after a batch is committed to the database but before
+//!   its answers and watch events go out;
 //! - `wal-before-write`, `wal-before-sync`, `wal-after-sync`: the WAL thread, before a batch's
 //!   write, between the write and its fdatasync, and after the fdatasync but before anyone is
-//!   told the batch is durable.
+//!   told the batch is durable;
+//! - `snapshot-build`: a snapshot's copy is made but not yet renamed into place;
+//! - `snapshot-send`: the leader has handed a chunk of a snapshot to the stream to a follower;
+//! - `snapshot-install`: a follower is installing a received snapshot: its contents are in
+//!   the open write transaction, not committed;
+//! - `compaction`: a compaction has removed history rows, before its batch commits;
+//! - `defrag`: the defragmented copy has been renamed over the database, before the directory
+//!   is synced and the store switches to it.
 
 /// Fires the failpoint `name` if it is armed and this is the hit it waits for (debug builds
 /// only).
@@ -25,6 +41,95 @@ pub fn hit(name: &str) {
     });
     for point in armed.iter().filter(|a| a.name == name) {
         point.hit();
+    }
+    file::hit(name);
+}
+
+/// Records this member's advertised peer URL: the lines of `CONCORD_FAILPOINT_FILE` that name
+/// it are armed here.
+#[cfg(debug_assertions)]
+pub fn init(own_peer_url: &str) {
+    file::init(own_peer_url);
+}
+
+/// Records nothing: failpoints are compiled out of release builds.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn init(_own_peer_url: &str) {}
+
+/// The points armed through `CONCORD_FAILPOINT_FILE`.
+#[cfg(debug_assertions)]
+mod file {
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use super::armed::{self, Armed};
+
+    const RELOAD_EVERY: Duration = Duration::from_millis(20);
+
+    struct State {
+        path: std::path::PathBuf,
+        own: Option<String>,
+        /// The file's text when last read, and the points it arms here.
+        text: String,
+        armed: Vec<Armed>,
+        read_at: Option<Instant>,
+    }
+
+    fn state() -> Option<&'static Mutex<State>> {
+        static STATE: OnceLock<Option<Mutex<State>>> = OnceLock::new();
+        STATE
+            .get_or_init(|| {
+                let path = std::env::var_os("CONCORD_FAILPOINT_FILE")?;
+                Some(Mutex::new(State {
+                    path: path.into(),
+                    own: None,
+                    text: String::new(),
+                    armed: Vec::new(),
+                    read_at: None,
+                }))
+            })
+            .as_ref()
+    }
+
+    pub fn init(own_peer_url: &str) {
+        if let Some(state) = state() {
+            state.lock().unwrap_or_else(|p| p.into_inner()).own = Some(own_peer_url.to_string());
+        }
+    }
+
+    /// The specs of `text` for the member at `own`.
+    pub fn specs_for(text: &str, own: &str) -> String {
+        text.lines()
+            .filter_map(|line| {
+                let (url, spec) = line.trim().split_once(char::is_whitespace)?;
+                (url == own).then(|| spec.trim().to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn hit(name: &str) {
+        let Some(state) = state() else {
+            return;
+        };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.read_at.is_none_or(|at| at.elapsed() >= RELOAD_EVERY) {
+            state.read_at = Some(Instant::now());
+            let text = std::fs::read_to_string(&state.path).unwrap_or_default();
+            if text != state.text {
+                let specs = state
+                    .own
+                    .as_deref()
+                    .map(|own| specs_for(&text, own))
+                    .unwrap_or_default();
+                state.armed = armed::parse(&specs);
+                state.text = text;
+            }
+        }
+        for point in state.armed.iter().filter(|a| a.name == name) {
+            point.hit();
+        }
     }
 }
 
@@ -108,6 +213,16 @@ mod armed {
                     ("wal-before-write", false, 2)
                 ]
             );
+        }
+
+        #[test]
+        fn the_file_arms_only_the_lines_naming_this_member() {
+            let text = "http://a:1 apply=abort@3\nhttp://b:2 wal-after-sync\n\nhttp://a:1  defrag=abort\n";
+            assert_eq!(
+                super::super::file::specs_for(text, "http://a:1"),
+                "apply=abort@3,defrag=abort"
+            );
+            assert_eq!(super::super::file::specs_for(text, "http://c:3"), "");
         }
 
         #[test]

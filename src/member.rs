@@ -120,6 +120,7 @@ impl Member {
         let peers = Peers::new(peer_tls);
         if let Some(own) = config.advertise_peer_urls.first() {
             crate::raft::network::faults::init(own);
+            crate::failpoint::init(own);
         }
         let derived = identity::member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
         peers.credentials().set(derived, None);

@@ -42,6 +42,7 @@ pub fn compact(
     for rev in &removed {
         table.remove(rev.to_bytes())?;
     }
+    crate::failpoint::hit("compaction");
     tracing::debug!(rev, rows = removed.len(), "mvcc compaction");
     Ok(removed.len())
 }

@@ -545,6 +545,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 if tx.send(chunk).await.is_err() {
                     return Ok(());
                 }
+                crate::failpoint::hit("snapshot-send");
             }
         };
         let reader = tokio::spawn(reader);

@@ -93,6 +93,7 @@ fn build(db: &Database, dir: &Path) -> io::Result<Snapshot> {
     // Closed before it gets its name: a reader that finds it (`current`, for a follower) must
     // be able to open it, and redb refuses to open a file this process still has open.
     drop(copy);
+    crate::failpoint::hit("snapshot-build");
     std::fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
     remove_others(dir, &path)?;
@@ -258,6 +259,7 @@ pub fn install(store: &MvccStore, meta: &SnapshotMeta, snapshot: &SnapshotFile) 
     lease::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     auth::table::copy(&read, batch.transaction()).map_err(storage_err)?;
     alarm::table::copy(&read, batch.transaction()).map_err(storage_err)?;
+    crate::failpoint::hit("snapshot-install");
     write_applied_state(
         batch.transaction(),
         &meta.last_log_id,

@@ -29,6 +29,7 @@ pub fn raft_config(config: &Config) -> Result<RaftConfig, Error> {
         election_timeout_min: election / 4,
         election_timeout_max: election / 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         ..Default::default()
     }
     .validate()

@@ -372,6 +372,12 @@ impl Server {
     /// Starts the server again on the same data directory with the same flags (a new port when
     /// it was started on port 0, the same URLs when they were given explicitly).
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|why| panic!("{why}"));
+    }
+
+    /// [`Server::restart`], or why not when the new process exits before it listens; this
+    /// server then stays stopped ([`Server::is_running`] is false).
+    pub fn try_restart(&mut self) -> Result<(), String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let next = Server::spawn_with_env(
@@ -380,15 +386,22 @@ impl Server {
             self.env.clone(),
             self.await_health,
         )
-        .listening();
+        .try_listening()?;
         *self = next;
+        Ok(())
     }
 }
 
 impl Spawned {
     /// Waits until the server logs its client address; then, for a lone server, until it is
     /// healthy. Panics with the server's last log lines if it exits first.
-    pub fn listening(mut self) -> Server {
+    pub fn listening(self) -> Server {
+        self.try_listening().unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Spawned::listening`], or why not (with the server's last log lines) when it exits or
+    /// stays silent first: a server armed to crash may crash before it listens.
+    pub fn try_listening(mut self) -> Result<Server, String> {
         let endpoint = match self.listening.recv_timeout(START_TIMEOUT) {
             Ok(Ok(addr)) => addr,
             outcome => {
@@ -402,11 +415,11 @@ impl Spawned {
                     Err(_) => format!("did not start listening within {START_TIMEOUT:?}"),
                     Ok(_) => "exited before listening".to_string(),
                 };
-                panic!(
+                return Err(format!(
                     "concord {:?} {why} (exit: {status:?}); its log ends:\n{}",
                     self.args,
                     join_tail(&self.log_tail)
-                );
+                ));
             }
         };
         let server = Server {
@@ -423,7 +436,7 @@ impl Spawned {
         if server.await_health {
             server.wait_healthy();
         }
-        server
+        Ok(server)
     }
 }
 

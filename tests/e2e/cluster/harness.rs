@@ -101,10 +101,10 @@ impl Cluster {
         Cluster::start_prepared(dir, n, extra_args, |_| {})
     }
 
-    /// [`Cluster::start`], with environment variables `env` (a test-only fault file, say) for
-    /// every member, restarts included.
-    pub fn start_with_env(dir: &Path, n: usize, env: &[(&str, &str)]) -> Cluster {
-        Cluster::start_prepared(dir, n, &[], |cluster| {
+    /// [`Cluster::start_with`], with environment variables `env` (a test-only fault file, say)
+    /// for every member, restarts included.
+    pub fn start_with_env(dir: &Path, n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_prepared(dir, n, extra_args, |cluster| {
             cluster.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         })
     }
@@ -408,6 +408,15 @@ impl Cluster {
         let member = &mut self.members[i];
         member.server.as_mut().expect("member was started").restart();
         member.up = true;
+    }
+
+    /// [`Cluster::restart`] of a member that may crash before it listens (armed to crash at a
+    /// point it reaches while starting): `Err` says how it ended, and it counts as up but not
+    /// running until restarted again.
+    pub fn try_restart(&mut self, i: usize) -> Result<(), String> {
+        let member = &mut self.members[i];
+        member.up = true;
+        member.server.as_mut().expect("member was started").try_restart()
     }
 
     /// Whether member `i`'s process is still running (false after a crash, too).

@@ -1,13 +1,17 @@
 //! The robustness suite: a 3- and a 5-member cluster under concurrent load while a nemesis
 //! injects one fault after another (members killed and restarted, paused and resumed, the
-//! leader isolated, minority and bridge partitions, lossy and slow links between members), and
+//! leader isolated, minority and bridge partitions, lossy and slow links between members,
+//! crashes at points inside the server: around the WAL's fdatasync and the apply, while a
+//! snapshot is built, sent or installed, during a compaction and a defragmentation), and
 //! afterwards checkers that judge the recorded history:
 //!
 //! - every hot key's history is linearizable as one register ([`crate::checkers::register`]);
 //! - no read saw half of a two-key txn;
 //! - no acknowledged write is missing from the history, which has every revision once;
 //! - every watcher saw exactly the history, in order, whole revisions at a time, across its
-//!   resumptions and bookmarks ([`crate::checkers::watch`]);
+//!   resumptions and bookmarks ([`crate::checkers::watch`]); the history is what the watchers
+//!   saw together (compactions during the run remove it from the members), and must have every
+//!   revision once;
 //! - every member holds the same data at the last revision (HashKV).
 //!
 //! The short mode runs with the e2e suite: each kind of fault once, in an order the seed picks.
@@ -115,9 +119,28 @@ async fn run(members: usize) {
     );
     let dir = tempfile::tempdir().unwrap();
     let fault_file = dir.path().join("peer-faults");
-    let fault_env = fault_file.display().to_string();
-    let mut cluster = Cluster::start_with_env(dir.path(), members, &[("CONCORD_PEER_FAULTS", &fault_env)]);
-    let mut nemesis = Nemesis::new(&fault_file, seed ^ 0x5eed);
+    let failpoint_file = dir.path().join("failpoints");
+    let mut nemesis = Nemesis::new(&fault_file, &failpoint_file, seed ^ 0x5eed);
+    let (fault_env, failpoint_env) = (
+        fault_file.display().to_string(),
+        failpoint_file.display().to_string(),
+    );
+    let mut cluster = Cluster::start_with_env(
+        dir.path(),
+        members,
+        // Snapshots often, and few entries kept after them: a member down for a second needs
+        // a snapshot to catch up, so snapshots are built, sent and installed under faults.
+        &[
+            "--snapshot-count",
+            "100",
+            "--experimental-snapshot-catchup-entries",
+            "20",
+        ],
+        &[
+            ("CONCORD_PEER_FAULTS", &fault_env),
+            ("CONCORD_FAILPOINT_FILE", &failpoint_env),
+        ],
+    );
     tokio::task::block_in_place(|| cluster.wait_for_leader(Duration::from_secs(10)));
     let endpoints: Vec<String> = (0..members).map(|i| cluster.client_url(i).to_string()).collect();
 
@@ -132,20 +155,33 @@ async fn run(members: usize) {
         let task = workload::client_task(id, per_member, id % members, seed, recorder.clone());
         clients.push(tokio::spawn(task));
     }
-    let watch_end = Arc::new(WatchEnd::default());
+    let watch_end = Arc::new(WatchEnd::new(members));
     let watchers: Vec<_> = (0..members)
-        .map(|m| tokio::spawn(workload::watcher_task(endpoints.clone(), m, watch_end.clone())))
+        .map(|m| tokio::spawn(workload::watcher_task(m, endpoints.clone(), m, watch_end.clone())))
         .collect();
 
     // The faults, one at a time.
     tokio::time::sleep(WARM_UP).await;
     let mut done: Vec<(Injected, Duration)> = Vec::new();
+    let mut violations = Vec::new();
     for kind in faults {
         let hold = Duration::from_millis(600 + nemesis.rng.below(900) as u64);
         let quiet = Duration::from_millis(500 + nemesis.rng.below(700) as u64);
-        let injected = tokio::task::block_in_place(|| nemesis.inject(&mut cluster, kind));
-        tokio::time::sleep(hold).await;
-        tokio::task::block_in_place(|| nemesis.heal(&mut cluster));
+        let compactable = watch_end.compactable();
+        let mut injected = tokio::task::block_in_place(|| nemesis.inject(&mut cluster, kind, compactable));
+        tokio::time::sleep(hold / 2).await;
+        tokio::task::block_in_place(|| nemesis.midway(&mut cluster));
+        tokio::time::sleep(hold / 2).await;
+        let (fired, unexpected) = tokio::task::block_in_place(|| nemesis.heal(&mut cluster));
+        if let Some(fired) = fired {
+            injected.detail += if fired { " fired" } else { " did not fire" };
+        }
+        for m in unexpected {
+            violations.push(format!(
+                "m{m} exited during {:?} {}, which was not meant to stop it",
+                injected.kind, injected.detail
+            ));
+        }
         let healed_after = injected.started.elapsed();
         done.push((injected, healed_after));
         tokio::time::sleep(quiet).await;
@@ -179,9 +215,13 @@ async fn run(members: usize) {
             Err(_) => panic!("the watcher that began on m{m} never heard of revision {last}"),
         }
     }
-    let reference = workload::reference_history(&endpoints[leader], last).await;
-
-    let mut violations = Vec::new();
+    let reference = match workload::merged_history(&watched) {
+        Ok(reference) => reference,
+        Err(why) => {
+            violations.push(format!("the watchers disagree: {why}"));
+            Vec::new()
+        }
+    };
     let base = recorder
         .histories
         .lock()
@@ -308,8 +348,16 @@ async fn run(members: usize) {
         entry.0 += 1;
         entry.1 = entry.1.max(f.longest_outage);
         println!(
-            "  fault {:?} on {:?}: healed after {:?}; longest time without a successful write {:?}",
-            f.injected.kind, f.injected.targets, f.healed_after, f.longest_outage
+            "  fault {:?} {}on {:?}: healed after {:?}; longest time without a successful write {:?}",
+            f.injected.kind,
+            if f.injected.detail.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", f.injected.detail)
+            },
+            f.injected.targets,
+            f.healed_after,
+            f.longest_outage
         );
     }
     println!(

@@ -1,8 +1,10 @@
 //! The nemesis: one fault at a time on a running cluster, then its healing. Processes are
 //! killed (`kill -9`, then restarted on their data) or paused (SIGSTOP, then SIGCONT); the
 //! network between members is cut, made lossy or slow through the server's test-only peer
-//! fault file (`CONCORD_PEER_FAULTS`, see `src/raft/network/faults.rs`), which every member of
-//! the cluster reads.
+//! fault file (`CONCORD_PEER_FAULTS`, see `src/raft/network/faults.rs`); and members crash at
+//! chosen points inside the server, armed through its failpoint file
+//! (`CONCORD_FAILPOINT_FILE`, see `src/failpoint.rs`). Every member of the cluster reads both
+//! files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +33,24 @@ pub enum Kind {
     Loss,
     /// Every message between members delayed by a few to tens of milliseconds.
     Delay,
+    /// A member crashing at a point inside the server ([`CRASH_POINTS`]), with what makes it
+    /// get there: a compaction, a defragmentation, a follower that needs a snapshot.
+    Crash,
 }
+
+/// The server's crash points the nemesis arms (see `src/failpoint.rs`).
+pub const CRASH_POINTS: [&str; 10] = [
+    "wal-before-write",
+    "wal-before-sync",
+    "wal-after-sync",
+    "apply",
+    "apply-after",
+    "snapshot-build",
+    "snapshot-send",
+    "snapshot-install",
+    "compaction",
+    "defrag",
+];
 
 impl Kind {
     /// Every kind a cluster of `members` can be given.
@@ -45,6 +64,7 @@ impl Kind {
             Kind::Minority,
             Kind::Loss,
             Kind::Delay,
+            Kind::Crash,
         ];
         if members >= 5 {
             kinds.push(Kind::Bridge);
@@ -59,13 +79,26 @@ pub struct Injected {
     pub kind: Kind,
     /// The members it was aimed at (the cut-off side of a partition).
     pub targets: Vec<usize>,
+    /// More about it: a crash's point and whether it fired, say.
+    pub detail: String,
     pub started: Instant,
+}
+
+/// A crash armed and waiting to fire.
+struct Armed {
+    target: usize,
+    /// A member killed so that it lags, restarted half-way so that it needs a snapshot.
+    lagging: Option<usize>,
 }
 
 /// Injects and heals faults on one cluster.
 pub struct Nemesis {
     /// The peer fault file every member reads.
     file: PathBuf,
+    /// The failpoint file every member reads.
+    failpoints: PathBuf,
+    /// The crash in force.
+    armed: Option<Armed>,
     pub rng: XorShift,
     /// Members stopped with SIGSTOP, to resume at the healing.
     paused: Vec<usize>,
@@ -74,11 +107,15 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    /// A nemesis writing the peer fault `file` (created empty here), choosing with `seed`.
-    pub fn new(file: &Path, seed: u64) -> Nemesis {
+    /// A nemesis writing the peer fault `file` and the `failpoints` file (both created empty
+    /// here), choosing with `seed`.
+    pub fn new(file: &Path, failpoints: &Path, seed: u64) -> Nemesis {
         std::fs::write(file, "").expect("write the peer fault file");
+        std::fs::write(failpoints, "").expect("write the failpoint file");
         Nemesis {
             file: file.to_path_buf(),
+            failpoints: failpoints.to_path_buf(),
+            armed: None,
             rng: XorShift(seed | 1),
             paused: Vec::new(),
             killed: Vec::new(),
@@ -86,8 +123,9 @@ impl Nemesis {
     }
 
     /// Injects a fault of `kind`. A fault aimed at the leader goes to a random member when no
-    /// leader is agreed on at the moment.
-    pub fn inject(&mut self, cluster: &mut Cluster, kind: Kind) -> Injected {
+    /// leader is agreed on at the moment. `compactable` is a revision every watcher has passed,
+    /// which a compaction may remove the history below.
+    pub fn inject(&mut self, cluster: &mut Cluster, kind: Kind, compactable: i64) -> Injected {
         let n = cluster.len();
         let leader = current_leader(cluster).unwrap_or_else(|| self.rng.below(n));
         let other = {
@@ -95,6 +133,7 @@ impl Nemesis {
             (leader + offset) % n
         };
         let started = Instant::now();
+        let mut detail = String::new();
         let targets = match kind {
             Kind::Kill | Kind::KillLeader => {
                 let target = if kind == Kind::Kill { other } else { leader };
@@ -147,32 +186,106 @@ impl Nemesis {
                 self.write(&format!("delay 1 {max}\n"));
                 Vec::new()
             }
+            Kind::Crash => {
+                let point = CRASH_POINTS[self.rng.below(CRASH_POINTS.len())];
+                let (target, lagging) = match point {
+                    // The leader sends the snapshot; a follower killed now will need one.
+                    "snapshot-send" => (leader, Some(other)),
+                    // The follower killed now will need a snapshot and install it.
+                    "snapshot-install" => (other, Some(other)),
+                    _ if self.rng.below(2) == 0 => (leader, None),
+                    _ => (other, None),
+                };
+                // Frequent points fire after a few hits; the others at their first.
+                let hit = match point {
+                    "wal-before-write" | "wal-before-sync" | "wal-after-sync" | "apply" | "apply-after" => {
+                        1 + self.rng.below(40)
+                    }
+                    _ => 1,
+                };
+                let line = format!("{} {point}=abort@{hit}\n", cluster.peer_url(target));
+                write_atomically(&self.failpoints, &line);
+                if let Some(lagging) = lagging {
+                    cluster.kill9(lagging);
+                    self.killed.push(lagging);
+                }
+                match point {
+                    "compaction" => {
+                        let via = if target == leader { other } else { leader };
+                        let rev = compactable.max(1).to_string();
+                        let _ = cluster
+                            .member(via)
+                            .etcdctl(&["--command-timeout=5s", "compact", &rev]);
+                    }
+                    "defrag" => {
+                        let _ = cluster
+                            .member(target)
+                            .etcdctl(&["--command-timeout=10s", "defrag"]);
+                    }
+                    _ => {}
+                }
+                detail = format!("{point}@{hit}");
+                self.armed = Some(Armed { target, lagging });
+                vec![target]
+            }
         };
         Injected {
             kind,
             targets,
+            detail,
             started,
         }
     }
 
+    /// Half-way through a fault: a member killed to lag behind comes back, armed, and needs a
+    /// snapshot.
+    pub fn midway(&mut self, cluster: &mut Cluster) {
+        if let Some(lagging) = self.armed.as_ref().and_then(|a| a.lagging) {
+            self.killed.retain(|&k| k != lagging);
+            // Armed to crash installing a snapshot, it may do so before it listens.
+            let _ = cluster.try_restart(lagging);
+        }
+    }
+
     /// Heals every fault in force: the network whole again, paused members resumed, killed
-    /// ones restarted.
-    pub fn heal(&mut self, cluster: &mut Cluster) {
+    /// ones restarted, crash points disarmed and crashed members restarted. Returns whether the
+    /// armed crash fired (`None`: none was armed), and the members that exited without being
+    /// meant to, which are restarted too.
+    pub fn heal(&mut self, cluster: &mut Cluster) -> (Option<bool>, Vec<usize>) {
         self.write("");
+        write_atomically(&self.failpoints, "");
         for i in std::mem::take(&mut self.paused) {
             signal(cluster, i, "CONT");
+        }
+        let armed = self.armed.take();
+        let fired = armed.as_ref().map(|a| !cluster.is_running(a.target));
+        let mut unexpected = Vec::new();
+        for i in 0..cluster.len() {
+            if self.killed.contains(&i) || cluster.is_running(i) {
+                continue;
+            }
+            if armed.as_ref().is_none_or(|a| a.target != i) {
+                unexpected.push(i);
+            }
+            cluster.restart(i);
         }
         for i in std::mem::take(&mut self.killed) {
             cluster.restart(i);
         }
+        (fired, unexpected)
     }
 
-    /// Replaces the fault file's contents at once (a rename, so no member reads half of it).
+    /// Replaces the peer fault file's contents.
     fn write(&self, text: &str) {
-        let next = self.file.with_extension("next");
-        std::fs::write(&next, text).expect("write the peer fault file");
-        std::fs::rename(&next, &self.file).expect("replace the peer fault file");
+        write_atomically(&self.file, text);
     }
+}
+
+/// Replaces `file`'s contents at once (a rename, so no member reads half of it).
+fn write_atomically(file: &Path, text: &str) {
+    let next = file.with_extension("next");
+    std::fs::write(&next, text).expect("write a fault file");
+    std::fs::rename(&next, file).expect("replace a fault file");
 }
 
 /// `cut` lines both ways between every two members of different `groups`.

@@ -227,16 +227,42 @@ async fn perform(client: &mut Client, key: &str, op: Op) -> Outcome {
 
 /// Until when a watcher runs: once told to stop, it still waits (bounded) to have heard of
 /// `until` (by an event or a bookmark), the run's last revision.
-#[derive(Default)]
 pub struct WatchEnd {
     pub stop: AtomicBool,
     pub until: AtomicI64,
+    /// Per watcher, the newest revision it heard of.
+    pub heard: Vec<AtomicI64>,
+}
+
+impl WatchEnd {
+    /// For `watchers` watchers.
+    pub fn new(watchers: usize) -> WatchEnd {
+        WatchEnd {
+            stop: AtomicBool::new(false),
+            until: AtomicI64::new(0),
+            heard: (0..watchers).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// A revision every watcher has heard of, so none needs the history below it again.
+    pub fn compactable(&self) -> i64 {
+        self.heard
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 /// One watcher over every key of the run, from revision 1, first through `endpoints[member]`;
 /// on a broken or silent stream it watches again from the revision after the newest it heard
 /// of, through the next member. Returns every response and resumption, in order.
-pub async fn watcher_task(endpoints: Vec<String>, mut member: usize, end: Arc<WatchEnd>) -> Vec<Received> {
+pub async fn watcher_task(
+    id: usize,
+    endpoints: Vec<String>,
+    mut member: usize,
+    end: Arc<WatchEnd>,
+) -> Vec<Received> {
     let mut received = Vec::new();
     let mut next = 1;
     let mut first = true;
@@ -283,6 +309,7 @@ pub async fn watcher_task(endpoints: Vec<String>, mut member: usize, end: Arc<Wa
             if message.events().is_empty() {
                 received.push(Received::Progress(revision));
                 next = next.max(revision + 1);
+                end.heard[id].store(next - 1, Ordering::Relaxed);
                 continue;
             }
             let events: Vec<Event> = message
@@ -301,37 +328,33 @@ pub async fn watcher_task(endpoints: Vec<String>, mut member: usize, end: Arc<Wa
             if let Some(last) = events.last() {
                 next = next.max(last.revision + 1);
             }
+            end.heard[id].store(next - 1, Ordering::Relaxed);
             received.push(Received::Events(events));
         }
     }
 }
 
-/// Every event of the run's keys from revision 1 to `last`, through `endpoint`.
-pub async fn reference_history(endpoint: &str, last: i64) -> Vec<Event> {
-    let mut client = connect(endpoint).await;
-    let options = WatchOptions::new().with_prefix().with_start_revision(1);
-    let mut stream = client
-        .watch(PREFIX, Some(options))
-        .await
-        .expect("watch the history");
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while events.last().is_none_or(|e: &Event| e.revision < last) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, stream.message())
-            .await
-            .expect("the history comes within 30 s")
-            .expect("the history's watch stream")
-            .expect("the history's watch stream ended");
-        for e in message.events() {
-            let kv = e.kv().expect("an event has its key-value");
-            events.push(Event {
-                revision: kv.mod_revision(),
-                key: kv.key_str().unwrap().to_string(),
-                value: kv.value_str().unwrap().to_string(),
-                delete: e.event_type() == etcd_client::EventType::Delete,
-            });
+/// The history every watcher's events add up to, in revision order, each event once; `Err`
+/// names an event two watchers saw differently. Compactions during the run remove the early
+/// history from the members, so the watchers' record is the only one left whole.
+pub fn merged_history(watched: &[Vec<Received>]) -> Result<Vec<Event>, String> {
+    let mut merged: std::collections::BTreeMap<(i64, String), Event> = std::collections::BTreeMap::new();
+    for (w, received) in watched.iter().enumerate() {
+        for event in received.iter().flat_map(|r| match r {
+            Received::Events(events) => events.as_slice(),
+            _ => &[],
+        }) {
+            let slot = (event.revision, event.key.clone());
+            match merged.get(&slot) {
+                Some(seen) if seen != event => {
+                    return Err(format!("watcher {w} saw {event:?}, another {seen:?}"));
+                }
+                Some(_) => {}
+                None => {
+                    merged.insert(slot, event.clone());
+                }
+            }
         }
     }
-    events
+    Ok(merged.into_values().collect())
 }
