@@ -282,10 +282,14 @@ pub fn keep(dir: &Path, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Resu
     Ok(kept)
 }
 
+/// Removes the snapshots older than `keep` (their names sort by last log index, then term).
+/// Never a newer one: a build that started before a snapshot from the leader was installed
+/// finishes after it, and removing the installed one would leave the member with a snapshot
+/// older than its purged log. Nor a snapshot being built (`*.tmp`): only a start sweeps those.
 fn remove_others(dir: &Path, keep: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == BUILDING) {
+        if path.as_path() < keep && path.extension().is_some_and(|e| e == "snap") {
             std::fs::remove_file(&path)?;
         }
     }
@@ -353,6 +357,23 @@ mod tests {
             "kept for inspection"
         );
         assert!(validate(&built.snapshot.path.with_extension(DAMAGED), &built.meta).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_kept_late_never_removes_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |index: u64| dir.path().join(format!("{index:020}-{:020}{SUFFIX}", 3));
+        for index in [10, 20, 30] {
+            std::fs::write(name(index), b"x").unwrap();
+        }
+        let building = dir.path().join(format!("x.{BUILDING}"));
+        std::fs::write(&building, b"being built").unwrap();
+        // A build that began before snapshot 30 was installed finishes with 20.
+        remove_others(dir.path(), &name(20)).unwrap();
+        assert!(!name(10).exists(), "older: removed");
+        assert!(name(20).exists());
+        assert!(name(30).exists(), "newer: kept, and still the current one");
+        assert!(building.exists(), "a build in progress is left alone");
     }
 
     #[test]
