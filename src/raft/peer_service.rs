@@ -200,12 +200,17 @@ impl RaftPeer for PeerService {
                 path: incoming.0.clone(),
             },
         };
-        let result = self
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| e.to_string());
-        // An installed snapshot was moved into place; `incoming` removes a refused one.
+        // In a task of its own: once Raft has the snapshot, its state machine may install it
+        // after this call is gone (the leader gave up waiting, the connection broke), and the
+        // file must stay until it has. An installed snapshot was moved into place by then;
+        // `incoming` removes one that was refused.
+        let raft = self.raft.clone();
+        let install = tokio::spawn(async move {
+            let result = raft.install_full_snapshot(vote, snapshot).await;
+            drop(incoming);
+            result.map_err(|e| e.to_string())
+        });
+        let result = install.await.map_err(|e| Status::internal(e.to_string()))?;
         answer(&result)
     }
 
