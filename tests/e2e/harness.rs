@@ -415,9 +415,20 @@ impl Spawned {
                     Err(_) => format!("did not start listening within {START_TIMEOUT:?}"),
                     Ok(_) => "exited before listening".to_string(),
                 };
+                // A panic's message comes before its backtrace, which can fill the tail.
+                let telling: Vec<String> = self
+                    .log_all
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|line| line.contains("panicked at") || line.contains(" ERROR "))
+                    .take(20)
+                    .cloned()
+                    .collect();
                 return Err(format!(
-                    "concord {:?} {why} (exit: {status:?}); its log ends:\n{}",
+                    "concord {:?} {why} (exit: {status:?}); its errors and panics:\n{}\nits log ends:\n{}",
                     self.args,
+                    telling.join("\n"),
                     join_tail(&self.log_tail)
                 ));
             }

@@ -169,6 +169,13 @@ async fn run(members: usize) {
         let quiet = Duration::from_millis(500 + nemesis.rng.below(700) as u64);
         let compactable = watch_end.compactable();
         let mut injected = tokio::task::block_in_place(|| nemesis.inject(&mut cluster, kind, compactable));
+        println!(
+            "  {:>3} {:?} {} on {:?}",
+            done.len() + 1,
+            injected.kind,
+            injected.detail,
+            injected.targets
+        );
         tokio::time::sleep(hold / 2).await;
         tokio::task::block_in_place(|| nemesis.midway(&mut cluster));
         tokio::time::sleep(hold / 2).await;
@@ -176,11 +183,13 @@ async fn run(members: usize) {
         if let Some(fired) = fired {
             injected.detail += if fired { " fired" } else { " did not fire" };
         }
-        for m in unexpected {
-            violations.push(format!(
-                "m{m} exited during {:?} {}, which was not meant to stop it",
+        for (m, why) in unexpected {
+            let violation = format!(
+                "m{m} stopped during {:?} {}, which was not meant to stop it: {why}",
                 injected.kind, injected.detail
-            ));
+            );
+            println!("  VIOLATION: {violation}");
+            violations.push(violation);
         }
         let healed_after = injected.started.elapsed();
         done.push((injected, healed_after));
@@ -235,7 +244,15 @@ async fn run(members: usize) {
     let histories = std::mem::take(&mut *recorder.histories.lock().unwrap());
     for (k, history) in histories.iter().enumerate() {
         let started = Instant::now();
-        let result = register::check(history);
+        // The search recurses once per operation: a long run's histories need a deep stack.
+        let result = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(1 << 30)
+                .spawn_scoped(scope, || register::check(history))
+                .expect("start the checker's thread")
+                .join()
+                .expect("the checker panicked")
+        });
         let unknown = history.iter().filter(|e| e.returned().is_none()).count();
         println!(
             "  {}: {} ops ({unknown} unknown): {} in {:?}",
@@ -310,6 +327,10 @@ async fn run(members: usize) {
     // Every member holds the same data at the last revision.
     let mut hashes = Vec::new();
     for (m, endpoint) in endpoints.iter().enumerate() {
+        if !cluster.is_running(m) {
+            violations.push(format!("m{m} is not running at the end"));
+            continue;
+        }
         let mut client = workload::connect(endpoint).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let hash = loop {

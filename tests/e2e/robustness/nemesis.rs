@@ -251,7 +251,7 @@ impl Nemesis {
     /// ones restarted, crash points disarmed and crashed members restarted. Returns whether the
     /// armed crash fired (`None`: none was armed), and the members that exited without being
     /// meant to, which are restarted too.
-    pub fn heal(&mut self, cluster: &mut Cluster) -> (Option<bool>, Vec<usize>) {
+    pub fn heal(&mut self, cluster: &mut Cluster) -> (Option<bool>, Vec<(usize, String)>) {
         self.write("");
         write_atomically(&self.failpoints, "");
         for i in std::mem::take(&mut self.paused) {
@@ -265,12 +265,19 @@ impl Nemesis {
                 continue;
             }
             if armed.as_ref().is_none_or(|a| a.target != i) {
-                unexpected.push(i);
+                // Why it stopped, before a restart replaces its log.
+                let mut why = cluster.log_lines_containing(i, "panicked at");
+                why.extend(cluster.log_lines_containing(i, " ERROR "));
+                unexpected.push((i, why.join("\n")));
             }
-            cluster.restart(i);
+            if let Err(why) = cluster.try_restart(i) {
+                unexpected.push((i, format!("and it could not start again: {why}")));
+            }
         }
         for i in std::mem::take(&mut self.killed) {
-            cluster.restart(i);
+            if let Err(why) = cluster.try_restart(i) {
+                unexpected.push((i, format!("it could not start again: {why}")));
+            }
         }
         (fired, unexpected)
     }
