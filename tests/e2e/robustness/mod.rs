@@ -244,15 +244,7 @@ async fn run(members: usize) {
     let histories = std::mem::take(&mut *recorder.histories.lock().unwrap());
     for (k, history) in histories.iter().enumerate() {
         let started = Instant::now();
-        // The search recurses once per operation: a long run's histories need a deep stack.
-        let result = std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .stack_size(1 << 30)
-                .spawn_scoped(scope, || register::check(history))
-                .expect("start the checker's thread")
-                .join()
-                .expect("the checker panicked")
-        });
+        let result = register::check(history);
         let unknown = history.iter().filter(|e| e.returned().is_none()).count();
         println!(
             "  {}: {} ops ({unknown} unknown): {} in {:?}",
