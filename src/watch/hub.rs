@@ -330,7 +330,8 @@ impl WatchHub {
         let woke = !fallen_behind.is_empty();
         for key in fallen_behind {
             if let Some(mut watcher) = state.synced.remove(&key) {
-                watcher.next_rev = first_rev;
+                // A watcher created for a future revision never goes back before it.
+                watcher.next_rev = watcher.next_rev.max(first_rev);
                 state.unsynced.insert(key, watcher);
             }
         }
@@ -349,7 +350,9 @@ impl WatchHub {
         let mut state = self.lock();
         let next_rev = state.notified_rev + 1;
         for (key, mut watcher) in std::mem::take(&mut state.synced) {
-            watcher.next_rev = next_rev;
+            // A watcher created for a future revision (a client resuming on a member that is
+            // behind) keeps waiting for that one: nothing before it is its to get.
+            watcher.next_rev = watcher.next_rev.max(next_rev);
             state.unsynced.insert(key, watcher);
         }
         state.notified_rev = state.notified_rev.max(self.store.current_revision());
@@ -491,12 +494,19 @@ mod tests {
             batch.put(&put, ANY_LEASE).unwrap();
             batch.commit(Durability::None).unwrap();
         }
+        // A client that resumed here from a revision this member had not reached yet.
+        let mut ahead = f.watch("a", 5, 16);
         f.hub.restored();
-        assert_eq!(f.hub.watcher_counts(), (0, 1), "back to catch-up");
+        assert_eq!(f.hub.watcher_counts(), (0, 2), "back to catch-up");
         f.hub.catch_up_round().unwrap();
         f.put("a4");
         assert_eq!(revisions(&mut rx), [2, 3, 5, 6]);
-        assert_eq!(f.hub.watcher_counts(), (1, 0));
+        assert_eq!(
+            revisions(&mut ahead),
+            [5, 6],
+            "nothing before the revision it asked for"
+        );
+        assert_eq!(f.hub.watcher_counts(), (2, 0));
     }
 
     #[test]
