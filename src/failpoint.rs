@@ -11,7 +11,8 @@
 //!
 //! The failpoint `name` fires at its `N`th hit (the first without `@N`). The action `panic`
 //! (the default) panics there; `abort` ends the process at once, as `kill -9` would: nothing is
-//! unwound or flushed.
+//! unwound or flushed; `error` makes the operation there fail, from its `N`th hit on, as a
+//! failing disk would (only at the places that ask [`fails`]).
 //!
 //! Places:
 //! - `apply`: the state machine, before it applies a client's command;
@@ -20,6 +21,7 @@
 //! - `wal-before-write`, `wal-before-sync`, `wal-after-sync`: the WAL thread, before a batch's
 //!   write, between the write and its fdatasync, and after the fdatasync but before anyone is
 //!   told the batch is durable;
+//! - `wal-sync` (with `error`): the WAL's fdatasync fails;
 //! - `snapshot-build`: a snapshot's copy is made but not yet renamed into place;
 //! - `snapshot-send`: the leader has handed a chunk of a snapshot to the stream to a follower;
 //! - `snapshot-install`: a follower is installing a received snapshot: its contents are in
@@ -32,6 +34,13 @@
 /// only).
 #[cfg(debug_assertions)]
 pub fn hit(name: &str) {
+    fails(name);
+}
+
+/// [`hit`] at a place that can fail: true when the operation there must fail (the point is
+/// armed with `error` and reached its hit). Always false in release builds.
+#[cfg(debug_assertions)]
+pub fn fails(name: &str) -> bool {
     use std::sync::OnceLock;
     static ARMED: OnceLock<Vec<armed::Armed>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| {
@@ -39,10 +48,18 @@ pub fn hit(name: &str) {
             .map(|v| armed::parse(&v))
             .unwrap_or_default()
     });
+    let mut failing = false;
     for point in armed.iter().filter(|a| a.name == name) {
-        point.hit();
+        failing |= point.hit();
     }
-    file::hit(name);
+    failing | file::hit(name)
+}
+
+/// Never fails: failpoints are compiled out of release builds.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fails(_name: &str) -> bool {
+    false
 }
 
 /// Records this member's advertised peer URL: the lines of `CONCORD_FAILPOINT_FILE` that name
@@ -109,9 +126,9 @@ mod file {
             .join(",")
     }
 
-    pub fn hit(name: &str) {
+    pub fn hit(name: &str) -> bool {
         let Some(state) = state() else {
-            return;
+            return false;
         };
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         if state.read_at.is_none_or(|at| at.elapsed() >= RELOAD_EVERY) {
@@ -127,9 +144,11 @@ mod file {
                 state.text = text;
             }
         }
+        let mut failing = false;
         for point in state.armed.iter().filter(|a| a.name == name) {
-            point.hit();
+            failing |= point.hit();
         }
+        failing
     }
 }
 
@@ -142,27 +161,43 @@ pub fn hit(_name: &str) {}
 mod armed {
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    /// What an armed failpoint does when it fires.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Action {
+        Panic,
+        Abort,
+        /// The operation fails, from the hit on.
+        Error,
+    }
+
     /// One armed failpoint.
     #[derive(Debug)]
     pub struct Armed {
         pub name: String,
-        abort: bool,
+        pub action: Action,
         /// The hit (1-based) it fires at.
-        at: u64,
+        pub at: u64,
         hits: AtomicU64,
     }
 
     impl Armed {
-        /// Counts a hit; fires on the one it waits for.
-        pub fn hit(&self) {
-            if self.hits.fetch_add(1, Ordering::SeqCst) + 1 != self.at {
-                return;
+        /// Counts a hit; fires on the one it waits for. True when the operation must fail.
+        pub fn hit(&self) -> bool {
+            let hit = self.hits.fetch_add(1, Ordering::SeqCst) + 1;
+            match self.action {
+                Action::Error => {
+                    if hit == self.at {
+                        eprintln!("failpoint {} hit {}: failing", self.name, self.at);
+                    }
+                    hit >= self.at
+                }
+                _ if hit != self.at => false,
+                Action::Abort => {
+                    eprintln!("failpoint {} hit {}: aborting", self.name, self.at);
+                    std::process::abort();
+                }
+                Action::Panic => panic!("failpoint {} hit", self.name),
             }
-            if self.abort {
-                eprintln!("failpoint {} hit {}: aborting", self.name, self.at);
-                std::process::abort();
-            }
-            panic!("failpoint {} hit", self.name);
         }
     }
 
@@ -181,15 +216,16 @@ mod armed {
                     None => (entry, 1),
                 };
                 let (name, action) = point.split_once('=').unwrap_or((point, "panic"));
-                let abort = match action {
-                    "abort" => true,
-                    "panic" => false,
+                let action = match action {
+                    "abort" => Action::Abort,
+                    "panic" => Action::Panic,
+                    "error" => Action::Error,
                     _ => panic!("bad failpoint action in {entry}"),
                 };
                 assert!(!name.is_empty(), "failpoint without a name: {entry}");
                 Armed {
                     name: name.to_string(),
-                    abort,
+                    action,
                     at,
                     hits: AtomicU64::new(0),
                 }
@@ -203,14 +239,15 @@ mod armed {
 
         #[test]
         fn entries_name_an_action_and_a_hit() {
-            let armed = parse("apply, wal-after-sync=abort@37,wal-before-write=panic@2");
-            let got: Vec<_> = armed.iter().map(|a| (a.name.as_str(), a.abort, a.at)).collect();
+            let armed = parse("apply, wal-after-sync=abort@37,wal-before-write=panic@2,wal-sync=error@5");
+            let got: Vec<_> = armed.iter().map(|a| (a.name.as_str(), a.action, a.at)).collect();
             assert_eq!(
                 got,
                 [
-                    ("apply", false, 1),
-                    ("wal-after-sync", true, 37),
-                    ("wal-before-write", false, 2)
+                    ("apply", Action::Panic, 1),
+                    ("wal-after-sync", Action::Abort, 37),
+                    ("wal-before-write", Action::Panic, 2),
+                    ("wal-sync", Action::Error, 5)
                 ]
             );
         }
@@ -233,6 +270,13 @@ mod armed {
             let third = std::panic::catch_unwind(|| armed[0].hit());
             assert!(third.is_err());
             armed[0].hit(); // past it: nothing
+        }
+
+        #[test]
+        fn an_error_fails_from_its_hit_on() {
+            let armed = parse("x=error@2");
+            let fates: Vec<bool> = (0..4).map(|_| armed[0].hit()).collect();
+            assert_eq!(fates, [false, true, true, true]);
         }
     }
 }

@@ -235,6 +235,39 @@ async fn a_crash_at_random_points_of_the_wal_loses_no_acknowledged_put() {
     assert_nothing_acknowledged_lost(&server, &acked).await;
 }
 
+/// A failing fdatasync (the WAL's `wal-sync` failpoint armed with `error`, under 4 writers):
+/// the member stops, with exit status 101 and a log line naming the failure, rather than
+/// acknowledge a write that is not durable; restarted on the same data, it has every put it
+/// acknowledged, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fdatasync_stops_the_member_and_loses_no_acknowledged_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let env = vec![("CONCORD_FAILPOINTS".to_string(), "wal-sync=error@200".to_string())];
+    let mut server = Server::spawn_with_env(data_dir.clone(), lone_member_flags(), env, true).listening();
+    let acked: Acked = Arc::default();
+    let writers = start_writers(&server, 0..4, &acked).await;
+    let status = server.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "the member kept running after its fdatasync failed:\n{}",
+            server.log_tail()
+        )
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(status.code(), Some(101), "{status}\n{}", server.log_tail());
+    assert!(
+        !server.log_lines_containing("fdatasync failed").is_empty(),
+        "no log line names the failure:\n{}",
+        server.log_tail()
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 100, "only {} puts acknowledged", acked.len());
+    let server = Server::spawn(data_dir, lone_member_flags(), true).listening();
+    assert_nothing_acknowledged_lost(&server, &acked).await;
+}
+
 /// Checks, on a restarted `server`, that every put in `acked` (key -> revision; keys
 /// `w<writer>/<i>`, values `value-<writer>-<i>`, each written once) is there at its revision and
 /// applied once, that revisions have no gaps or duplicates, and that the store takes writes.

@@ -14,6 +14,7 @@ mod client_kv;
 mod client_resilience;
 mod cluster;
 mod crash;
+mod disk_full;
 mod etcdctl_kv;
 mod examples;
 mod gateway;

@@ -139,6 +139,9 @@ impl Wal {
         self.write_pending()?;
         if sync {
             crate::failpoint::hit("wal-before-sync");
+            if crate::failpoint::fails("wal-sync") {
+                return Err(io::Error::other("fdatasync failed (failpoint wal-sync)"));
+            }
             self.current.sync()?;
             crate::failpoint::hit("wal-after-sync");
             self.delete_purged()?;
