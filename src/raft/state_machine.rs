@@ -260,7 +260,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        snapshot::install(&self.store, meta, &snapshot)?;
+        // The file in place first, durably. A member that crashed after the store took the
+        // snapshot's contents but before the file was kept would restart with a state that no
+        // snapshot and no log explains (openraft purges its log up to the applied index it
+        // finds, then finds an older snapshot, and stops for good). The other way round,
+        // openraft finds the kept snapshot newer than the store at start and installs it again.
+        let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
+        let kept = SnapshotFile {
+            path: installed.clone(),
+        };
+        snapshot::install(&self.store, meta, &kept)?;
         // Watchers catch up on the revisions the snapshot brought, which no notify carried.
         self.hub.restored();
         self.lessor.reload(&self.store).map_err(storage_err)?;
@@ -268,7 +277,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.auth.reload(&db).map_err(storage_err)?;
         self.alarms.reload(&db).map_err(storage_err)?;
         self.cancel_refused_watchers();
-        let installed = snapshot::keep(&self.snapshot_dir, meta, snapshot)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.last_sync = Instant::now();

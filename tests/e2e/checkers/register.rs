@@ -5,7 +5,7 @@
 //! say whether it was applied) may take effect at any instant after its call, or never.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A register value. Every put and CAS of a history writes a value no other operation writes.
 pub(crate) type Value = u64;
@@ -123,6 +123,48 @@ impl Violation {
             out += &format!("    {}\n", history[i].describe(base));
         }
         out
+    }
+}
+
+/// Runs one register operation on `key` through `client`: a get, a put, or a compare-and-swap
+/// txn (`expected: None` compares the key's version with 0). An error, or no answer within
+/// `within`, is [`Outcome::Unknown`].
+pub(crate) async fn perform(
+    client: &mut etcd_client::Client,
+    key: &str,
+    op: Op,
+    within: Duration,
+) -> Outcome {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let answer = async {
+        Ok::<_, etcd_client::Error>(match op {
+            Op::Put(v) => {
+                client.put(key, v.to_string(), None).await?;
+                Ret::Put
+            }
+            Op::Get => {
+                let resp = client.get(key, None).await?;
+                Ret::Get(
+                    resp.kvs()
+                        .first()
+                        .map(|kv| kv.value_str().unwrap().parse().unwrap()),
+                )
+            }
+            Op::Cas { expected, new } => {
+                let compare = match expected {
+                    Some(v) => Compare::value(key, CompareOp::Equal, v.to_string()),
+                    None => Compare::version(key, CompareOp::Equal, 0),
+                };
+                let txn = Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::put(key, new.to_string(), None)]);
+                Ret::Cas(client.txn(txn).await?.succeeded())
+            }
+        })
+    };
+    match tokio::time::timeout(within, answer).await {
+        Ok(Ok(ret)) => Outcome::Ok(ret),
+        _ => Outcome::Unknown,
     }
 }
 
@@ -315,8 +357,6 @@ fn search(history: &[Entry]) -> Result<(), Violation> {
 
 /// The checker on hand-written histories (and one generated linearizable history).
 mod tests {
-    use std::time::Duration;
-
     use super::Op::{Cas, Get, Put};
     use super::Outcome::Unknown;
     use super::*;

@@ -383,6 +383,17 @@ impl Cluster {
         }
     }
 
+    /// Sends member `i` `kill -SIGNAL` (`STOP` pauses it as a long GC pause or a frozen VM
+    /// would, `CONT` resumes it).
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.member(i).pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILLs member `i`.
     pub fn kill9(&mut self, i: usize) {
         let member = &mut self.members[i];

@@ -2,21 +2,11 @@
 //! frozen VM or a partition would) while the others elect a new leader and move on. When it
 //! comes back it still believes it leads; it must not answer from its stale state.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::harness::Cluster;
 
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
-
-fn signal(cluster: &Cluster, i: usize, signal: &str) {
-    let pid = cluster.member(i).pid().to_string();
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
 
 /// Polls the members other than `paused` until they agree on a leader among themselves.
 fn wait_for_leader_without(cluster: &Cluster, paused: usize) -> usize {
@@ -58,7 +48,7 @@ async fn a_resumed_stale_leader_never_answers_stale() {
         .await
         .unwrap_or_else(|e| panic!("put through the leader: {e}\n{}", cluster.logs()));
 
-    signal(&cluster, old, "STOP");
+    cluster.signal(old, "STOP");
     let new = wait_for_leader_without(&cluster, old);
     let mut via_new = cluster.client(new).await;
     let after = via_new
@@ -75,7 +65,7 @@ async fn a_resumed_stale_leader_never_answers_stale() {
         (via_old, got)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&cluster, old, "CONT");
+    cluster.signal(old, "CONT");
     let (mut via_old, got) = tokio::time::timeout(Duration::from_secs(15), get)
         .await
         .expect("the resumed member answers within 15s")

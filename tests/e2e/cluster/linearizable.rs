@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::Client;
 
 use super::harness::{Cluster, XorShift};
-use crate::checkers::register::{Entry, Op, Outcome, Ret, Value, check};
+use crate::checkers::register::{Entry, Op, Outcome, Ret, Value, check, perform};
 
 /// Clients, each through one member at a time.
 const CLIENTS: usize = 6;
@@ -37,41 +37,6 @@ struct Shared {
     failed_reads: Mutex<usize>,
 }
 
-/// Runs one operation on `key` through `client`; an error or a missing answer is `Unknown`.
-async fn perform(client: &mut Client, key: &str, op: Op) -> Outcome {
-    let answer = async {
-        Ok::<_, etcd_client::Error>(match op {
-            Op::Put(v) => {
-                client.put(key, v.to_string(), None).await?;
-                Ret::Put
-            }
-            Op::Get => {
-                let resp = client.get(key, None).await?;
-                Ret::Get(
-                    resp.kvs()
-                        .first()
-                        .map(|kv| kv.value_str().unwrap().parse().unwrap()),
-                )
-            }
-            Op::Cas { expected, new } => {
-                let compare = match expected {
-                    Some(v) => Compare::value(key, CompareOp::Equal, v.to_string()),
-                    None => Compare::version(key, CompareOp::Equal, 0),
-                };
-                let txn = Txn::new()
-                    .when([compare])
-                    .and_then([TxnOp::put(key, new.to_string(), None)]);
-                Ret::Cas(client.txn(txn).await?.succeeded())
-            }
-        })
-    };
-    // The client's own timeout should fire first; this only bounds the wait for sure.
-    match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_millis(500), answer).await {
-        Ok(Ok(ret)) => Outcome::Ok(ret),
-        _ => Outcome::Unknown,
-    }
-}
-
 /// Client task `id`: random ops on random keys through `clients[member]` until told to stop,
 /// moving to a live member when its own was killed.
 async fn client_task(id: usize, mut clients: Vec<Client>, mut member: usize, seed: u64, shared: Arc<Shared>) {
@@ -92,7 +57,9 @@ async fn client_task(id: usize, mut clients: Vec<Client>, mut member: usize, see
             },
         };
         let call = Instant::now();
-        let outcome = perform(&mut clients[member], &format!("lin/k{k}"), op).await;
+        // The client's own timeout should fire first; this only bounds the wait for sure.
+        let within = REQUEST_TIMEOUT + Duration::from_millis(500);
+        let outcome = perform(&mut clients[member], &format!("lin/k{k}"), op, within).await;
         let ret = Instant::now();
         match (op, outcome) {
             (Op::Put(v), Outcome::Ok(_)) | (Op::Cas { new: v, .. }, Outcome::Ok(Ret::Cas(true))) => {

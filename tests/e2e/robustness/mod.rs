@@ -176,6 +176,7 @@ async fn run(members: usize) {
             injected.detail,
             injected.targets
         );
+        let hold = hold.max(injected.hold_at_least);
         tokio::time::sleep(hold / 2).await;
         tokio::task::block_in_place(|| nemesis.midway(&mut cluster));
         tokio::time::sleep(hold / 2).await;

@@ -7,7 +7,6 @@
 //! files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cluster::harness::{Cluster, XorShift};
@@ -81,6 +80,9 @@ pub struct Injected {
     pub targets: Vec<usize>,
     /// More about it: a crash's point and whether it fired, say.
     pub detail: String,
+    /// How long it must be held at least (a follower killed to need a snapshot must miss one
+    /// being built and the log purged past it).
+    pub hold_at_least: Duration,
     pub started: Instant,
 }
 
@@ -134,6 +136,7 @@ impl Nemesis {
         };
         let started = Instant::now();
         let mut detail = String::new();
+        let mut hold_at_least = Duration::ZERO;
         let targets = match kind {
             Kind::Kill | Kind::KillLeader => {
                 let target = if kind == Kind::Kill { other } else { leader };
@@ -143,7 +146,7 @@ impl Nemesis {
             }
             Kind::Pause | Kind::PauseLeader => {
                 let target = if kind == Kind::Pause { other } else { leader };
-                signal(cluster, target, "STOP");
+                cluster.signal(target, "STOP");
                 self.paused.push(target);
                 vec![target]
             }
@@ -208,6 +211,9 @@ impl Nemesis {
                 if let Some(lagging) = lagging {
                     cluster.kill9(lagging);
                     self.killed.push(lagging);
+                    // Down for over a second (restarted half-way): a few hundred writes,
+                    // several snapshots of 100 and the log purged past it.
+                    hold_at_least = Duration::from_millis(2500);
                 }
                 match point {
                     "compaction" => {
@@ -233,6 +239,7 @@ impl Nemesis {
             kind,
             targets,
             detail,
+            hold_at_least,
             started,
         }
     }
@@ -255,7 +262,7 @@ impl Nemesis {
         self.write("");
         write_atomically(&self.failpoints, "");
         for i in std::mem::take(&mut self.paused) {
-            signal(cluster, i, "CONT");
+            cluster.signal(i, "CONT");
         }
         let armed = self.armed.take();
         let fired = armed.as_ref().map(|a| !cluster.is_running(a.target));
@@ -271,12 +278,14 @@ impl Nemesis {
                 unexpected.push((i, why.join("\n")));
             }
             if let Err(why) = cluster.try_restart(i) {
-                unexpected.push((i, format!("and it could not start again: {why}")));
+                let why = format!("and it could not start again: {why}{}", snapshots(cluster, i));
+                unexpected.push((i, why));
             }
         }
         for i in std::mem::take(&mut self.killed) {
             if let Err(why) = cluster.try_restart(i) {
-                unexpected.push((i, format!("it could not start again: {why}")));
+                let why = format!("it could not start again: {why}{}", snapshots(cluster, i));
+                unexpected.push((i, why));
             }
         }
         (fired, unexpected)
@@ -286,6 +295,25 @@ impl Nemesis {
     fn write(&self, text: &str) {
         write_atomically(&self.file, text);
     }
+}
+
+/// What member `i` did with snapshots in its last run, and what its snapshot directory holds:
+/// for a member that cannot start again.
+fn snapshots(cluster: &Cluster, i: usize) -> String {
+    let lines = cluster.log_lines_containing(i, "snapshot");
+    let dir = cluster.member(i).data_dir().join("member").join("snap");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    format!(
+        "\nits snapshot directory: {files:?}\nits last run's snapshot lines:\n{}",
+        lines[lines.len().saturating_sub(12)..].join("\n")
+    )
 }
 
 /// Replaces `file`'s contents at once (a rename, so no member reads half of it).
@@ -313,16 +341,6 @@ fn cuts(cluster: &Cluster, groups: &[Vec<usize>]) -> String {
 
 fn cut_line(cluster: &Cluster, from: usize, to: usize) -> String {
     format!("cut {} {}\n", cluster.peer_url(from), cluster.peer_url(to))
-}
-
-/// Sends `kill -SIGNAL` to member `i`.
-fn signal(cluster: &Cluster, i: usize, signal: &str) {
-    let pid = cluster.member(i).pid().to_string();
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// The member most running members name as leader, if any names one within a second.

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
 
-use crate::checkers::register::{Entry, Op, Outcome, Ret, Value};
+use crate::checkers::register::{self, Entry, Op, Outcome, Ret, Value};
 use crate::checkers::watch::{Event, Received};
 use crate::cluster::harness::XorShift;
 
@@ -118,7 +118,8 @@ pub async fn client_task(
         let call = Instant::now();
         let ok = match action {
             Action::Register(k, op) => {
-                let outcome = perform(client, &register(k), op).await;
+                let within = REQUEST_TIMEOUT + Duration::from_millis(500);
+                let outcome = register::perform(client, &register(k), op, within).await;
                 let ret = Instant::now();
                 match (op, outcome) {
                     (Op::Put(v), Outcome::Ok(_)) | (Op::Cas { new: v, .. }, Outcome::Ok(Ret::Cas(true))) => {
@@ -194,35 +195,6 @@ async fn bounded<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -
         Ok(Ok(answer)) => Some(answer),
         _ => None,
     }
-}
-
-/// Runs one register operation on `key`; an error or a missing answer is `Unknown`.
-async fn perform(client: &mut Client, key: &str, op: Op) -> Outcome {
-    let ret = match op {
-        Op::Put(v) => bounded(client.put(key, v.to_string(), None))
-            .await
-            .map(|_| Ret::Put),
-        Op::Get => bounded(client.get(key, None)).await.map(|resp| {
-            Ret::Get(
-                resp.kvs()
-                    .first()
-                    .map(|kv| kv.value_str().unwrap().parse().unwrap()),
-            )
-        }),
-        Op::Cas { expected, new } => {
-            let compare = match expected {
-                Some(v) => Compare::value(key, CompareOp::Equal, v.to_string()),
-                None => Compare::version(key, CompareOp::Equal, 0),
-            };
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key, new.to_string(), None)]);
-            bounded(client.txn(txn))
-                .await
-                .map(|resp| Ret::Cas(resp.succeeded()))
-        }
-    };
-    ret.map_or(Outcome::Unknown, Outcome::Ok)
 }
 
 /// Until when a watcher runs: once told to stop, it still waits (bounded) to have heard of
