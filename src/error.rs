@@ -52,6 +52,10 @@ pub enum Error {
     /// The request did not finish in time.
     #[error("{}", rpctypes::TIMEOUT.text())]
     Timeout,
+    /// The leader changed while the write was in its log: it may still take effect, so it is
+    /// not asked again (etcd's `etcdserver: leader changed`).
+    #[error("{}", rpctypes::LEADER_CHANGED.text())]
+    LeaderChanged,
     /// The server is shutting down.
     #[error("{}", rpctypes::STOPPED.text())]
     Stopped,
@@ -96,6 +100,7 @@ impl Error {
             Error::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
             Error::NoLeader => rpctypes::NO_LEADER,
             Error::Timeout => rpctypes::TIMEOUT,
+            Error::LeaderChanged => rpctypes::LEADER_CHANGED,
             Error::Stopped => rpctypes::STOPPED,
             _ => return None,
         })

@@ -139,6 +139,9 @@ pub const NO_LEADER: RpcError = RpcError::new(Code::Unavailable, "etcdserver: no
 /// `etcdserver: not leader` (etcd 3.5 answers it with `FailedPrecondition`; Concord with
 /// `Unavailable`, which clients retry).
 pub const NOT_LEADER: RpcError = RpcError::new(Code::Unavailable, "etcdserver: not leader");
+/// `etcdserver: leader changed`: the leader changed while the request was in its log, so it
+/// may or may not have taken effect.
+pub const LEADER_CHANGED: RpcError = RpcError::new(Code::Unavailable, "etcdserver: leader changed");
 /// `etcdserver: request timed out`.
 pub const TIMEOUT: RpcError = RpcError::new(Code::Unavailable, "etcdserver: request timed out");
 /// `etcdserver: server stopped`.

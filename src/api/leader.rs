@@ -17,7 +17,7 @@ use super::Api;
 use crate::error::Error;
 use crate::raft::admission::Origin;
 use crate::raft::membership::{self, MembershipChange};
-use crate::raft::peer_error::PeerError;
+use crate::raft::peer_error::{self, PeerError};
 use crate::raft::{Command, CommandResult, MemberNode, TypeConfig};
 
 /// How long a member waits before asking again for a leader it could not reach, or while no
@@ -170,6 +170,11 @@ impl Api {
                     }
                     match raft.client_write(command.clone()).await {
                         Ok(applied) => Here::Done(Ok(applied.data)),
+                        // In the log when the leader changed: it may still apply, so never
+                        // proposed again.
+                        Err(err) if peer_error::entry_discarded(&err) => {
+                            Here::Done(Err(Error::LeaderChanged))
+                        }
                         Err(err) => Here::refused(err.forward_to_leader(), &err),
                     }
                 },

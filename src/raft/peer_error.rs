@@ -3,7 +3,7 @@
 //! matches on error texts.
 
 use concord_proto::raftpb::{self, peer_error::Reason};
-use openraft::errors::ForwardToLeader;
+use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
 use tonic::{Code, Status};
 
 use super::TypeConfig;
@@ -98,6 +98,14 @@ impl PeerError {
 }
 
 /// The leader's own error, as it goes back to the follower that asked.
+/// Whether Raft gave up on a write whose entry was already in its log (openraft's
+/// `LogEntryDiscarded`: the leader changed, and the entry may still commit through the next
+/// leader). openraft's `forward_to_leader()` names a leader for these too, but unlike a write
+/// refused before its log took it, asking again could apply it twice.
+pub fn entry_discarded(err: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> bool {
+    matches!(err, RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))
+}
+
 impl From<Error> for PeerError {
     fn from(err: Error) -> Self {
         match err {
@@ -135,6 +143,19 @@ mod tests {
     use concord_proto::rpctypes;
 
     use super::*;
+
+    #[test]
+    fn a_discarded_entry_is_not_a_refusal_to_ask_again() {
+        let forward = ForwardToLeader::<TypeConfig>::empty();
+        let discarded = RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward.clone()));
+        let refused = RaftError::APIError(ClientWriteError::ForwardToLeader(forward));
+        assert!(entry_discarded(&discarded));
+        assert!(!entry_discarded(&refused));
+        // What openraft's own accessor would have let through as "ask the leader again".
+        assert!(discarded.forward_to_leader().is_some());
+        let answer = PeerError::from(Error::LeaderChanged);
+        assert!(!answer.is_retryable(), "{answer:?}");
+    }
     use crate::mvcc::MvccError;
 
     #[test]

@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::{Admission, Origin};
 use super::codec::decode_entry;
 use super::membership;
-use super::peer_error::PeerError;
+use super::peer_error::{self, PeerError};
 use super::peer_gate::{Call, PeerGate};
 use super::snapshot::{self, SnapshotFile};
 use super::{Command, Raft, SnapshotMeta, TypeConfig, Vote};
@@ -223,6 +223,9 @@ impl RaftPeer for PeerService {
                 let write = tokio::time::timeout(self.request_timeout, self.raft.client_write(command));
                 match write.await {
                     Err(_) => Outcome::Failed(PeerError::Timeout.to_proto()),
+                    Ok(Err(err)) if peer_error::entry_discarded(&err) => {
+                        Outcome::Failed(PeerError::from(Error::LeaderChanged).to_proto())
+                    }
                     Ok(Err(err)) => {
                         Outcome::Failed(PeerError::from_raft(err.forward_to_leader(), &err).to_proto())
                     }
