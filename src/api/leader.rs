@@ -170,12 +170,12 @@ impl Api {
                     }
                     match raft.client_write(command.clone()).await {
                         Ok(applied) => Here::Done(Ok(applied.data)),
-                        // In the log when the leader changed: it may still apply, so never
-                        // proposed again.
-                        Err(err) if peer_error::entry_discarded(&err) => {
-                            Here::Done(Err(Error::LeaderChanged))
-                        }
-                        Err(err) => Here::refused(err.forward_to_leader(), &err),
+                        // A write that was in the log as the leader changed may still apply:
+                        // it is never proposed again.
+                        Err(err) => match peer_error::write_refused(&err) {
+                            Ok(forward) => Here::refused(forward, &err),
+                            Err(unknown) => Here::Done(Err(unknown)),
+                        },
                     }
                 },
                 |leader| async move { peers.forward(&leader, command).await },

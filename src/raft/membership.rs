@@ -179,10 +179,12 @@ pub async fn apply(raft: &Raft, change: MembershipChange) -> Result<(), Error> {
     for change in changes {
         raft.change_membership(change, false)
             .await
-            .map_err(|err| match err.forward_to_leader() {
-                // Leadership moved while the change was under way: the caller retries.
-                Some(_) => Error::NoLeader,
-                None => Error::Raft(format!("membership change: {err}")),
+            .map_err(|err| match super::peer_error::write_refused(&err) {
+                // Leadership moved before the log took the change: the caller retries.
+                Ok(Some(_)) => Error::NoLeader,
+                Ok(None) => Error::Raft(format!("membership change: {err}")),
+                // In the log as leadership moved: it may still apply, so it is not retried.
+                Err(unknown) => unknown,
             })?;
     }
     Ok(())

@@ -97,15 +97,23 @@ impl PeerError {
     }
 }
 
-/// The leader's own error, as it goes back to the follower that asked.
-/// Whether Raft gave up on a write whose entry was already in its log (openraft's
-/// `LogEntryDiscarded`: the leader changed, and the entry may still commit through the next
-/// leader). openraft's `forward_to_leader()` names a leader for these too, but unlike a write
-/// refused before its log took it, asking again could apply it twice.
-pub fn entry_discarded(err: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> bool {
-    matches!(err, RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))
+/// What a write Raft did not take means, in place of openraft's `forward_to_leader()`, which
+/// names a leader for two different cases: `Ok(Some(forward))` when Raft refused the write
+/// before its log took it (ask the leader `forward` names, or wait for one; `Ok(None)` for any
+/// other refusal), and `Err(LeaderChanged)` when the write's entry was in the log as leadership
+/// moved (openraft's `LogEntryDiscarded`): it may still commit through the next leader, so
+/// asking again could apply it twice.
+pub fn write_refused(
+    err: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> Result<Option<&ForwardToLeader<TypeConfig>>, Error> {
+    match err {
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Err(Error::LeaderChanged),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Ok(Some(forward)),
+        _ => Ok(None),
+    }
 }
 
+/// The leader's own error, as it goes back to the follower that asked.
 impl From<Error> for PeerError {
     fn from(err: Error) -> Self {
         match err {
@@ -149,8 +157,8 @@ mod tests {
         let forward = ForwardToLeader::<TypeConfig>::empty();
         let discarded = RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward.clone()));
         let refused = RaftError::APIError(ClientWriteError::ForwardToLeader(forward));
-        assert!(entry_discarded(&discarded));
-        assert!(!entry_discarded(&refused));
+        assert!(matches!(write_refused(&discarded), Err(Error::LeaderChanged)));
+        assert!(matches!(write_refused(&refused), Ok(Some(_))));
         // What openraft's own accessor would have let through as "ask the leader again".
         assert!(discarded.forward_to_leader().is_some());
         let answer = PeerError::from(Error::LeaderChanged);

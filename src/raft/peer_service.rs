@@ -223,12 +223,13 @@ impl RaftPeer for PeerService {
                 let write = tokio::time::timeout(self.request_timeout, self.raft.client_write(command));
                 match write.await {
                     Err(_) => Outcome::Failed(PeerError::Timeout.to_proto()),
-                    Ok(Err(err)) if peer_error::entry_discarded(&err) => {
-                        Outcome::Failed(PeerError::from(Error::LeaderChanged).to_proto())
-                    }
-                    Ok(Err(err)) => {
-                        Outcome::Failed(PeerError::from_raft(err.forward_to_leader(), &err).to_proto())
-                    }
+                    Ok(Err(err)) => Outcome::Failed(
+                        match peer_error::write_refused(&err) {
+                            Ok(forward) => PeerError::from_raft(forward, &err),
+                            Err(unknown) => PeerError::from(unknown),
+                        }
+                        .to_proto(),
+                    ),
                     Ok(Ok(applied)) => applied.data.to_forward(),
                 }
             }
