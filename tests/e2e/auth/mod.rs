@@ -43,6 +43,21 @@ pub fn rbac(server: &Server) {
     }
 }
 
+/// Opens a watch on the prefix `prefix` and waits for the server's `created` answer, so that
+/// every write after this returns is seen (the crate's `watch` returns before the server has
+/// registered the watch).
+pub async fn prefix_watch(client: &mut Client, prefix: &str) -> etcd_client::WatchStream {
+    let options = etcd_client::WatchOptions::new().with_prefix();
+    let mut stream = client.watch(prefix, Some(options)).await.unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the created answer within 10 s")
+        .expect("the watch stream works")
+        .expect("the watch stream is open");
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    stream
+}
+
 /// The next watch response on `stream` that is not just `created` (within 10 s).
 pub async fn next_watch_response(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
     loop {

@@ -2,7 +2,7 @@
 //! may and may not do, every refusal with etcd's text, nothing changed by a refused call.
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 
-use super::{client_as, message, next_watch_response, rbac};
+use super::{client_as, message, next_watch_response, prefix_watch, rbac};
 use crate::harness::Server;
 
 const DENIED: &str = "etcdserver: permission denied";
@@ -57,10 +57,7 @@ async fn a_reader_of_foo_and_app_may_do_only_that() {
     assert!(alice.txn(allowed).await.unwrap().succeeded());
 
     // Watches: inside app/ yes; outside, canceled at once with etcd's reason.
-    let mut inside = alice
-        .watch("app/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let mut inside = prefix_watch(&mut alice, "app/").await;
     alice.put("app/c", "1", None).await.unwrap();
     let event = next_watch_response(&mut inside).await;
     assert_eq!(event.events()[0].kv().unwrap().key(), b"app/c");
@@ -117,10 +114,7 @@ async fn a_watch_whose_user_loses_the_permission_is_canceled() {
     rbac(&server);
     let mut alice = client_as(&server, "alice", "alicepw").await;
     let mut root = client_as(&server, "root", "rootpw").await;
-    let mut stream = alice
-        .watch("app/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let mut stream = prefix_watch(&mut alice, "app/").await;
     root.role_revoke_permission(
         "reader",
         "app/",
