@@ -19,6 +19,8 @@ pub(crate) enum Op {
     Get,
     /// Sets it to `new` if it holds `expected` (`None`: the key does not exist).
     Cas { expected: Option<Value>, new: Value },
+    /// Deletes the key: the register holds nothing.
+    Delete,
 }
 
 /// What an operation answered.
@@ -28,6 +30,7 @@ pub(crate) enum Ret {
     Get(Option<Value>),
     /// Whether the CAS swapped.
     Cas(bool),
+    Delete,
 }
 
 /// How an operation ended.
@@ -83,12 +86,24 @@ impl Entry {
 pub(crate) fn apply(state: Option<Value>, op: Op, outcome: Outcome) -> Option<Option<Value>> {
     match (op, outcome) {
         (Op::Put(v), Outcome::Ok(Ret::Put) | Outcome::Unknown) => Some(Some(v)),
+        (Op::Delete, Outcome::Ok(Ret::Delete) | Outcome::Unknown) => Some(None),
         (Op::Get, Outcome::Ok(Ret::Get(seen))) => (seen == state).then_some(state),
         (Op::Cas { expected, .. }, Outcome::Ok(Ret::Cas(false))) => (state != expected).then_some(state),
         (Op::Cas { expected, new }, Outcome::Ok(Ret::Cas(true)) | Outcome::Unknown) => {
             (state == expected).then_some(Some(new))
         }
         // An unknown get has no effect (left out), and an answer of the wrong kind never fits.
+        _ => None,
+    }
+}
+
+/// What a client learns of the register from `op` ending with `outcome`: the value it held
+/// when the answer was made (`Some(None)`: no key), or `None` if the answer tells nothing.
+pub(crate) fn learned(op: Op, outcome: Outcome) -> Option<Option<Value>> {
+    match (op, outcome) {
+        (Op::Put(v), Outcome::Ok(_)) | (Op::Cas { new: v, .. }, Outcome::Ok(Ret::Cas(true))) => Some(Some(v)),
+        (_, Outcome::Ok(Ret::Get(seen))) => Some(seen),
+        (_, Outcome::Ok(Ret::Delete)) => Some(None),
         _ => None,
     }
 }
@@ -142,6 +157,10 @@ pub(crate) async fn perform(
                 client.put(key, v.to_string(), None).await?;
                 Ret::Put
             }
+            Op::Delete => {
+                client.delete(key, None).await?;
+                Ret::Delete
+            }
             Op::Get => {
                 let resp = client.get(key, None).await?;
                 Ret::Get(
@@ -178,7 +197,8 @@ pub(crate) async fn perform(
 ///   or expects its value, or a swap that failed although the register holds what it expected.
 ///   Placing it later is never worse otherwise (nothing in between tells the difference), and
 ///   it stays pending until the end, so it is tried when it is needed. Trying it everywhere
-///   made the number of configurations grow with every unknown put that nobody saw.
+///   made the number of configurations grow with every unknown put that nobody saw. An unknown
+///   delete is treated the same way, its "value" being the missing key.
 struct Search<'a> {
     history: &'a [Entry],
     /// Indices into `history` of the known operations by call time, and where each is in it.
@@ -232,13 +252,15 @@ impl Search<'_> {
             horizon = Some(horizon.map_or(entry.ret, |h| h.min(entry.ret)));
         }
         let window = next.clone();
-        let needs = |v: Value| {
-            self.observed.contains(&v)
+        // Whether a pending operation saw or expects `v` (`None`: no key), which an unknown
+        // write of it could explain.
+        let needs = |v: Option<Value>| {
+            v.is_none_or(|v| self.observed.contains(&v))
                 && window.iter().chain(&self.unknown).any(|&j| {
                     let entry = &self.history[j];
                     match (entry.op, entry.outcome) {
-                        (Op::Get, Outcome::Ok(Ret::Get(Some(seen)))) => seen == v,
-                        (Op::Cas { expected, .. }, _) => expected == Some(v),
+                        (Op::Get, Outcome::Ok(Ret::Get(seen))) => seen == v,
+                        (Op::Cas { expected, .. }, _) => expected == v,
                         _ => false,
                     }
                 })
@@ -256,7 +278,8 @@ impl Search<'_> {
                 continue;
             }
             let useful = match entry.op {
-                Op::Put(v) => failed_swap_stuck || needs(v),
+                Op::Put(v) => failed_swap_stuck || needs(Some(v)),
+                Op::Delete => failed_swap_stuck || needs(None),
                 _ => true,
             };
             if useful {
@@ -296,6 +319,26 @@ impl Search<'_> {
         }
         false
     }
+}
+
+/// Checks `history`, the operations on the register `name`, and prints one line about it: its
+/// size, its verdict, how long the check took. `Err` is the report of a violation, with times
+/// in ms since `base`.
+pub(crate) fn check_and_print(name: &str, history: &[Entry], base: Instant) -> Result<(), String> {
+    let unknown = history.iter().filter(|e| e.outcome == Outcome::Unknown).count();
+    let started = Instant::now();
+    let result = check(history);
+    println!(
+        "  {name}: {} ops ({unknown} unknown): {} in {:?}",
+        history.len(),
+        if result.is_ok() {
+            "linearizable"
+        } else {
+            "NOT linearizable"
+        },
+        started.elapsed()
+    );
+    result.map_err(|violation| format!("{name} is not linearizable: {}", violation.report(history, base)))
 }
 
 /// Whether `history` (one key's operations, from an empty key) is linearizable for a register.
@@ -357,7 +400,7 @@ fn search(history: &[Entry]) -> Result<(), Violation> {
 
 /// The checker on hand-written histories (and one generated linearizable history).
 mod tests {
-    use super::Op::{Cas, Get, Put};
+    use super::Op::{Cas, Delete, Get, Put};
     use super::Outcome::Unknown;
     use super::*;
     use crate::cluster::harness::XorShift;
@@ -407,6 +450,27 @@ mod tests {
             (cas(None, 5), swapped(false), 120, 130),
         ]);
         check(&h).unwrap();
+    }
+
+    #[test]
+    fn deletes_empty_the_register_and_an_unknown_one_may_explain_a_missing_key() {
+        let h = history(&[
+            (Put(1), PUT, 0, 10),
+            (Delete, Outcome::Ok(Ret::Delete), 20, 30),
+            (Get, got(None), 40, 50),
+            (cas(None, 2), swapped(true), 60, 70),
+            (Delete, Unknown, 80, 81),
+            (Get, got(Some(2)), 90, 100), // the unknown delete not yet
+            (Get, got(None), 110, 120),   // now it took effect
+            (cas(Some(2), 3), swapped(false), 130, 140),
+        ]);
+        check(&h).unwrap();
+        let h = history(&[
+            (Put(1), PUT, 0, 10),
+            (Delete, Outcome::Ok(Ret::Delete), 20, 30),
+            (Get, got(Some(1)), 40, 50), // the delete was acknowledged before this read
+        ]);
+        assert!(check(&h).is_err());
     }
 
     #[test]
@@ -464,6 +528,7 @@ mod tests {
                 let op = match rng.below(10) {
                     0..4 => Get,
                     4..7 => Put(value),
+                    7 => Delete,
                     // Expecting nothing for now: see below.
                     _ => cas(None, value),
                 };
@@ -487,6 +552,7 @@ mod tests {
             }
             let (next, answer) = match op {
                 Put(v) => (Some(v), Ret::Put),
+                Delete => (None, Ret::Delete),
                 Get => (state, Ret::Get(state)),
                 Cas { expected, new } if expected == state => (Some(new), Ret::Cas(true)),
                 Cas { .. } => (state, Ret::Cas(false)),

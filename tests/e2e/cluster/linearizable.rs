@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etcd_client::Client;
 
 use super::harness::{Cluster, XorShift};
-use crate::checkers::register::{Entry, Op, Outcome, Ret, Value, check, perform};
+use crate::checkers::register::{Entry, Op, Outcome, Value, check_and_print, learned, perform};
 
 /// Clients, each through one member at a time.
 const CLIENTS: usize = 6;
@@ -61,12 +61,8 @@ async fn client_task(id: usize, mut clients: Vec<Client>, mut member: usize, see
         let within = REQUEST_TIMEOUT + Duration::from_millis(500);
         let outcome = perform(&mut clients[member], &format!("lin/k{k}"), op, within).await;
         let ret = Instant::now();
-        match (op, outcome) {
-            (Op::Put(v), Outcome::Ok(_)) | (Op::Cas { new: v, .. }, Outcome::Ok(Ret::Cas(true))) => {
-                last_seen[k] = Some(v)
-            }
-            (_, Outcome::Ok(Ret::Get(seen))) => last_seen[k] = seen,
-            _ => {}
+        if let Some(value) = learned(op, outcome) {
+            last_seen[k] = value;
         }
         if op == Op::Get && outcome == Outcome::Unknown {
             *shared.failed_reads.lock().unwrap() += 1;
@@ -165,21 +161,8 @@ async fn concurrent_history_with_a_leader_kill_is_linearizable() {
     );
     let mut failures = Vec::new();
     for (k, history) in histories.iter().enumerate() {
-        let unknown = history.iter().filter(|e| e.outcome == Outcome::Unknown).count();
-        let started = Instant::now();
-        let result = check(history);
-        println!(
-            "lin/k{k}: {} ops, {unknown} unknown: {} (checked in {:?})",
-            history.len(),
-            if result.is_ok() {
-                "linearizable"
-            } else {
-                "NOT linearizable"
-            },
-            started.elapsed()
-        );
-        if let Err(violation) = result {
-            failures.push(format!("lin/k{k}: {}", violation.report(history, base)));
+        if let Err(report) = check_and_print(&format!("lin/k{k}"), history, base) {
+            failures.push(report);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -1,7 +1,8 @@
-//! The load a robustness run puts on the cluster, and what it records: clients doing gets, puts
-//! and compare-and-swaps on a few hot keys (each a register) and atomic two-key txns, through
-//! one member at a time; and one watcher per member over every key, resuming from where it was
-//! when its stream breaks.
+//! The load a robustness run puts on the cluster, and what it records: clients doing gets,
+//! puts, compare-and-swaps and deletes on a few hot keys (each a register), range reads of all
+//! of them, and atomic two-key txns, through one member at a time; and one watcher per member
+//! over every key, resuming from where it was when its stream breaks. The lease, lock and
+//! election load is in [`super::leases`] and [`super::ownership`].
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
 
+use crate::checkers::lease::Life;
+use crate::checkers::ownership::Claim;
 use crate::checkers::register::{self, Entry, Op, Outcome, Ret, Value};
 use crate::checkers::watch::{Event, Received};
 use crate::cluster::harness::XorShift;
@@ -22,7 +25,7 @@ pub const PAIR: [&str; 2] = ["rb/pair/a", "rb/pair/b"];
 /// Per-request timeout of the clients: an op without an answer by then is unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client pauses this long after an op that failed.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub const BACKOFF: Duration = Duration::from_millis(100);
 /// A watcher that hears nothing this long (not even an answer to its progress requests) takes
 /// its stream for broken.
 const WATCH_SILENCE: Duration = Duration::from_secs(3);
@@ -52,6 +55,10 @@ pub struct Recorder {
     pub acked: Mutex<Vec<Acked>>,
     /// Reads of the pair that saw its two keys differ (each one a violation of atomicity).
     pub torn_pairs: Mutex<Vec<String>>,
+    /// What the lease tasks saw of each lease.
+    pub leases: Mutex<Vec<Life>>,
+    /// Lock holders' and election leaders' claims of ownership.
+    pub claims: Mutex<Vec<Claim>>,
     /// Operations by outcome: succeeded, unknown.
     pub ok: std::sync::atomic::AtomicUsize,
     pub unknown: std::sync::atomic::AtomicUsize,
@@ -63,6 +70,15 @@ impl Recorder {
         let recorder = Recorder::default();
         *recorder.histories.lock().unwrap() = vec![Vec::new(); REGISTERS];
         recorder
+    }
+
+    /// Records an acknowledged write of `value` to `keys`, answered now.
+    pub fn ack(&self, keys: &[&str], value: &str) {
+        self.acked.lock().unwrap().push(Acked {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            value: value.to_string(),
+            at: Instant::now(),
+        });
     }
 }
 
@@ -80,6 +96,8 @@ pub async fn connect(endpoint: &str) -> Client {
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Register(usize, Op),
+    /// A read of every register at once.
+    RangeRead,
     PairWrite(Value),
     PairRead,
 }
@@ -102,8 +120,9 @@ pub async fn client_task(
         let value = (id as Value + 1) * 1_000_000_000 + seq;
         let k = rng.below(REGISTERS);
         let action = match rng.below(20) {
-            0..7 => Action::Register(k, Op::Get),
-            7..12 => Action::Register(k, Op::Put(value)),
+            0..6 => Action::Register(k, Op::Get),
+            6..11 => Action::Register(k, Op::Put(value)),
+            11 => Action::Register(k, Op::Delete),
             12..16 => Action::Register(
                 k,
                 Op::Cas {
@@ -112,7 +131,8 @@ pub async fn client_task(
                 },
             ),
             16..18 => Action::PairWrite(value),
-            _ => Action::PairRead,
+            18 => Action::PairRead,
+            _ => Action::RangeRead,
         };
         let client = &mut clients[member];
         let call = Instant::now();
@@ -121,17 +141,11 @@ pub async fn client_task(
                 let within = REQUEST_TIMEOUT + Duration::from_millis(500);
                 let outcome = register::perform(client, &register(k), op, within).await;
                 let ret = Instant::now();
-                match (op, outcome) {
-                    (Op::Put(v), Outcome::Ok(_)) | (Op::Cas { new: v, .. }, Outcome::Ok(Ret::Cas(true))) => {
-                        last_seen[k] = Some(v);
-                        rec.acked.lock().unwrap().push(Acked {
-                            keys: vec![register(k)],
-                            value: v.to_string(),
-                            at: ret,
-                        });
+                if let Some(value) = register::learned(op, outcome) {
+                    last_seen[k] = value;
+                    if let (Some(v), Op::Put(_) | Op::Cas { .. }) = (value, op) {
+                        rec.ack(&[register(k).as_str()], &v.to_string());
                     }
-                    (_, Outcome::Ok(Ret::Get(seen))) => last_seen[k] = seen,
-                    _ => {}
                 }
                 // A read without an answer says nothing: left out of the history.
                 if !(op == Op::Get && outcome == Outcome::Unknown) {
@@ -146,15 +160,39 @@ pub async fn client_task(
                 }
                 outcome != Outcome::Unknown
             }
+            Action::RangeRead => {
+                // One read of every register: for each key, a get at the same instant. A key's
+                // history stays linearizable with it (each key's part of a linearizable history
+                // is), and the clients' last values follow.
+                let got =
+                    bounded(client.get(format!("{PREFIX}k"), Some(GetOptions::new().with_prefix()))).await;
+                if let Some(resp) = &got {
+                    let ret = Instant::now();
+                    let mut histories = rec.histories.lock().unwrap();
+                    for (k, history) in histories.iter_mut().enumerate() {
+                        let seen = resp
+                            .kvs()
+                            .iter()
+                            .find(|kv| kv.key() == register(k).as_bytes())
+                            .map(|kv| kv.value_str().unwrap().parse().unwrap());
+                        last_seen[k] = seen;
+                        history.push(Entry {
+                            op: Op::Get,
+                            outcome: Outcome::Ok(Ret::Get(seen)),
+                            call,
+                            ret,
+                            client: id,
+                            member,
+                        });
+                    }
+                }
+                got.is_some()
+            }
             Action::PairWrite(v) => {
                 let txn = Txn::new().and_then(PAIR.map(|key| TxnOp::put(key, v.to_string(), None)));
                 let done = bounded(client.txn(txn)).await.is_some();
                 if done {
-                    rec.acked.lock().unwrap().push(Acked {
-                        keys: PAIR.iter().map(|k| k.to_string()).collect(),
-                        value: v.to_string(),
-                        at: Instant::now(),
-                    });
+                    rec.ack(&PAIR, &v.to_string());
                 }
                 done
             }
@@ -189,7 +227,7 @@ pub async fn client_task(
 }
 
 /// The answer of `call`, or `None` when it failed or did not come in time.
-async fn bounded<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Option<T> {
+pub async fn bounded<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Option<T> {
     // The client's own timeout should fire first; this only bounds the wait for sure.
     match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_millis(500), call).await {
         Ok(Ok(answer)) => Some(answer),
