@@ -7,8 +7,8 @@
 //!   early expiry too;
 //! - **none outlives its lease by more than the tolerance**: the key is gone for every read that
 //!   began later than the latest possible deadline (the end of the last renewal attempt,
-//!   answered or not, plus the TTL) plus the tolerance the caller states, and after an
-//!   acknowledged revoke at once.
+//!   answered or not, plus the TTL) plus the [`Tolerance`], and after an acknowledged revoke at
+//!   once.
 //!
 //! Every instant is the test process's monotonic clock; the members run on the same machine
 //! and their lease clocks are monotonic too.
@@ -54,10 +54,71 @@ pub struct Life {
     pub reads: Vec<Read>,
 }
 
-/// Checks one lease's life; `Err` names the first read that breaks a rule. `tolerance` is how
-/// much longer than its deadline a lease may live (the server's stated slack after a leader
-/// change, plus the time a fault may leave the cluster without a leader).
-pub fn check(life: &Life, tolerance: Duration) -> Result<(), String> {
+impl Life {
+    /// Everything seen of the lease, in ms since `base`: for reports.
+    pub fn describe(&self, base: Instant) -> String {
+        let ms = |t: Instant| t.saturating_duration_since(base).as_millis();
+        let renewals: Vec<String> = self
+            .renewals
+            .iter()
+            .map(|r| format!("[{}..{}] TTL {}", ms(r.sent), ms(r.answered), r.ttl))
+            .collect();
+        let reads: Vec<String> = self
+            .reads
+            .iter()
+            .map(|r| {
+                format!(
+                    "[{}..{}] {}",
+                    ms(r.call),
+                    ms(r.ret),
+                    if r.present { "there" } else { "gone" }
+                )
+            })
+            .collect();
+        format!(
+            "renewals {}; last attempt ended {}; put acknowledged {:?}; revoke sent {:?}, acknowledged {:?}; reads {}",
+            renewals.join(", "),
+            ms(self.last_attempt_end),
+            self.put_acked.map(ms),
+            self.revoke_sent.map(ms),
+            self.revoke_acked.map(ms),
+            reads.join(", ")
+        )
+    }
+}
+
+/// How much longer than its deadline a lease may live, as Concord states it
+/// (`src/lease/lessor.rs`): a new leader continues from the remaining time last recorded, which
+/// overstates the true one by at most the lease's *slack* (half its TTL, at least 1 s) plus the
+/// time without a leader; leader changes in a row add up. So: the slack and the expiry's own
+/// latency, plus for every fault in force between the last renewal and the read, its length,
+/// an election, and the slack again.
+pub struct Tolerance {
+    /// The faults, from their start to their healing.
+    pub faults: Vec<(Instant, Instant)>,
+    /// How long an election and the new leader's start of its lease clock may take.
+    pub election: Duration,
+    /// How long after its deadline a leader may take to expire a lease.
+    pub expiry_latency: Duration,
+}
+
+impl Tolerance {
+    /// For a lease of `ttl` seconds whose deadline passed between `from` and `to`.
+    fn allowed(&self, ttl: i64, from: Instant, to: Instant) -> Duration {
+        let slack = Duration::from_millis((ttl.max(0) as u64 * 1000 / 2).clamp(1000, 60_000));
+        let faults: Duration = self
+            .faults
+            .iter()
+            .filter(|(start, healed)| *start < to && *healed > from)
+            .map(|(start, healed)| (*healed - *start) + self.election + slack)
+            .sum();
+        slack + self.expiry_latency + faults
+    }
+}
+
+/// Checks one lease's life; `Err` names the first read that breaks a rule. Reports give times
+/// in ms since `base`.
+pub fn check(life: &Life, tolerance: &Tolerance, base: Instant) -> Result<(), String> {
     let granted = life
         .renewals
         .iter()
@@ -73,7 +134,7 @@ pub fn check(life: &Life, tolerance: Duration) -> Result<(), String> {
         .max();
     let latest_deadline = life.last_attempt_end + Duration::from_secs(granted as u64);
     let revoke_sent = life.revoke_sent.unwrap_or(far_future());
-    let name = format!("lease {:x} ({})", life.lease, life.key);
+    let name = format!("lease {:x} ({}; {})", life.lease, life.key, life.describe(base));
     if let Some(deadline) = earliest_deadline {
         // A keepalive told "gone" before the deadline of an earlier renewal.
         for (i, gone) in life.renewals.iter().enumerate().filter(|(_, r)| r.ttl == 0) {
@@ -102,8 +163,9 @@ pub fn check(life: &Life, tolerance: Duration) -> Result<(), String> {
             }
         }
     }
-    let must_be_gone = (latest_deadline + tolerance).min(life.revoke_acked.unwrap_or(far_future()));
     for read in &life.reads {
+        let allowed = tolerance.allowed(granted, life.last_attempt_end, read.call);
+        let must_be_gone = (latest_deadline + allowed).min(life.revoke_acked.unwrap_or(far_future()));
         if read.present && read.call > must_be_gone {
             return Err(format!(
                 "{name}: outlived its lease: a read that began {:?} after {} still found the key",
@@ -127,6 +189,15 @@ fn far_future() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 1 s of slack (TTL 2), no latency, no fault.
+    fn quiet() -> Tolerance {
+        Tolerance {
+            faults: Vec::new(),
+            election: Duration::from_secs(1),
+            expiry_latency: Duration::ZERO,
+        }
+    }
 
     fn at(base: Instant, ms: u64) -> Instant {
         base + Duration::from_millis(ms)
@@ -170,7 +241,7 @@ mod tests {
             base,
             &[(1500, 1510, true), (2990, 2999, true), (3100, 3110, false)],
         );
-        assert_eq!(check(&l, Duration::from_secs(1)), Ok(()));
+        assert_eq!(check(&l, &quiet(), base), Ok(()));
     }
 
     #[test]
@@ -178,7 +249,7 @@ mod tests {
         let base = Instant::now();
         // Gone after the first deadline (2 s) but before the keepalive's (3 s).
         let l = life(base, &[(2500, 2510, false)]);
-        let err = check(&l, Duration::from_secs(1)).unwrap_err();
+        let err = check(&l, &quiet(), base).unwrap_err();
         assert!(err.contains("expired early"), "{err}");
     }
 
@@ -191,7 +262,7 @@ mod tests {
             ttl: 0,
             answered: at(base, 1910),
         });
-        let err = check(&l, Duration::from_secs(1)).unwrap_err();
+        let err = check(&l, &quiet(), base).unwrap_err();
         assert!(err.contains("TTL 0"), "{err}");
     }
 
@@ -199,8 +270,14 @@ mod tests {
     fn a_key_seen_past_the_deadline_and_tolerance_outlived_its_lease() {
         let base = Instant::now();
         let l = life(base, &[(3900, 3910, true), (4100, 4110, true)]);
-        let err = check(&l, Duration::from_secs(1)).unwrap_err();
+        let err = check(&l, &quiet(), base).unwrap_err();
         assert!(err.contains("outlived"), "{err}");
+        // A fault of 500 ms before the read allows it 500 ms + an election + the slack more.
+        let mut tolerance = quiet();
+        tolerance.faults.push((at(base, 2000), at(base, 2500)));
+        assert_eq!(check(&l, &tolerance, base), Ok(()));
+        let late = life(base, &[(6600, 6610, true)]);
+        assert!(check(&late, &tolerance, base).is_err());
     }
 
     #[test]
@@ -209,13 +286,13 @@ mod tests {
         let mut l = life(base, &[(1300, 1310, false)]);
         l.revoke_sent = Some(at(base, 1100));
         l.revoke_acked = Some(at(base, 1200));
-        assert_eq!(check(&l, Duration::from_secs(1)), Ok(()));
+        assert_eq!(check(&l, &quiet(), base), Ok(()));
         l.reads.push(Read {
             call: at(base, 1250),
             ret: at(base, 1260),
             present: true,
         });
-        let err = check(&l, Duration::from_secs(1)).unwrap_err();
+        let err = check(&l, &quiet(), base).unwrap_err();
         assert!(err.contains("acknowledged revoke"), "{err}");
     }
 }

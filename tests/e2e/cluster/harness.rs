@@ -502,19 +502,7 @@ impl Cluster {
         let id = json["member"]["ID"]
             .as_u64()
             .unwrap_or_else(|| panic!("member add names no member ID: {out}"));
-        // As etcdctl builds ETCD_INITIAL_CLUSTER: every peer URL of every member listed, named
-        // by the member's name (the new one's being the name just given).
-        let mut initial_cluster = Vec::new();
-        for member in json["members"].as_array().into_iter().flatten() {
-            let member_name = if member["ID"].as_u64() == Some(id) {
-                name.as_str()
-            } else {
-                member["name"].as_str().unwrap_or("")
-            };
-            for url in member["peerURLs"].as_array().into_iter().flatten() {
-                initial_cluster.push(format!("{member_name}={}", url.as_str().unwrap_or("")));
-            }
-        }
+        let initial_cluster = initial_cluster_after_add(&json, id, &name);
         self.members.push(Member {
             name,
             client_url: format!("http://127.0.0.1:{}", ports[0]),
@@ -523,10 +511,7 @@ impl Cluster {
             up: false,
             removed: false,
         });
-        let added = Added {
-            id,
-            initial_cluster: initial_cluster.join(","),
-        };
+        let added = Added { id, initial_cluster };
         (i, added)
     }
 
@@ -572,6 +557,53 @@ impl Cluster {
         );
         self.members[i].removed = true;
     }
+
+    /// Brings removed member `i` back as a new member with the same name and URLs, as an
+    /// operator replacing a failed machine would: kills its old process if it still runs,
+    /// empties its data directory, runs `etcdctl member add` with its peer URL, and starts it
+    /// with `--initial-cluster-state existing`. Returns once it listens for clients.
+    pub fn rejoin(&mut self, i: usize) {
+        assert!(self.members[i].removed, "{} was not removed", self.name(i));
+        if let Some(mut old) = self.members[i].server.take() {
+            old.kill9();
+        }
+        self.members[i].up = false;
+        let data = self.dir.join(&self.members[i].name);
+        if data.exists() {
+            std::fs::remove_dir_all(&data).expect("empty the removed member's data directory");
+        }
+        let peer_flag = format!("--peer-urls={}", self.members[i].peer_url);
+        let name = self.members[i].name.clone();
+        let via = self.via(&[i]);
+        let out = self.ctl_on(via, &["member", "add", &name, &peer_flag, "-w", "json"]);
+        let json: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("member add printed no JSON ({e}): {out}"));
+        let id = json["member"]["ID"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("member add names no member ID: {out}"));
+        let initial_cluster = initial_cluster_after_add(&json, id, &name);
+        self.members[i].removed = false;
+        let spawned = self.spawn(i, &initial_cluster, "existing");
+        self.listening(i, spawned);
+    }
+}
+
+/// The `--initial-cluster` for the member `id` that `etcdctl member add -w json` answered
+/// `json` about, as etcdctl builds `ETCD_INITIAL_CLUSTER`: every peer URL of every member
+/// listed, named by the member's name (the new one's being `name`, which it does not know yet).
+fn initial_cluster_after_add(json: &Value, id: u64, name: &str) -> String {
+    let mut initial_cluster = Vec::new();
+    for member in json["members"].as_array().into_iter().flatten() {
+        let member_name = if member["ID"].as_u64() == Some(id) {
+            name
+        } else {
+            member["name"].as_str().unwrap_or("")
+        };
+        for url in member["peerURLs"].as_array().into_iter().flatten() {
+            initial_cluster.push(format!("{member_name}={}", url.as_str().unwrap_or("")));
+        }
+    }
+    initial_cluster.join(",")
 }
 
 /// The index of the member every status names as leader, when all answered and agree.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use tokio::task::JoinHandle;
@@ -24,6 +24,8 @@ const FINISH_WITHIN: Duration = Duration::from_secs(30);
 
 /// The load in progress.
 pub struct Load {
+    /// When it started: reports give times in ms since then.
+    pub started: Instant,
     recorder: Arc<Recorder>,
     tasks: Vec<JoinHandle<()>>,
     watchers: Vec<JoinHandle<Vec<Received>>>,
@@ -32,6 +34,8 @@ pub struct Load {
 
 /// What the load recorded, once over.
 pub struct Recorded {
+    /// When the load started.
+    pub started: Instant,
     pub recorder: Recorder,
     /// Per watcher, what it received.
     pub watched: Vec<Vec<Received>>,
@@ -101,6 +105,7 @@ impl Load {
             })
             .collect();
         Load {
+            started: Instant::now(),
             recorder,
             tasks,
             watchers,
@@ -144,6 +149,7 @@ impl Load {
         let history = workload::merged_history(&watched);
         let recorder = Arc::into_inner(self.recorder).expect("every task has stopped");
         Recorded {
+            started: self.started,
             recorder,
             watched,
             history,

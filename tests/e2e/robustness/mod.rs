@@ -123,7 +123,11 @@ async fn run(members: usize) {
     let load_end = Instant::now();
     let run = load.finish(&cluster, &endpoints).await;
 
-    violations.extend(verdicts::judge(&run));
+    let spans = done
+        .iter()
+        .map(|d| (d.injected.started, d.injected.started + d.healed_after))
+        .collect();
+    violations.extend(verdicts::judge(&run, spans));
     violations.extend(verdicts::same_data_everywhere(&mut cluster, &endpoints, run.last).await);
     let rec = &run.recorder;
     let mut successes: Vec<Instant> = rec.acked.lock().unwrap().iter().map(|a| a.at).collect();
@@ -200,8 +204,9 @@ async fn inject(
         let compactable = load.compactable();
         let mut injected = tokio::task::block_in_place(|| nemesis.inject(cluster, kind, compactable));
         println!(
-            "  {:>3} {:?} {} on {:?}",
+            "  {:>3} at {:>6} ms: {:?} {} on {:?}",
             done.len() + 1,
+            injected.started.duration_since(load.started).as_millis(),
             injected.kind,
             injected.detail,
             injected.targets

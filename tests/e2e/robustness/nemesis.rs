@@ -35,6 +35,11 @@ pub enum Kind {
     /// A member crashing at a point inside the server ([`CRASH_POINTS`]), with what makes it
     /// get there: a compaction, a defragmentation, a follower that needs a snapshot.
     Crash,
+    /// Leadership handed to a follower (`etcdctl move-leader`).
+    MoveLeader,
+    /// A follower removed from the cluster (`etcdctl member remove`), its machine replaced: it
+    /// comes back half-way as a new member with the same name and URLs and no data.
+    Rejoin,
 }
 
 /// The server's crash points the nemesis arms (see `src/failpoint.rs`).
@@ -64,6 +69,8 @@ impl Kind {
             Kind::Loss,
             Kind::Delay,
             Kind::Crash,
+            Kind::MoveLeader,
+            Kind::Rejoin,
         ];
         if members >= 5 {
             kinds.push(Kind::Bridge);
@@ -106,6 +113,8 @@ pub struct Nemesis {
     paused: Vec<usize>,
     /// Members killed, to restart at the healing.
     killed: Vec<usize>,
+    /// A member removed, to bring back as a new member half-way.
+    removed: Option<usize>,
 }
 
 impl Nemesis {
@@ -121,6 +130,7 @@ impl Nemesis {
             rng: XorShift(seed | 1),
             paused: Vec::new(),
             killed: Vec::new(),
+            removed: None,
         }
     }
 
@@ -234,6 +244,22 @@ impl Nemesis {
                 self.armed = Some(Armed { target, lagging });
                 vec![target]
             }
+            Kind::MoveLeader => {
+                let id = format!("{:x}", cluster.member_id(other));
+                let out = cluster
+                    .member(leader)
+                    .etcdctl(&["--command-timeout=5s", "move-leader", &id]);
+                if !out.status.success() {
+                    detail = format!("refused: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+                vec![other]
+            }
+            Kind::Rejoin => {
+                cluster.remove_member(other);
+                cluster.kill9(other);
+                self.removed = Some(other);
+                vec![other]
+            }
         };
         Injected {
             kind,
@@ -245,8 +271,11 @@ impl Nemesis {
     }
 
     /// Half-way through a fault: a member killed to lag behind comes back, armed, and needs a
-    /// snapshot.
+    /// snapshot; a member removed comes back as a new one.
     pub fn midway(&mut self, cluster: &mut Cluster) {
+        if let Some(removed) = self.removed.take() {
+            cluster.rejoin(removed);
+        }
         if let Some(lagging) = self.armed.as_ref().and_then(|a| a.lagging) {
             self.killed.retain(|&k| k != lagging);
             // Armed to crash installing a snapshot, it may do so before it listens.

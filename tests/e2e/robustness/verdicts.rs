@@ -9,13 +9,9 @@ use crate::checkers::watch::{self, Event};
 use crate::checkers::{lease, ownership, register};
 use crate::cluster::harness::Cluster;
 
-/// How much longer than its deadline a lease may live: the server's slack after a leader
-/// change (half the TTL, at least 1 s: 1.5 s for these TTLs; see `src/lease/lessor.rs`), plus
-/// up to 3.5 s without a leader that can expire it (a fault held 1.5 s, then an election).
-pub const LEASE_TOLERANCE: Duration = Duration::from_secs(5);
-
-/// Every violation in `run`, printing a line per register, watcher and checker.
-pub fn judge(run: &Recorded) -> Vec<String> {
+/// Every violation in `run`, printing a line per register, watcher and checker. `faults` are
+/// the faults' spans, from their start to their healing.
+pub fn judge(run: &Recorded, faults: Vec<(Instant, Instant)>) -> Vec<String> {
     let mut violations = Vec::new();
     let rec = &run.recorder;
     let history: &[Event] = match &run.history {
@@ -63,9 +59,15 @@ pub fn judge(run: &Recorded) -> Vec<String> {
     }
     // Leases.
     let leases = rec.leases.lock().unwrap();
+    // Two election timeouts of the test clusters, and the new leader's wait for its log.
+    let tolerance = lease::Tolerance {
+        faults,
+        election: Duration::from_millis(1500),
+        expiry_latency: Duration::from_millis(500),
+    };
     let broken: Vec<String> = leases
         .iter()
-        .filter_map(|life| lease::check(life, LEASE_TOLERANCE).err())
+        .filter_map(|life| lease::check(life, &tolerance, run.started).err())
         .collect();
     let revoked = leases.iter().filter(|l| l.revoke_acked.is_some()).count();
     let renewals: usize = leases.iter().map(|l| l.renewals.len() - 1).sum();
