@@ -10,6 +10,13 @@
 //! while they add up to more than the budget. A follower that lags that far behind gets them
 //! read back from the WAL. The budget does not depend on the snapshot interval, so large values
 //! cannot fill memory with a hundred thousand entries before a snapshot purges them.
+//!
+//! The newest entries a purge removes from memory stay readable until the next purge, to
+//! readers made before it ([`LogCache::recently_purged`]): openraft may purge entries that one
+//! of its replication streams is about to read (a stream restarted from an older position while acknowledgements
+//! of the previous one let the purge go ahead), and a read missing the front of its range makes
+//! it send an AppendEntries whose entries do not follow its `prev_log_id` (a debug assertion in
+//! its stream state; a malformed request in release builds). Found by the robustness suite.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +24,11 @@ use openraft::entry::RaftEntry;
 
 use super::wal::{HardState, Location};
 use super::{Entry, LogId, Vote};
+
+/// At most this many purged entries stay readable...
+const RETAINED_ENTRIES: usize = 1024;
+/// ...and at most this many bytes of their frames.
+const RETAINED_BYTES: u64 = 8 << 20;
 
 /// The unpurged log and its metadata.
 #[derive(Debug, Default, Clone)]
@@ -29,8 +41,17 @@ pub struct LogCache {
     written: BTreeMap<u64, Location>,
     /// The frame bytes of `written`.
     written_bytes: u64,
-    /// The last purged log id: everything up to it is gone.
+    /// The last purged log id: everything up to it is gone, but for `recently_purged`.
     pub last_purged: Option<LogId>,
+    /// The newest entries the last purge removed from memory (at most
+    /// [`RETAINED_ENTRIES`] and [`RETAINED_BYTES`]): a contiguous run ending at `last_purged`,
+    /// still readable for a replication stream that lags (see the module docs). Empty after a
+    /// purge to an id the log did not hold. Not part of the log's state: never written, not
+    /// compared.
+    pub recently_purged: BTreeMap<u64, Entry>,
+    /// How many purges there were: a reader made before the last one may still read
+    /// `recently_purged`, one made after it reads the log as purged.
+    pub purges: u64,
     /// The last saved vote.
     pub vote: Option<Vote>,
     /// The last saved committed log id.
@@ -94,20 +115,33 @@ impl LogCache {
 
     /// Removes every entry at `from` and after.
     pub fn truncate_from(&mut self, from: u64) {
+        self.recently_purged.split_off(&from);
         self.entries.split_off(&from);
         self.spilled.split_off(&from);
         let gone = self.written.split_off(&from);
         self.unwrite_all(gone);
     }
 
-    /// Removes every entry up to `log_id` and remembers it as the last purged.
+    /// Removes every entry up to `log_id` and remembers it as the last purged; the newest
+    /// entries it removes from memory stay in [`LogCache::recently_purged`] if the log
+    /// held `log_id` itself (so they are the committed log's).
     pub fn purge(&mut self, log_id: LogId) {
+        let held = self
+            .entries
+            .get(&log_id.index)
+            .is_some_and(|e| e.log_id() == log_id);
         match log_id.index.checked_add(1) {
             Some(keep_from) => {
-                self.entries = self.entries.split_off(&keep_from);
+                let kept = self.entries.split_off(&keep_from);
+                let removed = std::mem::replace(&mut self.entries, kept);
                 self.spilled = self.spilled.split_off(&keep_from);
                 let kept = self.written.split_off(&keep_from);
                 let gone = std::mem::replace(&mut self.written, kept);
+                self.recently_purged = if held {
+                    newest(removed, &gone)
+                } else {
+                    BTreeMap::new()
+                };
                 self.unwrite_all(gone);
             }
             None => {
@@ -115,9 +149,11 @@ impl LogCache {
                 self.spilled.clear();
                 self.written.clear();
                 self.written_bytes = 0;
+                self.recently_purged.clear();
             }
         }
         self.last_purged = Some(log_id);
+        self.purges += 1;
     }
 
     /// Every entry's index, oldest first.
@@ -159,6 +195,21 @@ impl LogCache {
             .or_else(|| self.spilled.last_key_value().map(|(_, (id, _))| *id))
             .or(self.last_purged)
     }
+}
+
+/// The newest of the `removed` entries, within [`RETAINED_ENTRIES`] and [`RETAINED_BYTES`] (of
+/// the frames `written` gives; one not placed yet counts no bytes).
+fn newest(removed: BTreeMap<u64, Entry>, written: &BTreeMap<u64, Location>) -> BTreeMap<u64, Entry> {
+    let mut kept = BTreeMap::new();
+    let mut bytes = 0;
+    for (index, entry) in removed.into_iter().rev() {
+        bytes += written.get(&index).map_or(0, |at| u64::from(at.len));
+        if kept.len() >= RETAINED_ENTRIES || bytes > RETAINED_BYTES {
+            break;
+        }
+        kept.insert(index, entry);
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -246,5 +297,32 @@ mod tests {
         cache.purge(log_id(1, 1, 3));
         assert_eq!(cache.last_log_id(), Some(log_id(1, 1, 3)));
         assert_eq!(cache.written_bytes(), 0);
+    }
+
+    #[test]
+    fn the_newest_entries_a_purge_removes_stay_readable_until_the_next() {
+        let mut log = cache(10, 8);
+        log.purge(log_id(1, 1, 6));
+        let recent = |c: &LogCache| c.recently_purged.keys().copied().collect::<Vec<_>>();
+        assert_eq!(recent(&log), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(log.indexes().collect::<Vec<_>>(), [7, 8, 9, 10]);
+        assert_eq!(
+            log.written_bytes(),
+            200,
+            "purged entries count against no budget"
+        );
+        log.purge(log_id(1, 1, 9));
+        assert_eq!(recent(&log), [7, 8, 9], "9 is not written yet, and kept too");
+        log.truncate_from(8);
+        assert_eq!(recent(&log), [7]);
+        // A purge to an id the log does not hold (another term) keeps nothing.
+        let mut other = cache(10, 10);
+        other.purge(log_id(2, 1, 5));
+        assert!(recent(&other).is_empty());
+        // At most RETAINED_ENTRIES.
+        let mut long = cache((RETAINED_ENTRIES + 10) as u64, (RETAINED_ENTRIES + 10) as u64);
+        long.purge(log_id(1, 1, (RETAINED_ENTRIES + 5) as u64));
+        assert_eq!(long.recently_purged.len(), RETAINED_ENTRIES);
+        assert_eq!(long.recently_purged.first_key_value().map(|(i, _)| *i), Some(6));
     }
 }

@@ -25,33 +25,53 @@ pub struct LogReader {
     cache: Arc<RwLock<LogCache>>,
     /// The WAL's directory, where spilled entries are read back from.
     dir: Arc<PathBuf>,
+    /// How many purges there had been when it was made (see [`LogCache::purges`]).
+    made_after_purges: u64,
 }
 
 impl LogReader {
     /// A reader of `cache`, whose spilled entries are in the WAL in `dir`.
     pub fn new(cache: Arc<RwLock<LogCache>>, dir: Arc<PathBuf>) -> Self {
-        Self { cache, dir }
+        let made_after_purges = cache.read().map_or(0, |c| c.purges);
+        Self {
+            cache,
+            dir,
+            made_after_purges,
+        }
     }
 
-    /// The entries in `range`. The ones in memory are copied under the cache's lock; spilled
-    /// ones are read from the WAL after it is let go. The WAL never rewrites a frame, so what
-    /// is read is what the log held when the read started, unless a purge deleted the segment
-    /// meanwhile: those entries are left out, as openraft allows for purged ones.
+    /// The entries in `range`: for a reader made before the last purge, the ones that purge
+    /// left readable first (see [`LogCache::recently_purged`]), then the log's. The ones in memory are copied under the
+    /// cache's lock; spilled ones are read from the WAL after it is let go. The WAL never
+    /// rewrites a frame, so what is read is what the log held when the read started, unless a
+    /// purge deleted the segment meanwhile: those entries are left out, as openraft allows for
+    /// purged ones.
     pub fn read<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
-        let (spilled, resident) = {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let (recent, spilled, resident) = {
             let cache = read_cache(&self.cache)?;
+            let recent: Vec<Entry> = if cache.purges > self.made_after_purges {
+                cache
+                    .recently_purged
+                    .range(bounds)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let spilled: Vec<(u64, LogId, Location)> = cache
                 .spilled
-                .range((range.start_bound().cloned(), range.end_bound().cloned()))
+                .range(bounds)
                 .map(|(index, (log_id, at))| (*index, *log_id, *at))
                 .collect();
             let resident: Vec<Entry> = cache.entries.range(range).map(|(_, e)| e.clone()).collect();
-            (spilled, resident)
+            (recent, spilled, resident)
         };
-        if spilled.is_empty() {
+        if spilled.is_empty() && recent.is_empty() {
             return Ok(resident);
         }
-        let mut entries = Vec::with_capacity(spilled.len() + resident.len());
+        let mut entries = recent;
+        entries.reserve(spilled.len() + resident.len());
         let mut open: Option<(u64, File)> = None;
         for (index, log_id, at) in spilled {
             match read_spilled(&self.dir, &mut open, log_id, at) {
