@@ -74,45 +74,22 @@ pub fn init(own_peer_url: &str) {
 #[inline(always)]
 pub fn init(_own_peer_url: &str) {}
 
+#[cfg(debug_assertions)]
+pub(crate) mod control_file;
+
 /// The points armed through `CONCORD_FAILPOINT_FILE`.
 #[cfg(debug_assertions)]
 mod file {
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-
     use super::armed::{self, Armed};
+    use super::control_file::ControlFile;
 
-    const RELOAD_EVERY: Duration = Duration::from_millis(20);
-
-    struct State {
-        path: std::path::PathBuf,
-        own: Option<String>,
-        /// The file's text when last read, and the points it arms here.
-        text: String,
-        armed: Vec<Armed>,
-        read_at: Option<Instant>,
-    }
-
-    fn state() -> Option<&'static Mutex<State>> {
-        static STATE: OnceLock<Option<Mutex<State>>> = OnceLock::new();
-        STATE
-            .get_or_init(|| {
-                let path = std::env::var_os("CONCORD_FAILPOINT_FILE")?;
-                Some(Mutex::new(State {
-                    path: path.into(),
-                    own: None,
-                    text: String::new(),
-                    armed: Vec::new(),
-                    read_at: None,
-                }))
-            })
-            .as_ref()
-    }
+    static FILE: ControlFile<Vec<Armed>> = ControlFile::new("CONCORD_FAILPOINT_FILE", |text, own| {
+        own.map(|own| armed::parse(&specs_for(text, own)))
+            .unwrap_or_default()
+    });
 
     pub fn init(own_peer_url: &str) {
-        if let Some(state) = state() {
-            state.lock().unwrap_or_else(|p| p.into_inner()).own = Some(own_peer_url.to_string());
-        }
+        FILE.init(own_peer_url);
     }
 
     /// The specs of `text` for the member at `own`.
@@ -127,25 +104,11 @@ mod file {
     }
 
     pub fn hit(name: &str) -> bool {
-        let Some(state) = state() else {
+        let Some(mut current) = FILE.current() else {
             return false;
         };
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.read_at.is_none_or(|at| at.elapsed() >= RELOAD_EVERY) {
-            state.read_at = Some(Instant::now());
-            let text = std::fs::read_to_string(&state.path).unwrap_or_default();
-            if text != state.text {
-                let specs = state
-                    .own
-                    .as_deref()
-                    .map(|own| specs_for(&text, own))
-                    .unwrap_or_default();
-                state.armed = armed::parse(&specs);
-                state.text = text;
-            }
-        }
         let mut failing = false;
-        for point in state.armed.iter().filter(|a| a.name == name) {
+        for point in current.parsed().iter().filter(|a| a.name == name) {
             failing |= point.hit();
         }
         failing

@@ -3,7 +3,7 @@
 //! in release builds every message is delivered at once and nothing here is compiled in.
 //!
 //! The environment variable `CONCORD_PEER_FAULTS` names a file that every member of a test
-//! cluster reads (at most every [`RELOAD_EVERY`]), so a test changes the faults of a running
+//! cluster reads (a [`crate::failpoint::control_file`], at most every 20 ms), so a test changes the faults of a running
 //! cluster by rewriting one file. A missing or empty file means no faults. One directive a line:
 //!
 //! - `cut FROM TO`: every message from the member with peer URL `FROM` to `TO` is lost (a
@@ -67,17 +67,12 @@ pub fn inbound(_from: &str) -> Fate {
     Fate::Delivered
 }
 
-/// How often a member looks at the fault file again.
-#[cfg(debug_assertions)]
-pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
-
 #[cfg(debug_assertions)]
 mod armed {
-    use std::path::PathBuf;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use super::{Fate, RELOAD_EVERY};
+    use super::Fate;
+    use crate::failpoint::control_file::ControlFile;
 
     /// The faults the file names.
     #[derive(Debug, Default, Clone, PartialEq)]
@@ -117,63 +112,44 @@ mod armed {
         table
     }
 
-    struct State {
-        file: PathBuf,
-        own: Option<String>,
+    /// The file's faults, and the xorshift64 state that draws losses and delays.
+    #[derive(Default)]
+    struct Faults {
         table: Table,
-        read_at: Option<Instant>,
-        /// xorshift64 state for losses and delays.
         rng: u64,
     }
 
-    fn state() -> Option<&'static Mutex<State>> {
-        static STATE: OnceLock<Option<Mutex<State>>> = OnceLock::new();
-        STATE
-            .get_or_init(|| {
-                let file = std::env::var_os("CONCORD_PEER_FAULTS")?;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                let seed = std::process::id() as u64 ^ now.map_or(0, |d| d.as_nanos() as u64);
-                Some(Mutex::new(State {
-                    file: PathBuf::from(file),
-                    own: None,
-                    table: Table::default(),
-                    read_at: None,
-                    rng: seed | 1,
-                }))
-            })
-            .as_ref()
-    }
+    static FILE: ControlFile<Faults> = ControlFile::new("CONCORD_PEER_FAULTS", |text, _own| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let seed = std::process::id() as u64 ^ now.map_or(0, |d| d.as_nanos() as u64);
+        Faults {
+            table: parse(text),
+            rng: seed | 1,
+        }
+    });
 
     pub fn init(own_peer_url: &str) {
-        if let Some(state) = state() {
-            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            state.own = Some(own_peer_url.to_string());
-        }
+        FILE.init(own_peer_url);
     }
 
     /// The fate and delay of a message from `from` to `to`, `None` standing for this member.
     pub fn decide(from: Option<&str>, to: Option<&str>) -> (Fate, Duration) {
-        let Some(state) = state() else {
+        let Some(mut current) = FILE.current() else {
             return (Fate::Delivered, Duration::ZERO);
         };
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.read_at.is_none_or(|at| at.elapsed() >= RELOAD_EVERY) {
-            let text = std::fs::read_to_string(&state.file).unwrap_or_default();
-            state.table = parse(&text);
-            state.read_at = Some(Instant::now());
-        }
-        let Some(own) = state.own.clone() else {
+        let Some(own) = current.own().map(str::to_string) else {
             return (Fate::Delivered, Duration::ZERO);
         };
         let (from, to) = (from.unwrap_or(&own), to.unwrap_or(&own));
-        let table = &state.table;
+        let faults = current.parsed();
+        let table = &faults.table;
         let cut = table.cut.iter().any(|(f, t)| f == from && t == to);
         let (loss, (min, max)) = (table.loss_percent, table.delay);
         let mut next = || {
-            state.rng ^= state.rng << 13;
-            state.rng ^= state.rng >> 7;
-            state.rng ^= state.rng << 17;
-            state.rng
+            faults.rng ^= faults.rng << 13;
+            faults.rng ^= faults.rng >> 7;
+            faults.rng ^= faults.rng << 17;
+            faults.rng
         };
         let lost = cut || (loss > 0 && next() % 100 < u64::from(loss));
         let spread = (max - min).as_micros() as u64;
