@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what building and testing Concord needs beyond Rust: make for the build of
 # jemalloc (the server's allocator), etcdctl for the end-to-end tests, curl for the HTTP
-# gateway's, and protoc for the etcd-client crate's build script; with --with-etcd also the etcd
-# server, for the side-by-side scenarios and tests.
+# gateway's, protoc for the etcd-client crate's build script, and libfaketime for the
+# robustness suite's wall-clock jumps; with --with-etcd also the etcd server, for the
+# side-by-side scenarios and tests.
 # Does nothing when all are present.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v make >/dev/null 2>&1 || need+=(make)   # jemalloc's build (tikv-jemalloc-sys)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 if [ "${1:-}" = --with-etcd ]; then
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 fi

@@ -2,8 +2,9 @@
 //! injects one fault after another (members killed and restarted, paused and resumed, the
 //! leader isolated, minority and bridge partitions, lossy and slow links between members,
 //! crashes at points inside the server: around the WAL's fdatasync and the apply, while a
-//! snapshot is built, sent or installed, during a compaction and a defragmentation), and
-//! afterwards checkers that judge the recorded history:
+//! snapshot is built, sent or installed, during a compaction and a defragmentation; leadership
+//! moved, a member removed and replaced, wall clocks stepped), and afterwards checkers that judge
+//! the recorded history:
 //!
 //! - every hot key's history (gets, puts, swaps, deletes, range reads) is linearizable as one
 //!   register ([`crate::checkers::register`]);
@@ -25,6 +26,7 @@
 //! `CONCORD_ROBUSTNESS_SEED` replays a run's choices (which fault, aimed where, for how long;
 //! which operation each client does next). Every run prints its seed and its figures.
 
+mod clock;
 mod figures;
 mod leases;
 mod load;
@@ -35,6 +37,7 @@ mod workload;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use self::clock::Clocks;
 use self::figures::Done;
 use self::load::Load;
 use self::nemesis::{Kind, Nemesis};
@@ -163,11 +166,20 @@ async fn run(members: usize) {
 fn start(dir: &std::path::Path, members: usize, seed: u64) -> (Cluster, Nemesis) {
     let fault_file = dir.join("peer-faults");
     let failpoint_file = dir.join("failpoints");
-    let nemesis = Nemesis::new(&fault_file, &failpoint_file, seed ^ 0x5eed);
-    let (fault_env, failpoint_env) = (
-        fault_file.display().to_string(),
-        failpoint_file.display().to_string(),
-    );
+    let clocks = Clocks::new(dir, (0..members).map(|i| format!("m{i}")));
+    let mut env = vec![
+        (
+            "CONCORD_PEER_FAULTS".to_string(),
+            fault_file.display().to_string(),
+        ),
+        (
+            "CONCORD_FAILPOINT_FILE".to_string(),
+            failpoint_file.display().to_string(),
+        ),
+    ];
+    env.extend(clocks.iter().flat_map(Clocks::env));
+    let nemesis = Nemesis::new(&fault_file, &failpoint_file, clocks, seed ^ 0x5eed);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let cluster = Cluster::start_with_env(
         dir,
         members,
@@ -179,10 +191,7 @@ fn start(dir: &std::path::Path, members: usize, seed: u64) -> (Cluster, Nemesis)
             "--experimental-snapshot-catchup-entries",
             "20",
         ],
-        &[
-            ("CONCORD_PEER_FAULTS", &fault_env),
-            ("CONCORD_FAILPOINT_FILE", &failpoint_env),
-        ],
+        &env,
     );
     tokio::task::block_in_place(|| cluster.wait_for_leader(Duration::from_secs(10)));
     (cluster, nemesis)

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::clock::Clocks;
 use crate::cluster::harness::{Cluster, XorShift};
 
 /// The kinds of fault, each aimed at a random member or at the leader of the moment.
@@ -40,6 +41,9 @@ pub enum Kind {
     /// A follower removed from the cluster (`etcdctl member remove`), its machine replaced: it
     /// comes back half-way as a new member with the same name and URLs and no data.
     Rejoin,
+    /// The wall clock of one member, or of all, stepped minutes to a day forward or back (and
+    /// back again at the healing); monotonic clocks go on. Needs libfaketime ([`super::clock`]).
+    ClockJump,
 }
 
 /// The server's crash points the nemesis arms (see `src/failpoint.rs`).
@@ -74,6 +78,11 @@ impl Kind {
         ];
         if members >= 5 {
             kinds.push(Kind::Bridge);
+        }
+        if super::clock::library().is_some() {
+            kinds.push(Kind::ClockJump);
+        } else {
+            println!("libfaketime is not installed (apt-get install libfaketime): no clock jumps");
         }
         kinds
     }
@@ -115,12 +124,14 @@ pub struct Nemesis {
     killed: Vec<usize>,
     /// A member removed, to bring back as a new member half-way.
     removed: Option<usize>,
+    /// The members' wall clocks, when libfaketime is there.
+    clocks: Option<Clocks>,
 }
 
 impl Nemesis {
     /// A nemesis writing the peer fault `file` and the `failpoints` file (both created empty
     /// here), choosing with `seed`.
-    pub fn new(file: &Path, failpoints: &Path, seed: u64) -> Nemesis {
+    pub fn new(file: &Path, failpoints: &Path, clocks: Option<Clocks>, seed: u64) -> Nemesis {
         std::fs::write(file, "").expect("write the peer fault file");
         std::fs::write(failpoints, "").expect("write the failpoint file");
         Nemesis {
@@ -131,6 +142,7 @@ impl Nemesis {
             paused: Vec::new(),
             killed: Vec::new(),
             removed: None,
+            clocks,
         }
     }
 
@@ -254,6 +266,23 @@ impl Nemesis {
                 }
                 vec![other]
             }
+            Kind::ClockJump => {
+                let clocks = self.clocks.as_ref().expect("clock jumps need libfaketime");
+                const OFFSETS: [i64; 6] = [-86_400, -3_600, -300, 300, 3_600, 86_400];
+                let offset = OFFSETS[self.rng.below(OFFSETS.len())];
+                let targets: Vec<usize> = match self.rng.below(3) {
+                    0 => (0..n).collect(),
+                    1 => vec![leader],
+                    _ => vec![other],
+                };
+                for &t in &targets {
+                    clocks.set(cluster.name(t), offset);
+                }
+                detail = format!("{offset:+}s");
+                // The members read their offset at most once a second.
+                hold_at_least = Duration::from_millis(2500);
+                targets
+            }
             Kind::Rejoin => {
                 cluster.remove_member(other);
                 cluster.kill9(other);
@@ -290,6 +319,11 @@ impl Nemesis {
     pub fn heal(&mut self, cluster: &mut Cluster) -> (Option<bool>, Vec<(usize, String)>) {
         self.write("");
         write_atomically(&self.failpoints, "");
+        if let Some(clocks) = &self.clocks {
+            for i in 0..cluster.len() {
+                clocks.set(cluster.name(i), 0);
+            }
+        }
         for i in std::mem::take(&mut self.paused) {
             cluster.signal(i, "CONT");
         }
