@@ -306,11 +306,7 @@ mod tests {
         let recent = |c: &LogCache| c.recently_purged.keys().copied().collect::<Vec<_>>();
         assert_eq!(recent(&log), [1, 2, 3, 4, 5, 6]);
         assert_eq!(log.indexes().collect::<Vec<_>>(), [7, 8, 9, 10]);
-        assert_eq!(
-            log.written_bytes(),
-            200,
-            "purged entries count against no budget"
-        );
+        assert_eq!(log.written_bytes(), 200, "purged entries count against no budget");
         log.purge(log_id(1, 1, 9));
         assert_eq!(recent(&log), [7, 8, 9], "9 is not written yet, and kept too");
         log.truncate_from(8);

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, PutOptions};
 
-use super::workload::{BACKOFF, PREFIX, Recorder, bounded};
+use super::workload::{BACKOFF, PREFIX, Recorder, bounded, task_rng};
 use crate::checkers::lease::{Life, Read, Renewed};
-use crate::cluster::harness::XorShift;
 
 /// How often the key is read while the lease runs out.
 const READ_EVERY: Duration = Duration::from_millis(150);
@@ -25,7 +24,7 @@ pub async fn lease_task(
     seed: u64,
     rec: Arc<Recorder>,
 ) {
-    let mut rng = XorShift((seed ^ (id as u64 + 101).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let mut rng = task_rng(seed, 101, id);
     let mut round = 0;
     while !rec.stop.load(Ordering::Relaxed) {
         round += 1;

@@ -11,7 +11,7 @@ use etcd_client::{
     Client, Compare, CompareOp, LeaderKey, LockOptions, ProclaimOptions, ResignOptions, Txn, TxnOp,
 };
 
-use super::workload::{BACKOFF, PREFIX, Recorder, bounded};
+use super::workload::{BACKOFF, PREFIX, Recorder, bounded, task_rng};
 use crate::checkers::ownership::Claim;
 use crate::cluster::harness::XorShift;
 
@@ -42,15 +42,13 @@ pub async fn lock_task(
     seed: u64,
     rec: Arc<Recorder>,
 ) {
-    let mut rng = XorShift((seed ^ (id as u64 + 201).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let mut rng = task_rng(seed, 201, id);
     let mut seq = 0;
     while !rec.stop.load(Ordering::Relaxed) {
-        let client = &mut clients[member];
-        let Some(lease) = bounded(client.lease_grant(TTL, None)).await.map(|g| g.id()) else {
-            member = rng.below(clients.len());
-            tokio::time::sleep(BACKOFF).await;
+        let Some(lease) = grant(&mut clients, &mut member, &mut rng).await else {
             continue;
         };
+        let client = &mut clients[member];
         let options = LockOptions::new().with_lease(lease);
         let Some(locked) = bounded(client.lock(lock_name(), Some(options))).await else {
             // The lock key may exist: revoking the lease takes it away (or it expires).
@@ -106,15 +104,13 @@ pub async fn election_task(
     seed: u64,
     rec: Arc<Recorder>,
 ) {
-    let mut rng = XorShift((seed ^ (id as u64 + 301).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let mut rng = task_rng(seed, 301, id);
     let mut seq = 0;
     while !rec.stop.load(Ordering::Relaxed) {
-        let client = &mut clients[member];
-        let Some(lease) = bounded(client.lease_grant(TTL, None)).await.map(|g| g.id()) else {
-            member = rng.below(clients.len());
-            tokio::time::sleep(BACKOFF).await;
+        let Some(lease) = grant(&mut clients, &mut member, &mut rng).await else {
             continue;
         };
+        let client = &mut clients[member];
         seq += 1;
         let Some(won) = bounded(client.campaign(election_name(), format!("E{id}-{seq}"), lease)).await else {
             let _ = bounded(client.lease_revoke(lease)).await;
@@ -152,6 +148,19 @@ async fn proclaim(client: &mut Client, rec: &Recorder, id: usize, leader: &Leade
         rec.ack(&[key.as_str()], &value);
         let revision = answer.header().map_or(0, |h| h.revision());
         claim_as_leader(rec, leader, revision, format!("e{id} {what}"));
+    }
+}
+
+/// A lease of [`TTL`] through `clients[*member]`; `None` after a failure, with the next try
+/// to go through another member after a pause.
+async fn grant(clients: &mut [Client], member: &mut usize, rng: &mut XorShift) -> Option<i64> {
+    match bounded(clients[*member].lease_grant(TTL, None)).await {
+        Some(granted) => Some(granted.id()),
+        None => {
+            *member = rng.below(clients.len());
+            tokio::time::sleep(BACKOFF).await;
+            None
+        }
     }
 }
 

@@ -32,6 +32,12 @@ const WATCH_SILENCE: Duration = Duration::from_secs(3);
 /// How often a watcher asks for a progress notification.
 const PROGRESS_EVERY: Duration = Duration::from_millis(300);
 
+/// The random choices of task `id` of one kind (`kind` tells the kinds of task apart), drawn
+/// from the run's seed.
+pub fn task_rng(seed: u64, kind: u64, id: usize) -> XorShift {
+    XorShift((seed ^ (id as u64 + kind).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+}
+
 /// The register key `k`.
 pub fn register(k: usize) -> String {
     format!("{PREFIX}k{k}")
@@ -111,7 +117,7 @@ pub async fn client_task(
     seed: u64,
     rec: Arc<Recorder>,
 ) {
-    let mut rng = XorShift((seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let mut rng = task_rng(seed, 1, id);
     // The last value this client saw per register: what its swaps expect, so some succeed.
     let mut last_seen: [Option<Value>; REGISTERS] = [None; REGISTERS];
     let mut seq = 0;

@@ -41,20 +41,7 @@ impl Cluster {
         let ports = free_ports(2);
         let name = format!("m{i}");
         let peer_url = format!("http://127.0.0.1:{}", ports[1]);
-        let peer_flag = format!("--peer-urls={peer_url}");
-        let mut args = vec!["member", "add", name.as_str(), peer_flag.as_str()];
-        if learner {
-            args.push("--learner");
-        }
-        args.extend(["-w", "json"]);
-        let via = self.via(&[]);
-        let out = self.ctl_on(via, &args);
-        let json: Value = serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("member add printed no JSON ({e}): {out}"));
-        let id = json["member"]["ID"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("member add names no member ID: {out}"));
-        let initial_cluster = initial_cluster_after_add(&json, id, &name);
+        let added = self.member_add(self.via(&[]), &name, &peer_url, learner);
         self.members.push(Member {
             name,
             client_url: format!("http://127.0.0.1:{}", ports[0]),
@@ -63,8 +50,28 @@ impl Cluster {
             up: false,
             removed: false,
         });
-        let added = Added { id, initial_cluster };
         (i, added)
+    }
+
+    /// Runs `etcdctl member add NAME --peer-urls=PEER_URL [--learner] -w json` through member
+    /// `via`: the new member's ID and the `--initial-cluster` it is to start with.
+    fn member_add(&self, via: usize, name: &str, peer_url: &str, learner: bool) -> Added {
+        let peer_flag = format!("--peer-urls={peer_url}");
+        let mut args = vec!["member", "add", name, peer_flag.as_str()];
+        if learner {
+            args.push("--learner");
+        }
+        args.extend(["-w", "json"]);
+        let out = self.ctl_on(via, &args);
+        let json: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("member add printed no JSON ({e}): {out}"));
+        let id = json["member"]["ID"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("member add names no member ID: {out}"));
+        Added {
+            id,
+            initial_cluster: initial_cluster_after_add(&json, id, name),
+        }
     }
 
     /// Starts announced member `i` for the first time, with `--initial-cluster-state existing`
@@ -124,18 +131,10 @@ impl Cluster {
         if data.exists() {
             std::fs::remove_dir_all(&data).expect("empty the removed member's data directory");
         }
-        let peer_flag = format!("--peer-urls={}", self.members[i].peer_url);
-        let name = self.members[i].name.clone();
-        let via = self.via(&[i]);
-        let out = self.ctl_on(via, &["member", "add", &name, &peer_flag, "-w", "json"]);
-        let json: Value = serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("member add printed no JSON ({e}): {out}"));
-        let id = json["member"]["ID"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("member add names no member ID: {out}"));
-        let initial_cluster = initial_cluster_after_add(&json, id, &name);
+        let member = &self.members[i];
+        let added = self.member_add(self.via(&[i]), &member.name, &member.peer_url, false);
         self.members[i].removed = false;
-        let spawned = self.spawn(i, &initial_cluster, "existing");
+        let spawned = self.spawn(i, &added.initial_cluster, "existing");
         self.listening(i, spawned);
     }
 }
