@@ -41,11 +41,11 @@ impl LogReader {
     }
 
     /// The entries in `range`: for a reader made before the last purge, the ones that purge
-    /// left readable first (see [`LogCache::recently_purged`]), then the log's. The ones in memory are copied under the
-    /// cache's lock; spilled ones are read from the WAL after it is let go. The WAL never
-    /// rewrites a frame, so what is read is what the log held when the read started, unless a
-    /// purge deleted the segment meanwhile: those entries are left out, as openraft allows for
-    /// purged ones.
+    /// left readable first (see [`LogCache::recently_purged`]), then the log's. The ones in
+    /// memory are copied under the cache's lock; spilled ones are read from the WAL after it is
+    /// let go. The WAL never rewrites a frame, so what is read is what the log held when the
+    /// read started, unless a purge deleted the segment meanwhile: those entries are left out,
+    /// as openraft allows for purged ones.
     pub fn read<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let (recent, spilled, resident) = {
