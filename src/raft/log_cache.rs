@@ -25,10 +25,10 @@ use openraft::entry::RaftEntry;
 use super::wal::{HardState, Location};
 use super::{Entry, LogId, Vote};
 
-/// At most this many purged entries stay readable...
-const RETAINED_ENTRIES: usize = 1024;
+/// At most this many purged entries stay readable (see [`LogCache::recently_purged`])...
+pub const RETAINED_ENTRIES: usize = 1024;
 /// ...and at most this many bytes of their frames.
-const RETAINED_BYTES: u64 = 8 << 20;
+pub const RETAINED_BYTES: u64 = 8 << 20;
 
 /// The unpurged log and its metadata.
 #[derive(Debug, Default, Clone)]

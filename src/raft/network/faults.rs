@@ -3,7 +3,7 @@
 //! in release builds every message is delivered at once and nothing here is compiled in.
 //!
 //! The environment variable `CONCORD_PEER_FAULTS` names a file that every member of a test
-//! cluster reads (a [`crate::failpoint::control_file`], at most every 20 ms), so a test changes
+//! cluster reads (a `crate::failpoint::control_file`, at most every 20 ms), so a test changes
 //! the faults of a running cluster by rewriting one file. A missing or empty file means no
 //! faults. One directive a line:
 //!
