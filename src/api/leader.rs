@@ -7,11 +7,12 @@
 //! follower asks for them, as etcd's followers do).
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use concord_proto::raftpb::{command::Request, command_response::Response};
-use openraft::ReadPolicy;
 use openraft::errors::ForwardToLeader;
+use openraft::{Instant as _, ReadPolicy};
 
 use super::Api;
 use crate::error::Error;
@@ -192,6 +193,54 @@ impl Api {
             CommandResult::Rejected(err) => Err(err.into()),
             CommandResult::Empty => Err(Error::Raft("state machine returned no result".into())),
         }
+    }
+
+    /// Confirms that this member still leads. A leader cut off from the others keeps
+    /// believing it leads until it hears of a newer term; what only the true leader may promise
+    /// (a lease's deadline) waits for this.
+    ///
+    /// Confirmed at once if a majority acknowledged this leader's term within the last half
+    /// election timeout: until their election timers run out, voters refuse to elect another
+    /// (openraft's leader lease), except for a leadership transfer, so in a term in which one
+    /// was started this does not count. Otherwise a read index confirms it: a heartbeat round a
+    /// majority answered (without waiting for the state machine to apply up to it).
+    /// `NotLeader` if the confirmation fails, `Timeout` if it does not come within the request
+    /// timeout.
+    pub async fn confirm_leadership(&self) -> Result<(), Error> {
+        if self.quorum_recently_acked() {
+            return Ok(());
+        }
+        let raft = &self.node().raft;
+        let confirmed = tokio::time::timeout(
+            self.request_timeout(),
+            raft.get_read_log_id(ReadPolicy::ReadIndex),
+        );
+        match confirmed.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::NotLeader),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Whether this member leads and a majority acknowledged its term within the last half
+    /// election timeout (or it is the only voter: nobody else can be elected), in a term
+    /// without a leadership transfer.
+    fn quorum_recently_acked(&self) -> bool {
+        let transfer_term = self.transfer_term.load(Ordering::SeqCst);
+        self.node().with_metrics(|m| {
+            let lone_voter = m.membership_config.membership().voter_ids().count() == 1;
+            let acked = m
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| at.elapsed() < self.quorum_fresh_for);
+            m.state.is_leader() && m.current_term != transfer_term && (lone_voter || acked)
+        })
+    }
+
+    /// Records that this member, leading in `term`, starts handing leadership over: from now
+    /// on in that term, [`Api::confirm_leadership`] asks a majority each time.
+    pub fn transferring_leadership(&self, term: u64) {
+        self.transfer_term.store(term, Ordering::SeqCst);
     }
 
     /// Waits until this member may serve a linearizable read: on the leader, leadership

@@ -112,9 +112,13 @@ impl LeaseService {
         }
     }
 
-    /// A keepalive on this member's clock (it leads).
+    /// A keepalive on this member's clock (it leads). The leadership is confirmed first: a
+    /// leader cut off from the others may not know yet that they elected another, whose clock
+    /// rules, and a deadline it promised would not be kept (the lease would expire early for
+    /// the client; etcd's issue 15247, which etcd 3.6 fixes the same way).
     async fn keep_alive_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         self.await_clock().await?;
+        self.api.confirm_leadership().await?;
         let ttl = match self.api.node().lessor.renew(id) {
             Renewal::NotFound => 0,
             Renewal::Renewed { ttl, record } => {

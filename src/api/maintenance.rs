@@ -225,6 +225,8 @@ impl Maintenance for MaintenanceService {
             return Err(rpctypes::BAD_LEADER_TRANSFEREE.status());
         }
         if target != self.api.node().identity.member_id {
+            let term = self.api.node().with_metrics(|m| m.current_term);
+            self.api.transferring_leadership(term);
             raft.trigger()
                 .transfer_leader(target)
                 .await

@@ -27,6 +27,7 @@ pub mod transport_errors;
 pub mod watch;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::ResponseHeader;
@@ -45,6 +46,12 @@ pub struct Api {
     admission: Admission,
     quota: quota::Quota,
     request_timeout: Duration,
+    /// How recent a majority's acknowledgement must be for this leader to count as confirmed
+    /// without a read index (see [`Api::confirm_leadership`]).
+    quorum_fresh_for: Duration,
+    /// The term in which this member started handing leadership over (0: none): voters may
+    /// elect the transferee at once, so in that term leadership is confirmed by a read index.
+    transfer_term: AtomicU64,
 }
 
 impl Api {
@@ -56,6 +63,8 @@ impl Api {
             quota: quota::Quota::from_flag(config.quota_backend_bytes),
             // etcd: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
+            quorum_fresh_for: config.election_timeout / 2,
+            transfer_term: AtomicU64::new(0),
         })
     }
 
