@@ -222,18 +222,22 @@ impl Api {
         }
     }
 
-    /// Whether this member leads and a majority acknowledged its term within the last half
-    /// election timeout (or it is the only voter: nobody else can be elected), in a term
-    /// without a leadership transfer.
+    /// Whether this member leads, is a voter, and a majority acknowledged its term within the
+    /// last half election timeout (or it is the only voter: nobody else can be elected), in a
+    /// term without a leadership transfer.
     fn quorum_recently_acked(&self) -> bool {
         let transfer_term = self.transfer_term.load(Ordering::SeqCst);
+        let me = self.node().identity.member_id;
         self.node().with_metrics(|m| {
-            let lone_voter = m.membership_config.membership().voter_ids().count() == 1;
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            // A leader that removed itself hands leadership over too.
+            let voting = voters.contains(&me);
+            let lone_voter = voters.len() == 1;
             let acked = m
                 .last_quorum_acked
                 .as_ref()
                 .is_some_and(|at| at.elapsed() < self.quorum_fresh_for);
-            m.state.is_leader() && m.current_term != transfer_term && (lone_voter || acked)
+            m.state.is_leader() && voting && m.current_term != transfer_term && (lone_voter || acked)
         })
     }
 
