@@ -11,9 +11,9 @@
 //! read back from the WAL. The budget does not depend on the snapshot interval, so large values
 //! cannot fill memory with a hundred thousand entries before a snapshot purges them.
 //!
-//! The newest entries a purge removes from memory stay readable until the next purge, to
-//! readers made before it ([`LogCache::recently_purged`]): openraft may purge entries that one
-//! of its replication streams is about to read (a stream restarted from an older position while acknowledgements
+//! The newest entries a purge removes from memory stay readable until the next purge, to a
+//! read that starts among them ([`LogCache::recently_purged`]): openraft may purge entries that
+//! one of its replication streams is about to read (a stream restarted from an older position while acknowledgements
 //! of the previous one let the purge go ahead), and a read missing the front of its range makes
 //! it send an AppendEntries whose entries do not follow its `prev_log_id` (a debug assertion in
 //! its stream state; a malformed request in release builds). Found by the robustness suite.
@@ -49,9 +49,6 @@ pub struct LogCache {
     /// purge to an id the log did not hold. Not part of the log's state: never written, not
     /// compared.
     pub recently_purged: BTreeMap<u64, Entry>,
-    /// How many purges there were: a reader made before the last one may still read
-    /// `recently_purged`, one made after it reads the log as purged.
-    pub purges: u64,
     /// The last saved vote.
     pub vote: Option<Vote>,
     /// The last saved committed log id.
@@ -153,7 +150,6 @@ impl LogCache {
             }
         }
         self.last_purged = Some(log_id);
-        self.purges += 1;
     }
 
     /// Every entry's index, oldest first.

@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -25,23 +25,18 @@ pub struct LogReader {
     cache: Arc<RwLock<LogCache>>,
     /// The WAL's directory, where spilled entries are read back from.
     dir: Arc<PathBuf>,
-    /// How many purges there had been when it was made (see [`LogCache::purges`]).
-    made_after_purges: u64,
 }
 
 impl LogReader {
     /// A reader of `cache`, whose spilled entries are in the WAL in `dir`.
     pub fn new(cache: Arc<RwLock<LogCache>>, dir: Arc<PathBuf>) -> Self {
-        let made_after_purges = cache.read().map_or(0, |c| c.purges);
-        Self {
-            cache,
-            dir,
-            made_after_purges,
-        }
+        Self { cache, dir }
     }
 
-    /// The entries in `range`: for a reader made before the last purge, the ones that purge
-    /// left readable first (see [`LogCache::recently_purged`]), then the log's. The ones in
+    /// The entries in `range`: if it starts among the entries the last purge left readable
+    /// (past the first of them), those first (see [`LogCache::recently_purged`]), then the
+    /// log's. A lagging replication stream's read starts there; a read from the beginning of
+    /// the log (openraft's start-up, its conformance suite) sees it as purged. The ones in
     /// memory are copied under the cache's lock; spilled ones are read from the WAL after it is
     /// let go. The WAL never rewrites a frame, so what is read is what the log held when the
     /// read started, unless a purge deleted the segment meanwhile: those entries are left out,
@@ -50,7 +45,16 @@ impl LogReader {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let (recent, spilled, resident) = {
             let cache = read_cache(&self.cache)?;
-            let recent: Vec<Entry> = if cache.purges > self.made_after_purges {
+            let start = match range.start_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&i) => i.saturating_add(1),
+                Bound::Unbounded => 0,
+            };
+            let among_recent = cache
+                .recently_purged
+                .first_key_value()
+                .is_some_and(|(&first, _)| start > first);
+            let recent: Vec<Entry> = if among_recent {
                 cache
                     .recently_purged
                     .range(bounds)
