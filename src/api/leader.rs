@@ -229,10 +229,14 @@ impl Api {
         let transfer_term = self.transfer_term.load(Ordering::SeqCst);
         let me = self.node().identity.member_id;
         self.node().with_metrics(|m| {
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            // A leader that removed itself hands leadership over too.
-            let voting = voters.contains(&me);
-            let lone_voter = voters.len() == 1;
+            // A leader that removed itself hands leadership over too. Counted without
+            // collecting: this runs for every keepalive.
+            let (mut voters, mut voting) = (0, false);
+            for id in m.membership_config.membership().voter_ids() {
+                voters += 1;
+                voting |= id == me;
+            }
+            let lone_voter = voters == 1;
             let acked = m
                 .last_quorum_acked
                 .as_ref()
